@@ -1,0 +1,103 @@
+"""The ``backbone`` command. Sub-commands live beside the code they drive; this file wires them.
+
+Each area registers its commands through a ``register(app)`` function so that heavy imports
+(Faust, chdb) happen only when that command runs.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import typer
+
+from backbone.config import ConfigError, Settings, load_settings, settings_markdown
+
+app = typer.Typer(
+    name="backbone",
+    help="Delivery Backbone: cross-agency journeys, live KPIs and lag alerts.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+missions_app = typer.Typer(help="Check and explain the missions file.", no_args_is_help=True)
+app.add_typer(missions_app, name="missions")
+
+
+def settings_or_exit() -> Settings:
+    """Load settings or exit with status 2 and the named field(s) that are wrong."""
+    try:
+        return load_settings()
+    except ConfigError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+
+
+@app.command("config")
+def show_config(markdown: bool = typer.Option(False, help="Print the reference table for the README.")) -> None:
+    """Print the effective configuration (secrets masked) or the reference table."""
+    if markdown:
+        typer.echo(settings_markdown())
+        return
+    settings = settings_or_exit()
+    for name, value in settings.model_dump().items():
+        typer.echo(f"BACKBONE_{name.upper()}={value}")
+
+
+@missions_app.command("check")
+def missions_check(
+    file: Path = typer.Argument(None, help="Missions file (default: BACKBONE_MISSIONS_FILE)."),
+) -> None:
+    """Validate a missions file; exit 1 with the field path and reason if it is invalid."""
+    from stream_processors.missions import MissionsError, load_missions
+
+    path = file or settings_or_exit().missions_file
+    try:
+        missions = load_missions(path)
+    except MissionsError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    for ref in missions.stages:
+        s = ref.stage
+        typer.echo(
+            f"{ref.mission.id}/{ref.journey.id}/{s.id}: {s.start.topic}:{s.start.status} -> "
+            f"{s.end.topic}:{s.end.status}, owner {s.owner}, SLA {s.sla_ms / 3_600_000:g} h"
+        )
+    typer.echo(f"ok: {len(missions.stages)} stages, {len(missions.targets)} targets in {path}")
+
+
+@app.command("up")
+def up(
+    simulate: bool = typer.Option(True, help="Run the agency simulator."),
+    rate: float = typer.Option(50.0, help="Simulated events per second."),
+    duration: float = typer.Option(0.0, help="Stop after this many seconds (0: until Ctrl-C)."),
+    workers: int = typer.Option(1, help="Stream processor workers."),
+    seed: int = typer.Option(7, help="Simulator seed."),
+) -> None:
+    """Start the embedded stack (broker, topics, processors, sink, board, alerting) and the simulator."""
+    from backbone.runtime import run_up
+
+    sys.exit(run_up(settings_or_exit(), simulate=simulate, rate=rate, duration=duration, workers=workers, seed=seed))
+
+
+def _register_areas() -> None:
+    import importlib
+
+    for module in (
+        "schemas.cli",
+        "producers.cli",
+        "stream_processors.cli",
+        "sinks.cli",
+        "dashboards.cli",
+        "alerting.cli",
+        "backbone.bench",
+    ):
+        try:
+            mod = importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            if exc.name != module:
+                raise
+            continue  # that area has no commands yet
+        mod.register(app)
+
+
+_register_areas()

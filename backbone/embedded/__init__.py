@@ -1,0 +1,1 @@
+"""Embedded runtime pieces used when no production endpoints are configured."""

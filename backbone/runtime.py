@@ -1,0 +1,174 @@
+"""``backbone up``: supervise the embedded stack as child processes.
+
+One process per role, as in production: the simulator (agencies), the stream processor
+worker(s), the sink (which also owns the chdb database and serves the built-in board, since a
+chdb path can be open in one process only), the alert forwarder, and, where the Debian
+binaries exist, Prometheus and Alertmanager. Ctrl-C stops them in reverse order.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from confluent_kafka import Consumer, KafkaException, TopicPartition
+
+from backbone.config import Settings
+from backbone.embedded.broker import TansuBroker
+from backbone.kafka import client_config, ensure_topics
+from schemas import contracts
+
+log = logging.getLogger("backbone.up")
+
+
+@dataclass
+class Service:
+    """A child process of ``backbone up``."""
+
+    name: str
+    argv: list[str]
+    env: dict[str, str] = field(default_factory=dict)
+    required: bool = True
+    process: subprocess.Popen[bytes] | None = None
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "backbone", *args]
+
+
+def _has(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
+
+
+def planned_services(settings: Settings, simulate: bool, rate: float, workers: int, seed: int) -> list[Service]:
+    """The services ``up`` runs, in start order. Areas that are not installed are skipped."""
+    services: list[Service] = []
+    if _has("sinks.cli"):
+        services.append(Service("db-migrate", _cli("db", "migrate"), required=False))
+    if _has("alerting.stack"):
+        services.append(Service("alerting-stack", _cli("alerting", "stack"), required=False))
+    if _has("sinks.cli"):
+        services.append(Service("sink", _cli("sink", "run", "--serve-board")))
+    if _has("stream_processors.cli"):
+        for i in range(workers):
+            services.append(Service(f"processor-{i + 1}", _cli("process", "--worker-id", str(i + 1))))
+    if _has("alerting.forwarder"):
+        services.append(Service("alert-forwarder", _cli("alerting", "forward"), required=False))
+    if simulate:
+        services.append(Service("simulator", _cli("simulate", "--rate", str(rate), "--seed", str(seed), "--live")))
+    return services
+
+
+class TopicCounter(threading.Thread):
+    """Counts messages per topic by reading them (Tansu's watermarks are wrong, see the docs)."""
+
+    def __init__(self, conf: dict[str, object], topics: tuple[str, ...]) -> None:
+        super().__init__(daemon=True, name="topic-counter")
+        self.counts: Counter[str] = Counter()
+        self._stop = threading.Event()
+        self._conf = {**conf, "group.id": "backbone-up-counter", "enable.auto.commit": False}
+        self._topics = topics
+
+    def run(self) -> None:
+        consumer = Consumer(self._conf)
+        try:
+            md = consumer.list_topics(timeout=10)
+            consumer.assign([
+                TopicPartition(t, p, 0) for t in self._topics if t in md.topics for p in md.topics[t].partitions
+            ])
+            while not self._stop.is_set():
+                for msg in consumer.consume(num_messages=5000, timeout=0.5):
+                    if msg.error() is None:
+                        self.counts[msg.topic()] += 1
+        except KafkaException as exc:
+            log.warning("topic counter stopped: %s", exc)
+        finally:
+            consumer.close()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+def _start(service: Service, env: dict[str, str], log_dir: Path) -> None:
+    out = open(log_dir / f"{service.name}.log", "ab")  # noqa: SIM115 - owned by the child for its life
+    service.process = subprocess.Popen(
+        service.argv, env={**env, **service.env}, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+    )
+
+
+def _stop(service: Service, timeout_s: float = 15.0) -> None:
+    p = service.process
+    if p is None or p.poll() is not None:
+        return
+    p.send_signal(signal.SIGINT)
+    try:
+        p.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        p.wait()
+
+
+def run_up(settings: Settings, simulate: bool, rate: float, duration: float, workers: int, seed: int) -> int:
+    data_dir = settings.data_dir.resolve()
+    log_dir = data_dir / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    broker: TansuBroker | None = None
+    if settings.embedded_kafka:
+        broker = TansuBroker(log_file=log_dir / "broker.log").start()
+        bootstrap = broker.bootstrap
+        print(f"embedded Kafka (Tansu) on {bootstrap}", flush=True)
+    else:
+        bootstrap = settings.kafka_bootstrap_servers
+    created = ensure_topics(settings, bootstrap)
+    print(f"topics ready ({len(created)} created, {settings.topic_partitions} partitions each)", flush=True)
+
+    env = {**os.environ, "BACKBONE_KAFKA_BOOTSTRAP_SERVERS": bootstrap, "BACKBONE_DATA_DIR": str(data_dir)}
+    services = planned_services(settings, simulate, rate, workers, seed)
+    stopping = threading.Event()
+
+    def _on_signal(signum: int, _frame: object) -> None:
+        stopping.set()
+
+    signal.signal(signal.SIGINT, _on_signal)
+    signal.signal(signal.SIGTERM, _on_signal)
+    counter = TopicCounter(client_config(settings, bootstrap), contracts.INPUT_TOPICS + contracts.OUTPUT_TOPICS)
+    counter.start()
+    exit_code = 0
+    try:
+        for service in services:
+            _start(service, env, log_dir)
+            if service.name == "db-migrate" and service.process is not None:
+                service.process.wait()  # tables must exist before the sink starts
+            print(f"started {service.name} (logs: {log_dir / (service.name + '.log')})", flush=True)
+        print(f"board: http://127.0.0.1:{settings.board_port}/  — Ctrl-C to stop", flush=True)
+        started = time.monotonic()
+        while not stopping.is_set():
+            stopping.wait(5.0)
+            for s in services:
+                if s.process is not None and s.process.poll() not in (None, 0) and s.required:
+                    print(f"error: {s.name} exited with code {s.process.returncode}; see its log", flush=True)
+                    exit_code = 1
+                    stopping.set()
+            counts = " ".join(f"{t}={counter.counts.get(t, 0)}" for t in contracts.INPUT_TOPICS + contracts.OUTPUT_TOPICS)
+            print(f"[{time.strftime('%H:%M:%S')}] messages per topic: {counts}", flush=True)
+            if duration and time.monotonic() - started >= duration:
+                break
+    finally:
+        print("stopping...", flush=True)
+        for service in reversed(services):
+            _stop(service)
+        counter.stop()
+        counter.join(timeout=5)
+        if broker is not None:
+            broker.stop()
+        print("stopped", flush=True)
+    return exit_code

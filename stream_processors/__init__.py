@@ -1,0 +1,1 @@
+"""Stream processors: follow each case across agencies, compute rolling KPIs, raise lag alerts."""
