@@ -76,6 +76,7 @@ class Stage(_Model):
     sla_ms: int = Field(alias="sla", gt=0)
     handoff: bool = False
     money_field: str | None = None
+    cancel_on: tuple[EventRef, ...] = ()
 
     @field_validator("sla_ms", mode="before")
     @classmethod
@@ -204,11 +205,13 @@ class Missions:
 
     @cached_property
     def stages_by_event(self) -> dict[tuple[str, str], tuple[tuple[StageRef, str], ...]]:
-        """(topic, status) → ((stage, 'start'|'end'), ...): which boundaries an event marks."""
+        """(topic, status) → ((stage, 'start'|'end'|'cancel'), ...): which boundaries an event marks."""
         out: dict[tuple[str, str], list[tuple[StageRef, str]]] = defaultdict(list)
         for ref in self.stages:
             out[(ref.stage.start.topic, ref.stage.start.status)].append((ref, "start"))
             out[(ref.stage.end.topic, ref.stage.end.status)].append((ref, "end"))
+            for cancel in ref.stage.cancel_on:
+                out[(cancel.topic, cancel.status)].append((ref, "cancel"))
         return {k: tuple(v) for k, v in out.items()}
 
     @cached_property
