@@ -85,6 +85,7 @@ def _register_areas() -> None:
     for module in (
         "schemas.cli",
         "producers.cli",
+        "producers.simulate_cli",
         "stream_processors.cli",
         "sinks.cli",
         "dashboards.cli",
