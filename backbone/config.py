@@ -75,9 +75,6 @@ class Settings(BaseSettings):
     clock: Literal["wall", "event"] = Field(
         "wall", description="'wall': now is the system clock; 'event': now is the newest event time seen (replays, tests)."
     )
-    feed_silence_ms: int = Field(
-        1_800_000, ge=1000, description="An agency feed with no event for this long raises a FEED_SILENT alert."
-    )
     max_future_skew_ms: int = Field(
         600_000, ge=0, description="Events stamped further than this in the future are rejected as invalid."
     )

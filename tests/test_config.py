@@ -1,0 +1,86 @@
+"""Settings come from BACKBONE_* variables and an optional TOML file, validated with named errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from backbone.cli import app
+from backbone.config import ConfigError, load_settings
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    for key in list(os.environ):
+        if key.startswith("BACKBONE_"):
+            monkeypatch.delenv(key)
+
+
+def test_defaults_are_embedded() -> None:
+    s = load_settings()
+    assert s.embedded_kafka and s.embedded_clickhouse
+    assert s.topic_partitions == 6
+    assert s.missions_file.is_file()
+
+
+def test_env_overrides_and_false_is_false(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BACKBONE_KAFKA_BOOTSTRAP_SERVERS", " kafka-1:9092,kafka-2:9092 ")
+    monkeypatch.setenv("BACKBONE_TOPIC_PARTITIONS", "12")
+    monkeypatch.setenv("BACKBONE_KAFKA_SASL_PASSWORD", "s3cret")
+    s = load_settings()
+    assert s.kafka_bootstrap_servers == "kafka-1:9092,kafka-2:9092"
+    assert not s.embedded_kafka
+    assert s.topic_partitions == 12
+    assert "s3cret" not in repr(s) and s.kafka_sasl_password.get_secret_value() == "s3cret"
+
+
+def test_invalid_values_name_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BACKBONE_TOPIC_PARTITIONS", "zero")
+    monkeypatch.setenv("BACKBONE_CLOCK", "sundial")
+    with pytest.raises(ConfigError) as err:
+        load_settings()
+    assert "BACKBONE_TOPIC_PARTITIONS" in str(err.value)
+    assert "BACKBONE_CLOCK" in str(err.value)
+
+
+def test_unknown_variable_is_rejected(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    cfg = tmp_path / "backbone.toml"
+    cfg.write_text('topic_partitions = 3\nno_such_setting = 1\n')
+    monkeypatch.setenv("BACKBONE_CONFIG_FILE", str(cfg))
+    with pytest.raises(ConfigError) as err:
+        load_settings()
+    assert "NO_SUCH_SETTING" in str(err.value)
+
+
+def test_config_file_and_env_precedence(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    cfg = tmp_path / "backbone.toml"
+    cfg.write_text('topic_partitions = 3\nclickhouse_database = "from_file"\n')
+    monkeypatch.setenv("BACKBONE_CONFIG_FILE", str(cfg))
+    monkeypatch.setenv("BACKBONE_TOPIC_PARTITIONS", "4")
+    s = load_settings()
+    assert s.topic_partitions == 4  # environment wins over the file
+    assert s.clickhouse_database == "from_file"
+
+
+def test_missing_config_file(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("BACKBONE_CONFIG_FILE", str(tmp_path / "nope.toml"))
+    with pytest.raises(ConfigError, match="not found"):
+        load_settings()
+
+
+def test_cli_reports_bad_config_with_exit_2(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BACKBONE_TOPIC_PARTITIONS", "-1")
+    result = CliRunner().invoke(app, ["config"])
+    assert result.exit_code == 2
+    assert "BACKBONE_TOPIC_PARTITIONS" in result.output
+
+
+def test_cli_masks_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BACKBONE_KAFKA_SASL_PASSWORD", "hunter2")
+    result = CliRunner().invoke(app, ["config"])
+    assert result.exit_code == 0
+    assert "hunter2" not in result.output
