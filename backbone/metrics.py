@@ -7,7 +7,12 @@ case id or event id. Components build a :class:`Metrics` on their own ``Collecto
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+if TYPE_CHECKING:
+    from stream_processors.missions import Missions
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300)
 _BATCH_BUCKETS = (1, 10, 50, 100, 500, 1000, 2000, 5000, 10000, 50000)
@@ -48,6 +53,29 @@ class Metrics:
         # -- alert delivery ------------------------------------------------------------
         self.alerts_delivered = Counter("backbone_alerts_delivered_total", "Alerts posted to Alertmanager.", ["kind", "state"], registry=r)
         self.alert_delivery_errors = Counter("backbone_alert_delivery_errors_total", "Failed posts to Alertmanager (retried).", registry=r)
+        self.alerts_firing = Gauge(
+            "backbone_alerts_firing", "Alerts the forwarder holds firing (re-posted before their lease ends).", registry=r
+        )
+        self.alert_records_rejected = Counter(
+            "backbone_alert_records_rejected_total", "Alert records parked as dead letters instead of delivered.",
+            ["reason"], registry=r,
+        )
+        # -- mission targets (static, from the missions file; joined by the Prometheus rules) --
+        self.sla_target = Gauge(
+            "backbone_kpi_sla_target_ratio", "Minimum SLA compliance a mission target sets for a stage.",
+            ["mission", "stage"], registry=r,
+        )
+        self.stage_sla = Gauge(
+            "backbone_stage_sla_seconds", "SLA of a stage from the missions file.", ["mission", "stage"], registry=r
+        )
+
+    def publish_missions(self, missions: Missions) -> None:
+        """Export each stage's SLA and target from the missions file so that Prometheus rules
+        compare live gauges with the file's numbers instead of copies of them."""
+        for ref in missions.stages:
+            self.stage_sla.labels(ref.mission.id, ref.stage.id).set(ref.stage.sla_ms / 1000)
+        for mission, target, _ref in missions.targets:
+            self.sla_target.labels(mission.id, target.stage).set(target.min_sla_compliance)
 
 
 def serve(metrics: Metrics, port: int, addr: str = "127.0.0.1") -> int:

@@ -1,0 +1,144 @@
+"""Pure mapping of ``backbone.alerts.v1`` records to Alertmanager v2 ``POST /api/v2/alerts`` items.
+
+No I/O here: the forwarder decides when to post, this module decides what an on-call officer
+reads. Alertmanager identifies an alert by its label set, so the labels are exactly the bounded
+routing dimensions plus ``alert_id`` (which makes each case's alert distinct); everything an
+officer reads but does not route on goes into annotations.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+ALERTNAME_BY_KIND: dict[str, str] = {
+    "CASE_SLA": "CaseSlaBreach",
+    "FEED_SILENT": "FeedSilent",
+    "KPI_TARGET": "KpiBelowTarget",
+}
+SEVERITIES = ("warning", "critical")
+# Labels copied from the record; empty values are left out (Alertmanager drops them anyway).
+_RECORD_LABELS = ("mission", "stage", "agency", "province", "port", "severity", "alert_id")
+
+
+class AlertRecordError(ValueError):
+    """An alert record that cannot become an Alertmanager alert; names the alert and the reason."""
+
+    def __init__(self, alert_id: str, reason: str) -> None:
+        super().__init__(f"alert {alert_id or '<no id>'}: {reason}")
+        self.alert_id = alert_id
+        self.reason = reason
+
+
+def rfc3339(ms: int) -> str:
+    """Epoch millis → the RFC 3339 UTC timestamp Alertmanager expects."""
+    return datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def human_duration(ms: float) -> str:
+    """A duration as an officer says it: ``2 d 3 h``, ``3 h 12 min``, ``45 min``, ``30 s``."""
+    seconds = max(0, int(ms // 1000))
+    days, rest = divmod(seconds, 86_400)
+    hours, rest = divmod(rest, 3_600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        return f"{days} d {hours} h" if hours else f"{days} d"
+    if hours:
+        return f"{hours} h {minutes} min" if minutes else f"{hours} h"
+    if minutes:
+        return f"{minutes} min"
+    return f"{secs} s"
+
+
+def tracker_url(board_url: str, case_id: str) -> str:
+    """The case tracker page of the board for one case."""
+    return f"{board_url.rstrip('/')}/#/case/{case_id}"
+
+
+def alert_labels(record: dict[str, Any]) -> dict[str, str]:
+    """The label set Alertmanager routes, groups and inhibits on (bounded values plus alert_id)."""
+    alert_id = str(record.get("alert_id") or "")
+    if not alert_id:
+        raise AlertRecordError(alert_id, "alert_id is empty")
+    kind = record.get("kind")
+    if kind not in ALERTNAME_BY_KIND:
+        raise AlertRecordError(alert_id, f"unknown kind {kind!r}; expected one of {', '.join(ALERTNAME_BY_KIND)}")
+    if record.get("severity") not in SEVERITIES:
+        raise AlertRecordError(alert_id, f"severity {record.get('severity')!r} is not one of {', '.join(SEVERITIES)}")
+    labels = {"alertname": ALERTNAME_BY_KIND[kind]}
+    for name in _RECORD_LABELS:
+        value = record.get(name)
+        if value:
+            labels[name] = str(value)
+    return labels
+
+
+def _annotations(record: dict[str, Any], board_url: str, now_ms: int) -> dict[str, str]:
+    kind = record["kind"]
+    out = {"summary": str(record.get("summary") or ALERTNAME_BY_KIND[kind]), "kind": kind}
+    if record.get("journey"):
+        out["journey"] = str(record["journey"])
+    case_id = record.get("case_id")
+    if case_id:
+        out["case_id"] = str(case_id)
+        out["tracker_url"] = tracker_url(board_url, str(case_id))
+    waiting_since = record.get("waiting_since")
+    if waiting_since is not None:
+        until = record["ends_at"] if record.get("state") == "RESOLVED" and record.get("ends_at") else now_ms
+        out["waiting_time"] = human_duration(until - waiting_since)
+        out["waiting_since"] = rfc3339(waiting_since)
+    value, threshold = record.get("value"), record.get("threshold")
+    if kind == "KPI_TARGET":
+        if value is not None:
+            out["sla_compliance"] = f"{value:.1%}"
+        if threshold is not None:
+            out["target"] = f"{threshold:.1%}"
+    else:
+        if kind == "FEED_SILENT" and value is not None:
+            out["silent_for"] = human_duration(value)
+            out.setdefault("waiting_time", out["silent_for"])
+        elif value is not None:
+            out["overdue_by"] = human_duration(value)
+        if threshold is not None:
+            out["threshold"] = human_duration(threshold)
+    return out
+
+
+def to_alertmanager(
+    record: dict[str, Any],
+    board_url: str,
+    now_ms: int,
+    firing_lease_ms: int,
+) -> dict[str, Any]:
+    """One ``backbone.alerts.v1`` raw record → one Alertmanager v2 postable alert.
+
+    FIRING gets ``endsAt = now + firing_lease_ms``: Alertmanager resolves an alert by itself
+    when its endsAt passes, so the forwarder re-posts firing alerts well before the lease ends
+    and a crashed forwarder cannot leave alerts firing forever. RESOLVED gets
+    ``endsAt = ends_at`` (never before startsAt, which Alertmanager would reject).
+    """
+    labels = alert_labels(record)
+    alert_id = labels["alert_id"]
+    starts_at = record.get("starts_at")
+    if not isinstance(starts_at, int):
+        raise AlertRecordError(alert_id, f"starts_at {starts_at!r} is not epoch milliseconds")
+    state = record.get("state")
+    if state == "FIRING":
+        ends_at = max(now_ms, starts_at) + firing_lease_ms
+    elif state == "RESOLVED":
+        ends_at = record.get("ends_at")
+        if not isinstance(ends_at, int):
+            raise AlertRecordError(alert_id, "RESOLVED record has no ends_at")
+        ends_at = max(ends_at, starts_at)
+    else:
+        raise AlertRecordError(alert_id, f"unknown state {state!r}; expected FIRING or RESOLVED")
+    case_id = record.get("case_id")
+    generator = tracker_url(board_url, str(case_id)) if case_id else f"{board_url.rstrip('/')}/"
+    return {
+        "labels": labels,
+        "annotations": _annotations(record, board_url, now_ms),
+        "startsAt": rfc3339(starts_at),
+        "endsAt": rfc3339(ends_at),
+        "generatorURL": generator,
+    }
+
