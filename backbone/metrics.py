@@ -66,7 +66,8 @@ class Metrics:
             ["mission", "stage"], registry=r,
         )
         self.stage_sla = Gauge(
-            "backbone_stage_sla_seconds", "SLA of a stage from the missions file.", ["mission", "stage"], registry=r
+            "backbone_stage_sla_seconds", "SLA of a stage from the missions file.",
+            ["mission", "stage"], registry=r,
         )
 
     def publish_missions(self, missions: Missions) -> None:
