@@ -57,7 +57,7 @@ class Metrics:
             "backbone_alerts_firing", "Alerts the forwarder holds firing (re-posted before their lease ends).", registry=r
         )
         self.alert_records_rejected = Counter(
-            "backbone_alert_records_rejected_total", "Alert records parked as dead letters instead of delivered.",
+            "backbone_alert_records_rejected_total", "Alert records parked as dead letters, not delivered.",
             ["reason"], registry=r,
         )
         # -- mission targets (static, from the missions file; joined by the Prometheus rules) --
