@@ -1,0 +1,98 @@
+"""The Faust application of the stream processors, built from :class:`~backbone.config.Settings`.
+
+One app (``backbone-processors``) hosts both agents (journeys, KPIs). Every Faust setting that
+matters is decided here, with the reason:
+
+* ``processing_guarantee="at_least_once"``: Tansu has no transactions (InitProducerId fails),
+  and the outputs carry deterministic ids, so replays are harmless downstream.
+* session/rebalance timeouts of 6 s and a 1 s heartbeat: a group forms in 3–5 s on Tansu
+  instead of ~23 s with the client defaults (see ``shared/EMBEDDED-BROKER.md``).
+* in-memory table stores: state lives in the changelog topics; a restarted worker rebuilds it.
+* no web server: metrics go through :mod:`backbone.metrics` on their own port.
+
+``stock=True`` keeps Faust's own Stream, transport and monitor (the benchmark's baseline);
+otherwise the classes of :mod:`stream_processors.faust_fast` are plugged in through Faust's
+extension points (the ``Stream`` and ``Monitor`` settings and the app's ``transport``).
+"""
+
+from __future__ import annotations
+
+import ssl
+from pathlib import Path
+from typing import Any
+
+import faust
+
+from backbone.config import Settings
+
+DEFAULT_APP_ID = "backbone-processors"
+GROUP_SESSION_TIMEOUT_S = 6.0
+GROUP_HEARTBEAT_S = 1.0
+
+
+def broker_urls(bootstrap: str) -> list[str]:
+    """``host1:9092,host2:9092`` → Faust broker URLs (the aiokafka transport)."""
+    hosts = [h.strip() for h in bootstrap.split(",") if h.strip()]
+    if not hosts:
+        raise ValueError("BACKBONE_KAFKA_BOOTSTRAP_SERVERS is empty: the processors need a broker address")
+    return [f"kafka://{h}" for h in hosts]
+
+
+def broker_credentials(settings: Settings) -> faust.auth.Credentials | None:
+    """SASL/SSL credentials for Faust from the same settings the confluent clients use."""
+    protocol = settings.kafka_security_protocol
+    if protocol == "PLAINTEXT":
+        return None
+    context: ssl.SSLContext | None = None
+    if protocol.endswith("SSL"):
+        context = ssl.create_default_context(cafile=settings.kafka_ssl_ca_location or None)
+    if protocol.startswith("SASL"):
+        return faust.SASLCredentials(
+            username=settings.kafka_sasl_username,
+            password=settings.kafka_sasl_password.get_secret_value(),
+            mechanism=settings.kafka_sasl_mechanism,
+            ssl_context=context,
+        )
+    assert context is not None
+    return faust.SSLCredentials(context)
+
+
+def create_app(
+    settings: Settings,
+    *,
+    app_id: str = DEFAULT_APP_ID,
+    stock: bool = False,
+    data_dir: Path | None = None,
+    **overrides: Any,
+) -> faust.App:
+    """A configured (not yet started) Faust app. ``overrides`` are extra Faust settings (tests)."""
+    fast_settings: dict[str, Any] = {}
+    if not stock:
+        from stream_processors.faust_fast import FastStream, QuietMonitor
+
+        fast_settings = {"Stream": FastStream, "Monitor": QuietMonitor}
+    conf: dict[str, Any] = {
+        "broker": broker_urls(settings.kafka_bootstrap_servers),
+        "broker_credentials": broker_credentials(settings),
+        "processing_guarantee": "at_least_once",
+        "broker_session_timeout": GROUP_SESSION_TIMEOUT_S,
+        "broker_rebalance_timeout": GROUP_SESSION_TIMEOUT_S,
+        "broker_heartbeat_interval": GROUP_HEARTBEAT_S,
+        "topic_partitions": settings.topic_partitions,
+        "topic_replication_factor": settings.topic_replication_factor,
+        "consumer_auto_offset_reset": "earliest",
+        "store": "memory://",
+        "web_enabled": False,
+        "datadir": str((data_dir or settings.data_dir / "faust").resolve()),
+        "autodiscover": False,
+        "producer_acks": -1,
+        **fast_settings,
+        **overrides,
+    }
+    app = faust.App(app_id, **conf)
+    if not stock:
+        from stream_processors.faust_fast import FastTransport
+
+        # The app's ``transport`` property has a public setter: the consumer class comes from it.
+        app.transport = FastTransport(app.conf.broker_consumer, app)
+    return app

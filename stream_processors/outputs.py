@@ -1,0 +1,142 @@
+"""The processors' output producer: Avro records to the ``backbone.*`` topics, facts to hop 2.
+
+The worker owns one idempotent confluent-kafka producer (``acks=all``, a few ms of linger).
+Per batch it :meth:`OutputProducer.send`\\ s everything the engine returned, then
+:meth:`OutputProducer.flush`\\ es and only then lets the engine's state writes and the input
+acks happen. A delivery that fails raises :class:`OutputDeliveryError`, so the batch is
+neither committed nor acked and is processed again: at-least-once, and harmless downstream
+because every output record carries a deterministic id (its Kafka key here).
+
+Facts for one group are produced in the order the engine listed them, by one producer, to one
+partition (key = group key): hop 2's offset-based idempotency relies on that order.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from typing import Any
+
+from confluent_kafka import KafkaError, Message, Producer
+
+from backbone.config import Settings
+from backbone.kafka import client_config
+from schemas import contracts
+from schemas.codec import Codec
+from schemas.wire import RegistryFormat
+from stream_processors.api import FACTS_TOPIC, Outputs
+
+log = logging.getLogger(__name__)
+
+KEY_FIELD_BY_TOPIC: dict[str, str] = {
+    contracts.STAGE_RECORDS: "case_id",
+    contracts.KPI_WINDOWS: "kpi_id",
+    contracts.ALERTS: "alert_id",
+    contracts.DEAD_LETTERS: "dead_letter_id",
+    contracts.BACKLOG: "backlog_id",
+    contracts.FEED_FRESHNESS: "agency",
+}
+"""The Kafka key of each output record: its deterministic id (stage records: the case)."""
+
+
+class OutputDeliveryError(RuntimeError):
+    """Some output records were not acknowledged by the broker; the batch must be retried."""
+
+
+class OutputEncodeError(ValueError):
+    """An engine produced a record that does not fit its output schema (a bug: never skipped)."""
+
+
+def output_codec(settings: Settings) -> Codec:
+    """Single-object Avro by default; Confluent framing when a Schema Registry is configured."""
+    if not settings.schema_registry_url:
+        return Codec()
+    from confluent_kafka.schema_registry import SchemaRegistryClient
+
+    conf: dict[str, Any] = {"url": settings.schema_registry_url}
+    auth = settings.schema_registry_basic_auth.get_secret_value()
+    if auth:
+        conf["basic.auth.user.info"] = auth
+    return Codec(RegistryFormat(SchemaRegistryClient(conf)))
+
+
+class OutputProducer:
+    """Encodes and produces engine outputs; :meth:`flush` is the per-batch delivery barrier."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        bootstrap: str | None = None,
+        codec: Codec | None = None,
+        linger_ms: int = 5,
+        client_id: str = "backbone-processor",
+    ) -> None:
+        self.codec = codec or output_codec(settings)
+        self._producer = Producer(
+            {
+                **client_config(settings, bootstrap),
+                "client.id": client_id,
+                "enable.idempotence": True,
+                "acks": "all",
+                "linger.ms": linger_ms,
+                "queue.buffering.max.messages": 1_000_000,
+                "compression.type": "none",
+            }
+        )
+        self._failures: list[str] = []
+        self._sent: Counter[str] = Counter()
+        self.delivered: Counter[str] = Counter()
+        """Records acknowledged per topic since start (for the ``records_out`` metric)."""
+
+    def _on_delivery(self, err: KafkaError | None, msg: Message) -> None:
+        if err is not None:
+            self._failures.append(f"{msg.topic()} key={msg.key()!r}: {err.name()} ({err.str()})")
+
+    def _produce(self, topic: str, key: bytes | None, value: bytes) -> None:
+        while True:
+            try:
+                self._producer.produce(topic, value, key, on_delivery=self._on_delivery)
+                break
+            except BufferError:
+                self._producer.poll(0.05)  # local queue full: let deliveries drain, then retry
+        self._sent[topic] += 1
+
+    def send(self, outputs: Outputs) -> int:
+        """Encode and produce every record and fact of ``outputs``; returns how many were queued."""
+        n = 0
+        encode = self.codec.encode
+        for topic, records in outputs.by_topic().items():
+            key_field = KEY_FIELD_BY_TOPIC[topic]
+            for record in records:
+                try:
+                    value = encode(topic, record)
+                except (ValueError, TypeError, KeyError, OverflowError) as exc:
+                    raise OutputEncodeError(
+                        f"{topic} record {key_field}={record.get(key_field)!r} does not fit its schema: {exc}"
+                    ) from exc
+                key = record.get(key_field)
+                self._produce(topic, None if key is None else str(key).encode(), value)
+                n += 1
+        for fact_key, fact_value in outputs.facts:
+            self._produce(FACTS_TOPIC, fact_key.encode(), fact_value)
+            n += 1
+        self._producer.poll(0)
+        return n
+
+    def flush(self, timeout_s: float = 60.0) -> Counter[str]:
+        """Wait until every queued record is acknowledged; returns records delivered per topic.
+
+        Raises :class:`OutputDeliveryError` naming the first failures when any record failed or
+        is still in flight after ``timeout_s`` (the caller retries the batch).
+        """
+        remaining = self._producer.flush(timeout_s)
+        sent, self._sent = self._sent, Counter()
+        failures, self._failures = self._failures, []
+        if remaining or failures:
+            detail = "; ".join(failures[:5]) or f"{remaining} records still in flight after {timeout_s} s"
+            raise OutputDeliveryError(f"{len(failures) or remaining} output records not delivered: {detail}")
+        self.delivered.update(sent)
+        return sent
+
+    def close(self, timeout_s: float = 10.0) -> None:
+        self._producer.flush(timeout_s)
