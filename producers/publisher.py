@@ -41,6 +41,10 @@ DEFAULT_MESSAGE_TIMEOUT_MS = 30_000
 KAFKA_LOG = logging.getLogger("producers.kafka")
 
 
+# What fastavro raises for a value its schema cannot hold (prepare() should have caught it first).
+_ENCODE_ERRORS = (ValueError, TypeError, OverflowError)
+
+
 class PublisherError(RuntimeError):
     """The publisher cannot do its job at all (no broker address, broker unreachable, topic missing)."""
 
@@ -148,7 +152,10 @@ class Publisher:
     def publish(self, topic: str, record: Mapping[str, Any], ref: Any = None) -> Delivery:
         """Validate, encode and queue one record. Raises :class:`InvalidRecord` without sending."""
         raw = self.prepare(topic, record)
-        value = self.codec.encode(topic, raw)
+        try:
+            value = self.codec.encode(topic, raw)
+        except _ENCODE_ERRORS as exc:
+            raise InvalidRecord("record", f"cannot be encoded: {type(exc).__name__}: {exc}") from exc
         delivery = Delivery(self)
         self._produce(topic, value, raw["case_id"].encode(), partial(self._on_delivery_handle, delivery, ref))
         return delivery
@@ -170,10 +177,14 @@ class Publisher:
         for ref, record in zip(range(1 << 62) if refs is None else refs, records, strict=False):
             try:
                 raw = prepare(topic, record, now, registry, skew)
+                value = encode(topic, raw)
             except InvalidRecord as exc:
                 rejected.append(Rejected(ref, exc.field, exc.reason))
                 continue
-            produce(topic, encode(topic, raw), raw["case_id"].encode(), partial(on_delivery, ref))
+            except _ENCODE_ERRORS as exc:
+                rejected.append(Rejected(ref, "record", f"cannot be encoded: {type(exc).__name__}: {exc}"))
+                continue
+            produce(topic, value, raw["case_id"].encode(), partial(on_delivery, ref))
         return rejected
 
     def _produce(self, topic: str, value: bytes, key: bytes, callback: Any) -> None:
@@ -240,11 +251,14 @@ class Publisher:
             metadata = self._producer.list_topics(timeout=timeout_s)
         except KafkaException as exc:
             detail = "; ".join(dict.fromkeys(self.client_errors)) or exc.args[0].str()
-            raise PublisherError(f"cannot reach Kafka at {self.bootstrap} within {timeout_s:g} s: {detail}") from exc
+            raise PublisherError(
+                f"cannot reach Kafka at {self.bootstrap} within {timeout_s:g} s: {detail}"
+            ) from exc
         found = metadata.topics.get(topic)
         if found is None or found.error is not None:
             raise PublisherError(
-                f"topic {topic!r} does not exist on {self.bootstrap} (create it with `backbone up` or your Kafka admin)"
+                f"topic {topic!r} does not exist on {self.bootstrap} "
+                "(create it with `backbone up` or your Kafka admin)"
             )
 
     def close(self, timeout_s: float | None = None) -> list[DeliveryResult]:

@@ -97,7 +97,9 @@ def prepare(
     try:
         plan = plan_for(topic)
     except KeyError:
-        raise InvalidRecord("topic", f"unknown topic {topic!r}; agency topics: {', '.join(contracts.INPUT_TOPICS)}") from None
+        raise InvalidRecord(
+            "topic", f"unknown topic {topic!r}; agency topics: {', '.join(contracts.INPUT_TOPICS)}"
+        ) from None
     if not isinstance(record, Mapping):
         raise InvalidRecord("record", f"must be an object with named fields, got {type(record).__name__}")
     raw = dict(record)
@@ -150,12 +152,25 @@ def _logical_types(avro_type: Any) -> set[str]:
 
 def _decimal_precision(avro_type: Any) -> int:
     members = avro_type if isinstance(avro_type, list) else [avro_type]
-    return int(next(m["precision"] for m in members if isinstance(m, dict) and m.get("logicalType") == "decimal"))
+    return int(
+        next(m["precision"] for m in members if isinstance(m, dict) and m.get("logicalType") == "decimal")
+    )
 
 
 def _describe(value: Any) -> str:
     text = repr(value)
     return f"{type(value).__name__} {text[:40]}{'…' if len(text) > 40 else ''}"
+
+
+def _check_string(v: Any) -> str | None:
+    if type(v) is not str:
+        return f"expected a string, got {_describe(v)}"
+    if not v.isascii():
+        try:
+            v.encode("utf-8")
+        except UnicodeEncodeError:
+            return "string is not valid Unicode (lone surrogate)"
+    return None
 
 
 def _compile(avro_type: Any, name: str) -> TypeCheck:
@@ -190,12 +205,14 @@ def _compile(avro_type: Any, name: str) -> TypeCheck:
     if kind in ("float", "double"):
         return lambda v: None if type(v) in (float, int) else f"expected a number, got {_describe(v)}"
     if kind == "string":
-        return lambda v: None if type(v) is str else f"expected a string, got {_describe(v)}"
+        return _check_string
     if kind == "bytes":
         return lambda v: None if type(v) is bytes else f"expected bytes, got {_describe(v)}"
     if kind == "fixed":
         size = avro_type["size"]
-        return lambda v: None if type(v) is bytes and len(v) == size else f"expected {size} bytes, got {_describe(v)}"
+        return lambda v: (
+            None if type(v) is bytes and len(v) == size else f"expected {size} bytes, got {_describe(v)}"
+        )
     if kind == "enum":
         symbols = frozenset(avro_type["symbols"])
         listed = ", ".join(avro_type["symbols"])
@@ -252,7 +269,9 @@ def _compile(avro_type: Any, name: str) -> TypeCheck:
             return None
 
         return check_record
-    raise ValueError(f"{name}: cannot check Avro type {kind!r} (named type references are not supported here)")
+    raise ValueError(
+        f"{name}: cannot check Avro type {kind!r} (named type references are not supported here)"
+    )
 
 
 def _label(avro_type: Any) -> str:
