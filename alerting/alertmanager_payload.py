@@ -87,6 +87,8 @@ def _annotations(record: dict[str, Any], board_url: str, now_ms: int) -> dict[st
         until = record["ends_at"] if record.get("state") == "RESOLVED" and record.get("ends_at") else now_ms
         out["waiting_time"] = human_duration(until - waiting_since)
         out["waiting_since"] = rfc3339(waiting_since)
+    if record.get("state") == "RESOLVED" and record.get("ends_at"):
+        out["resolved_at"] = rfc3339(record["ends_at"])
     value, threshold = record.get("value"), record.get("threshold")
     if kind == "KPI_TARGET":
         if value is not None:
@@ -129,7 +131,9 @@ def to_alertmanager(
         ends_at = record.get("ends_at")
         if not isinstance(ends_at, int):
             raise AlertRecordError(alert_id, "RESOLVED record has no ends_at")
-        ends_at = max(ends_at, starts_at)
+        # Never before the start (rejected) nor after now (Alertmanager would hold it firing
+        # until then); the true resolve time is kept in the ``resolved_at`` annotation.
+        ends_at = max(starts_at, min(ends_at, now_ms))
     else:
         raise AlertRecordError(alert_id, f"unknown state {state!r}; expected FIRING or RESOLVED")
     case_id = record.get("case_id")
