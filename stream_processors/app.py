@@ -10,9 +10,11 @@ matters is decided here, with the reason:
 * in-memory table stores: state lives in the changelog topics; a restarted worker rebuilds it.
 * no web server: metrics go through :mod:`backbone.metrics` on their own port.
 
-``stock=True`` keeps Faust's own Stream, transport and monitor (the benchmark's baseline);
-otherwise the classes of :mod:`stream_processors.faust_fast` are plugged in through Faust's
-extension points (the ``Stream`` and ``Monitor`` settings and the app's ``transport``).
+``stock=True`` keeps Faust's own Stream, per-message consumer path and monitor (the
+benchmark's baseline); otherwise the classes of :mod:`stream_processors.faust_fast` are
+plugged in through Faust's extension points (the ``Stream`` and ``Monitor`` settings and the
+app's ``transport``). Both variants probe true end offsets for table recovery (Tansu reports
+wrong ones), which touches recovery only, never the per-message path.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from typing import Any
 import faust
 
 from backbone.config import Settings
+from backbone.kafka import client_config
 
 DEFAULT_APP_ID = "backbone-processors"
 GROUP_SESSION_TIMEOUT_S = 6.0
@@ -90,9 +93,12 @@ def create_app(
         **overrides,
     }
     app = faust.App(app_id, **conf)
-    if not stock:
-        from stream_processors.faust_fast import FastTransport
+    from stream_processors.faust_fast import FastTransport, ProbingTransport
 
-        # The app's ``transport`` property has a public setter: the consumer class comes from it.
-        app.transport = FastTransport(app.conf.broker_consumer, app)
+    # The app's ``transport`` property has a public setter; the consumer class comes from it.
+    # Both transports probe true end offsets for table recovery (a Tansu workaround, off the
+    # per-message path); only the fast one changes how each message is handed to the streams.
+    transport = (ProbingTransport if stock else FastTransport)(app.conf.broker_consumer, app)
+    transport.probe_client_config = client_config(settings)
+    app.transport = transport
     return app

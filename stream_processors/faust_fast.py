@@ -23,7 +23,9 @@ Each change is also kept as an upstream-ready patch in ``patches/faust-streaming
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import logging
+import time
+from collections.abc import AsyncIterator, Mapping
 from inspect import isawaitable
 from typing import Any, cast
 
@@ -34,6 +36,8 @@ from faust.transport.consumer import CONSUMER_FETCHING
 from faust.transport.drivers import aiokafka as aiokafka_driver
 from faust.types import TP, EventT, Message, StreamT
 from faust.types.topics import ChannelT
+
+log = logging.getLogger(__name__)
 
 DEFAULT_YIELD_EVERY = 256
 
@@ -142,7 +146,71 @@ class FastStream(Stream):
                 self.service_reset()
 
 
-class FastConsumer(aiokafka_driver.Consumer):
+def probe_end_offsets(
+    client_config: Mapping[str, Any], reported: Mapping[TP, int], timeout_s: float = 15.0
+) -> dict[TP, int]:
+    """The true end offsets of ``reported`` partitions, found by reading from just before them.
+
+    Tansu answers ListOffsets(latest) with the start offset of the partition's last batch + 1
+    instead of the offset after its last record (``shared/EMBEDDED-BROKER.md``). Faust's table
+    recovery stops at that offset, so the changelog records of the last batch would be lost on
+    restart. Reading from ``reported - 1`` to the end (Fetch reports the right high watermark
+    and end-of-partition) costs one batch per partition on Tansu and at most one record on
+    Apache Kafka, where the reported value is already right.
+    """
+    from confluent_kafka import Consumer as RdConsumer
+    from confluent_kafka import KafkaError, TopicPartition
+
+    ends = {tp: offset for tp, offset in reported.items()}
+    todo = {tp: offset for tp, offset in reported.items() if offset is not None and offset > 0}
+    if not todo:
+        return ends
+    consumer = RdConsumer(
+        {
+            **client_config,
+            "group.id": "backbone-end-offset-probe",
+            "enable.auto.commit": False,
+            "enable.partition.eof": True,
+            "log_level": 0,
+        }
+    )
+    try:
+        consumer.assign([TopicPartition(tp.topic, tp.partition, offset - 1) for tp, offset in todo.items()])
+        pending = set(todo)
+        deadline = time.monotonic() + timeout_s
+        while pending and time.monotonic() < deadline:
+            for msg in consumer.consume(num_messages=10_000, timeout=0.2):
+                tp = TP(msg.topic(), msg.partition())
+                err = msg.error()
+                if err is not None:
+                    if err.code() == KafkaError._PARTITION_EOF:
+                        pending.discard(tp)
+                    continue
+                ends[tp] = max(ends[tp], msg.offset() + 1)
+        if pending:
+            log.warning("end-offset probe timed out for %s; using the broker's values", sorted(pending))
+    finally:
+        consumer.close()
+    return ends
+
+
+class ProbingConsumer(aiokafka_driver.Consumer):
+    """The aiokafka consumer with end offsets that table recovery can trust on any broker.
+
+    Only :meth:`highwaters` changes (used by table recovery to know when it is done); the
+    per-message path is stock. The librdkafka client settings come from the transport.
+    """
+
+    async def highwaters(self, *partitions: TP) -> Mapping[TP, int]:
+        reported = await super().highwaters(*partitions)
+        client_config = getattr(self.transport, "probe_client_config", None)
+        if not client_config:
+            return reported
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(None, probe_end_offsets, client_config, dict(reported))
+
+
+class FastConsumer(ProbingConsumer):
     """The aiokafka consumer, awaiting the message handler directly while flow is active.
 
     Stock ``Consumer._drain_messages`` runs ``wait_first(callback(message),
@@ -214,8 +282,16 @@ class FastConsumer(aiokafka_driver.Consumer):
             unset_flag(CONSUMER_FETCHING)
 
 
-class FastTransport(aiokafka_driver.Transport):
-    """The aiokafka transport with :class:`FastConsumer` as its consumer class."""
+class ProbingTransport(aiokafka_driver.Transport):
+    """The stock aiokafka transport, with end offsets probed for table recovery."""
+
+    Consumer = ProbingConsumer
+    probe_client_config: dict[str, Any] | None = None
+    """librdkafka settings for :func:`probe_end_offsets` (None: trust the broker's end offsets)."""
+
+
+class FastTransport(ProbingTransport):
+    """:class:`ProbingTransport` with :class:`FastConsumer` as its consumer class."""
 
     Consumer = FastConsumer
 

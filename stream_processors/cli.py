@@ -1,0 +1,53 @@
+"""``backbone process``: run a stream processor worker in the foreground."""
+
+from __future__ import annotations
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    """Add the processor commands to the ``backbone`` CLI (Faust is imported only when they run)."""
+
+    @app.command("process")
+    def process(
+        worker_id: int = typer.Option(
+            1, "--worker-id", min=1, help="Worker number (offsets the metrics port)."
+        ),
+        bootstrap: str = typer.Option(
+            "", "--bootstrap", help="Kafka bootstrap servers (default: BACKBONE_KAFKA_BOOTSTRAP_SERVERS)."
+        ),
+        stock: bool = typer.Option(False, "--stock", help="Stock Faust classes (benchmark baseline)."),
+        batch_max: int = typer.Option(2000, "--batch-max", min=1, help="Most events per batch."),
+        batch_within: float = typer.Option(
+            0.25, "--batch-within", min=0.01, help="Longest wait to fill a batch (s)."
+        ),
+        metrics_port: int = typer.Option(
+            -1,
+            "--metrics-port",
+            help="Metrics port (default: BACKBONE_PROCESSOR_METRICS_PORT + worker id - 1).",
+        ),
+    ) -> None:
+        """Consume the agency topics and compute stage records, KPIs and alerts (Ctrl-C stops)."""
+        from backbone.cli import settings_or_exit
+        from stream_processors.worker import WorkerOptions, run_worker
+
+        settings = settings_or_exit()
+        if bootstrap:
+            settings = settings.model_copy(update={"kafka_bootstrap_servers": bootstrap})
+        if not settings.kafka_bootstrap_servers:
+            typer.echo(
+                "error: no broker: set BACKBONE_KAFKA_BOOTSTRAP_SERVERS or --bootstrap "
+                "(`backbone up` starts an embedded one)",
+                err=True,
+            )
+            raise typer.Exit(2)
+        run_worker(
+            settings,
+            WorkerOptions(
+                worker_id=worker_id,
+                stock=stock,
+                batch_max=batch_max,
+                batch_within_s=batch_within,
+                metrics_port=None if metrics_port < 0 else metrics_port,
+            ),
+        )

@@ -1,0 +1,381 @@
+"""The processor worker: two Faust agents, their tables, the timers and the batch loop.
+
+Hop 1, agent ``journeys``: the five agency topics (raw bytes) → :class:`JourneyEngine` →
+stage records, CASE_SLA alerts, dead letters and facts. Hop 2, agent ``kpis``: the facts
+topic → :class:`KpiEngine` → backlog and feed rows; its timer emits KPI windows, KPI_TARGET
+and FEED_SILENT alerts. Each hop's state lives in a changelogged table keyed like its input.
+
+Every batch, sweep and tick goes through :meth:`ProcessorRuntime._run`, the one place where
+the at-least-once order is kept:
+
+1. the engine computes outputs; its state writes stay pending (:mod:`stream_processors.state`);
+2. the outputs are produced and flushed (retried until the broker acknowledges all of them);
+3. only then are the state writes applied to the table (changelog), and the batch's events
+   acked by Faust, whose commit flushes the changelog before committing offsets.
+
+A crash anywhere replays the batch; the outputs carry deterministic ids and hop 2 skips facts
+it has already applied (offsets in its state), so nothing downstream double counts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import traceback
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import faust
+from faust.types import EventT
+
+from backbone.config import Settings
+from backbone.kafka import client_config, ensure_topics
+from backbone.metrics import Metrics, serve
+from schemas import contracts
+from stream_processors.api import FACTS_TOPIC, PROCESSOR_SOURCE, InputMessage, Outputs, StateStore
+from stream_processors.app import DEFAULT_APP_ID, create_app
+from stream_processors.clock import Clock, EventClock, make_clock
+from stream_processors.ids import dead_letter_id
+from stream_processors.missions import load_missions
+from stream_processors.outputs import OutputDeliveryError, OutputProducer
+from stream_processors.state import PartitionedTable, PartitionedTableStore
+from stream_processors.worker_metrics import WorkerMetrics
+
+log = logging.getLogger("backbone.processor")
+
+PROCESSING_ERROR = "processing_error"
+"""Dead-letter reason for a message the engine raised on (an engine bug, isolated per message)."""
+
+
+class BatchEngine(Protocol):
+    """What both engines offer the runtime for a batch (``process`` / ``apply``)."""
+
+    def __call__(self, batch: Sequence[InputMessage], states: StateStore, now_ms: int) -> Outputs: ...
+
+
+@dataclass(frozen=True)
+class WorkerOptions:
+    """How one worker runs (the CLI's flags)."""
+
+    worker_id: int = 1
+    stock: bool = False
+    """Stock Faust Stream/consumer/monitor classes (the benchmark baseline)."""
+    batch_max: int = 2000
+    batch_within_s: float = 0.25
+    timer_interval_s: float = 1.0
+    app_id: str = DEFAULT_APP_ID
+    metrics_port: int | None = None
+    """None: ``settings.processor_metrics_port`` + worker_id - 1 (0 stays 0: a free port)."""
+
+    def resolved_metrics_port(self, settings: Settings) -> int:
+        if self.metrics_port is not None:
+            return self.metrics_port
+        base = settings.processor_metrics_port
+        return base + self.worker_id - 1 if base else 0
+
+
+def to_input_messages(events: Sequence[EventT]) -> list[InputMessage]:
+    """Faust events (raw serializers) → the engines' :class:`InputMessage` list."""
+    out = []
+    for event in events:
+        m = event.message
+        ts = m.timestamp
+        out.append(
+            InputMessage(
+                m.topic, m.partition, m.offset, m.key, m.value, int(ts * 1000) if ts is not None else None
+            )
+        )
+    return out
+
+
+def processing_error_dead_letter(msg: InputMessage, exc: BaseException, now_ms: int) -> dict[str, Any]:
+    """A dead letter for a message the engine raised on, with the original bytes and the error."""
+    detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+    return {
+        "dead_letter_id": dead_letter_id(msg.topic, msg.partition, msg.offset),
+        "source": PROCESSOR_SOURCE,
+        "topic": msg.topic,
+        "partition": msg.partition,
+        "offset": msg.offset,
+        "key": msg.key,
+        "value": msg.value,
+        "reason": PROCESSING_ERROR,
+        "detail": detail[:2000],
+        "received_at": now_ms,
+    }
+
+
+class ProcessorRuntime:
+    """Owns the engines, stores, output producer, clock and metrics of one worker."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        journey_engine: Any,
+        kpi_engine: Any,
+        journey_store: PartitionedTableStore,
+        kpi_store: PartitionedTableStore,
+        producer: OutputProducer,
+        metrics: WorkerMetrics,
+        clock: Clock,
+    ) -> None:
+        self.settings = settings
+        self.journeys = journey_engine
+        self.kpis = kpi_engine
+        self.journey_store = journey_store
+        self.kpi_store = kpi_store
+        self.producer = producer
+        self.metrics = metrics
+        self.clock = clock
+        self.journey_lock = asyncio.Lock()
+        self.kpi_lock = asyncio.Lock()
+        self.ready = False
+        """True between a completed rebalance (state recovered) and the next revocation."""
+        self.batches = 0
+        self.events = 0
+
+    # -- the one ordered path: compute, deliver, then commit state -----------------------------
+    async def _deliver(self, outputs: Outputs) -> dict[str, int]:
+        """Produce and flush ``outputs``, retrying until every record is acknowledged."""
+        delay = 0.2
+        while True:
+            self.producer.send(outputs)
+            try:
+                return dict(await asyncio.get_running_loop().run_in_executor(None, self.producer.flush))
+            except OutputDeliveryError as exc:
+                log.error("output delivery failed; retrying the same outputs", extra={"error": str(exc)})
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    def _observe_clock(self, outputs: Outputs) -> None:
+        if isinstance(self.clock, EventClock):
+            self.clock.observe(outputs.max_occurred_at)
+
+    async def _run(
+        self, component: str, store: PartitionedTableStore, call: Callable[[int], Outputs]
+    ) -> Outputs:
+        now_ms = self.clock.now_ms()
+        outputs = call(now_ms)
+        delivered = await self._deliver(outputs) if len(outputs) else {}
+        store.commit()
+        self._observe_clock(outputs)
+        self.metrics.outputs(outputs, delivered, self.clock.now_ms())
+        return outputs
+
+    async def _batch(
+        self,
+        component: str,
+        engine_call: BatchEngine,
+        engine: Any,
+        store: PartitionedTableStore,
+        lock: asyncio.Lock,
+        events: Sequence[EventT],
+    ) -> None:
+        batch = to_input_messages(events)
+        if not batch:
+            return
+        started = time.perf_counter()
+        routes = {m.key.decode("utf-8", "replace"): m.partition for m in batch if m.key is not None}
+        async with lock:
+            store.route(routes)
+            try:
+                await self._run(component, store, lambda now: engine_call(batch, store, now))
+            except Exception:  # noqa: BLE001 - an engine bug must not lose the batch or kill the worker
+                log.exception(
+                    "engine raised on a batch; isolating the message(s) it raised on",
+                    extra={"component": component, "size": len(batch)},
+                )
+                store.discard()
+                engine.rebuild_index(store)
+                await self._isolate(component, engine_call, engine, store, batch)
+        self.batches += 1
+        self.events += len(batch)
+        self.metrics.batch_in(component, batch, time.perf_counter() - started)
+
+    async def _isolate(
+        self,
+        component: str,
+        engine_call: BatchEngine,
+        engine: Any,
+        store: PartitionedTableStore,
+        batch: list[InputMessage],
+    ) -> None:
+        """Process a failed batch one message at a time; dead-letter each message that raises."""
+        for msg in batch:
+            if msg.key is not None:
+                store.route({msg.key.decode("utf-8", "replace"): msg.partition})
+            try:
+                await self._run(component, store, lambda now, msg=msg: engine_call([msg], store, now))
+            except Exception as exc:  # noqa: BLE001
+                log.exception(
+                    "engine raised on one message; dead-lettered",
+                    extra={"topic": msg.topic, "partition": msg.partition, "offset": msg.offset},
+                )
+                store.discard()
+                engine.rebuild_index(store)
+                dead = Outputs(dead_letters=[processing_error_dead_letter(msg, exc, self.clock.now_ms())])
+                await self._run(component, store, lambda now, dead=dead: dead)
+
+    async def on_journey_events(self, events: Sequence[EventT]) -> None:
+        await self._batch(
+            "journeys", self.journeys.process, self.journeys, self.journey_store, self.journey_lock, events
+        )
+
+    async def on_fact_events(self, events: Sequence[EventT]) -> None:
+        await self._batch("kpis", self.kpis.apply, self.kpis, self.kpi_store, self.kpi_lock, events)
+
+    async def sweep(self) -> None:
+        if not self.ready:
+            return
+        async with self.journey_lock:
+            await self._run(
+                "journeys", self.journey_store, lambda now: self.journeys.sweep(self.journey_store, now)
+            )
+
+    async def tick(self) -> None:
+        if not self.ready:
+            return
+        async with self.kpi_lock:
+            await self._run("kpis", self.kpi_store, lambda now: self.kpis.tick(self.kpi_store, now))
+        self.metrics.refresh_backlog_age(self.clock.now_ms())
+
+    # -- rebalances --------------------------------------------------------------------------
+    async def on_assigned(self, assignment: set[tuple[str, int]]) -> None:
+        """State for the new assignment is recovered: restrict the stores and rebuild indexes."""
+        async with self.journey_lock, self.kpi_lock:
+            self.journey_store.owned = frozenset(p for t, p in assignment if t in contracts.INPUT_TOPICS)
+            self.kpi_store.owned = frozenset(p for t, p in assignment if t == FACTS_TOPIC)
+            self.journeys.rebuild_index(self.journey_store)
+            self.kpis.rebuild_index(self.kpi_store)
+            self.ready = True
+        log.info(
+            "partitions ready",
+            extra={
+                "journey_partitions": sorted(self.journey_store.owned),
+                "kpi_partitions": sorted(self.kpi_store.owned),
+            },
+        )
+
+    def on_revoked(self) -> None:
+        self.ready = False
+
+
+def check_partitions(settings: Settings, bootstrap: str) -> None:
+    """Fail at start when the topics a table is keyed by do not share one partition count."""
+    from confluent_kafka.admin import AdminClient
+
+    md = AdminClient(client_config(settings, bootstrap)).list_topics(timeout=30)
+    counts = {
+        t: len(md.topics[t].partitions) for t in (*contracts.INPUT_TOPICS, FACTS_TOPIC) if t in md.topics
+    }
+    wrong = {t: n for t, n in counts.items() if n != settings.topic_partitions}
+    if wrong:
+        raise RuntimeError(
+            f"topics must have BACKBONE_TOPIC_PARTITIONS={settings.topic_partitions} partitions "
+            f"(case state is partitioned like its input): {wrong}"
+        )
+
+
+def build_worker(
+    settings: Settings, options: WorkerOptions, metrics: Metrics | None = None
+) -> tuple[faust.App, ProcessorRuntime]:
+    """The Faust app with agents, tables, timers and signals wired to a :class:`ProcessorRuntime`."""
+    from stream_processors.journeys import JourneyEngine
+    from stream_processors.kpis import KpiEngine
+
+    missions = load_missions(settings.missions_file)
+    app = create_app(
+        settings,
+        app_id=options.app_id,
+        stock=options.stock,
+        data_dir=settings.data_dir / f"faust-{options.worker_id}",
+    )
+    partitions = settings.topic_partitions
+
+    def table(name: str, help_text: str) -> PartitionedTable:
+        t = PartitionedTable(
+            app,
+            name=name,
+            default=None,
+            partitions=partitions,
+            help=help_text,
+            beacon=app.tables.beacon,
+            key_serializer="json",
+            value_serializer="json",
+        )
+        app.tables.add(t)
+        return t
+
+    journey_table = table("journey_state", "Per-case journey state, keyed by case_id.")
+    kpi_table = table("kpi_state", "Per-KPI-group windows, backlog and feed state.")
+    producer = OutputProducer(settings, client_id=f"backbone-processor-{options.worker_id}")
+    journeys = JourneyEngine(missions, settings, codec=producer.codec)
+    runtime = ProcessorRuntime(
+        settings,
+        journeys,
+        KpiEngine(missions, settings),
+        PartitionedTableStore(journey_table, partitions),
+        PartitionedTableStore(kpi_table, partitions),
+        producer,
+        WorkerMetrics(metrics or Metrics()),
+        make_clock(settings.clock),
+    )
+    input_topic = app.topic(*contracts.INPUT_TOPICS, key_serializer="raw", value_serializer="raw")
+    facts_topic = app.topic(FACTS_TOPIC, key_serializer="raw", value_serializer="raw")
+
+    async def consume(stream: faust.StreamT, handle: Callable[[Sequence[EventT]], Awaitable[None]]) -> None:
+        async for events in stream.take_events(options.batch_max, within=options.batch_within_s):
+            await handle(events)
+
+    @app.agent(input_topic, name="journeys")
+    async def journeys_agent(stream: faust.StreamT) -> None:
+        await consume(stream, runtime.on_journey_events)
+
+    @app.agent(facts_topic, name="kpis")
+    async def kpis_agent(stream: faust.StreamT) -> None:
+        await consume(stream, runtime.on_fact_events)
+
+    @app.timer(options.timer_interval_s, name="sweep_and_tick")
+    async def sweep_and_tick() -> None:
+        await runtime.sweep()
+        await runtime.tick()
+
+    @app.on_rebalance_complete.connect
+    async def on_rebalance_complete(sender: faust.App, **_: Any) -> None:
+        await runtime.on_assigned({(tp.topic, tp.partition) for tp in app.consumer.assignment()})
+
+    @app.on_partitions_revoked.connect
+    async def on_partitions_revoked(sender: faust.App, revoked: set[Any], **_: Any) -> None:
+        runtime.on_revoked()
+
+    return app, runtime
+
+
+def run_worker(settings: Settings, options: WorkerOptions) -> None:
+    """Run one worker in the foreground until SIGINT/SIGTERM (Faust's worker handles both)."""
+    from backbone.logs import setup_logging
+
+    setup_logging(settings.log_level, component=f"processor-{options.worker_id}")
+    bootstrap = settings.kafka_bootstrap_servers
+    ensure_topics(
+        settings, bootstrap, topics=(*contracts.INPUT_TOPICS, *contracts.OUTPUT_TOPICS, FACTS_TOPIC)
+    )
+    check_partitions(settings, bootstrap)
+    metrics = Metrics()
+    port = serve(metrics, options.resolved_metrics_port(settings))
+    metrics.worker_up.labels("processor").set(1)
+    app, _runtime = build_worker(settings, options, metrics)
+    log.info(
+        "processor starting",
+        extra={
+            "worker_id": options.worker_id,
+            "stock": options.stock,
+            "metrics_port": port,
+            "bootstrap": bootstrap,
+        },
+    )
+    print(f"processor worker {options.worker_id}: metrics on 127.0.0.1:{port}", flush=True)
+    worker = faust.Worker(app, loglevel=settings.log_level, quiet=True, redirect_stdouts=False)
+    worker.execute_from_commandline()
