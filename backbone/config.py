@@ -12,7 +12,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
+from pydantic_settings import (
+    BaseSettings,
+    InitSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_MISSIONS_FILE = REPO_ROOT / "config" / "missions.yaml"
@@ -107,11 +113,29 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        sources.append(_file_values_source(settings_cls))
         config_file = os.environ.get("BACKBONE_CONFIG_FILE")
         if config_file:
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(config_file)))
         sources.append(file_secret_settings)
         return tuple(sources)
+
+
+def _file_values_source(settings_cls: type[BaseSettings]) -> PydanticBaseSettingsSource:
+    """``BACKBONE_<FIELD>_FILE=/path``: the field's value is that file's content (Docker/Kubernetes
+    secrets). Used when ``BACKBONE_<FIELD>`` itself is not set; trailing line breaks are dropped.
+    A named file that cannot be read is a configuration error naming the variable."""
+    values: dict[str, str] = {}
+    for name in settings_cls.model_fields:
+        path = os.environ.get(f"BACKBONE_{name.upper()}_FILE")
+        if path is None or f"BACKBONE_{name.upper()}" in os.environ:
+            continue
+        try:
+            text = Path(path).read_text()
+        except OSError as exc:
+            raise ConfigError(f"BACKBONE_{name.upper()}_FILE={path}: cannot read: {exc.strerror}") from exc
+        values[name] = text.rstrip("\r\n")
+    return InitSettingsSource(settings_cls, init_kwargs=values)
 
 
 def load_settings(**overrides: Any) -> Settings:
