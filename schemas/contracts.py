@@ -10,7 +10,7 @@ import copy
 import json
 import re
 from dataclasses import dataclass, field
-from functools import cache
+from functools import cache, cached_property
 from pathlib import Path
 from typing import Any
 
@@ -57,7 +57,7 @@ def strip_logical_types(schema: Any) -> Any:
 
 
 @dataclass(frozen=True)
-class SchemaVersion:
+class SchemaVersion:  # noqa: PLR0902 - cached_property needs __dict__, so no slots
     """One published version of a topic's record schema."""
 
     topic: str
@@ -77,7 +77,7 @@ class SchemaVersion:
     def field_names(self) -> list[str]:
         return [f["name"] for f in self.schema["fields"]]
 
-    @property
+    @cached_property
     def money_fields(self) -> tuple[str, ...]:
         """Top-level decimal fields; in the raw shape they travel as integer paisa (scale 2)."""
         return tuple(f["name"] for f in self.schema["fields"] if _is_decimal(f["type"]))

@@ -1,0 +1,144 @@
+"""``backbone bench``: speed and memory measured side by side in one run, as ratios to a ceiling.
+
+Machines are noisy, so every figure is printed beside its ceiling measured in the same run on
+the same events (e.g. the full KPI job vs a bare confluent-kafka consume + fastavro decode).
+Sections live in ``backbone/bench_*.py`` modules; each returns :class:`BenchRow` objects.
+Results: a table on stdout, ``bench.json`` and ``bench.png`` in ``--out``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import typer
+
+SECTIONS: dict[str, str] = {
+    "producer": "backbone.bench_producer",
+    "processor": "backbone.bench_processor",
+    "sink": "backbone.bench_sink",
+    "freshness": "backbone.bench_freshness",
+    "memory": "backbone.bench_memory",
+    "recompute": "backbone.bench_recompute",
+}
+
+
+@dataclass
+class BenchRow:
+    """One measured figure beside its ceiling (same run, same input)."""
+
+    section: str
+    name: str
+    value: float
+    unit: str
+    ceiling_name: str = ""
+    ceiling_value: float | None = None
+    target: str = ""
+    notes: str = ""
+    extra: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def ratio(self) -> float | None:
+        if not self.ceiling_value:
+            return None
+        return self.value / self.ceiling_value
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    events: int
+    rate: int
+    partitions: int
+    out: Path
+    seed: int
+
+
+SectionFn = Callable[[BenchOptions], list[BenchRow]]
+
+
+def machine_facts() -> dict[str, str]:
+    import os
+
+    return {
+        "python": platform.python_version(),
+        "cpu": platform.processor() or platform.machine(),
+        "cores": str(os.cpu_count()),
+        "os": platform.platform(),
+        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+def format_table(rows: list[BenchRow]) -> str:
+    header = f"{'section':<10} {'measure':<44} {'value':>14} {'ceiling':>14} {'ratio':>7}  target / notes"
+    lines = [header, "-" * len(header)]
+    for r in rows:
+        ceiling = f"{r.ceiling_value:,.0f}" if r.ceiling_value is not None else "-"
+        ratio = f"{r.ratio:.2f}" if r.ratio is not None else "-"
+        note = "; ".join(x for x in (r.target, r.notes) if x)
+        lines.append(f"{r.section:<10} {r.name:<44} {r.value:>10,.0f} {r.unit:<3} {ceiling:>14} {ratio:>7}  {note}")
+    return "\n".join(lines)
+
+
+def write_chart(rows: list[BenchRow], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ratio_rows = [r for r in rows if r.ratio is not None]
+    fig, ax = plt.subplots(figsize=(10, 0.45 * max(4, len(ratio_rows)) + 1))
+    labels = [f"{r.section}: {r.name}" for r in ratio_rows]
+    ax.barh(labels, [r.ratio for r in ratio_rows], color="#2b6cb0")
+    ax.axvline(1.0, color="#999", linestyle="--", linewidth=1)
+    ax.set_xlabel("ratio to its ceiling (same run)")
+    ax.invert_yaxis()
+    ax.set_title("Delivery Backbone benchmark")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def run_sections(names: list[str], opts: BenchOptions) -> list[BenchRow]:
+    rows: list[BenchRow] = []
+    for name in names:
+        module = importlib.import_module(SECTIONS[name])
+        typer.echo(f"bench: {name} ...", err=True)
+        started = time.monotonic()
+        rows.extend(module.run(opts))
+        typer.echo(f"bench: {name} done in {time.monotonic() - started:.1f} s", err=True)
+    return rows
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("bench")
+    def bench(
+        events: int = typer.Option(200_000, help="Events per throughput measurement."),
+        rate: int = typer.Option(10_000, help="Sustained rate (events/s) for the freshness measurement."),
+        partitions: int = typer.Option(6, help="Partitions of the benchmark topics."),
+        sections: str = typer.Option("all", help=f"Comma-separated subset of: {', '.join(SECTIONS)}."),
+        out: Path = typer.Option(Path("bench-results"), help="Folder for bench.json and bench.png."),
+        seed: int = typer.Option(11, help="Simulator seed."),
+    ) -> None:
+        """Measure producer, processor, sink, freshness, memory and recompute against their ceilings."""
+        chosen = list(SECTIONS) if sections == "all" else [s.strip() for s in sections.split(",") if s.strip()]
+        unknown = [s for s in chosen if s not in SECTIONS]
+        if unknown:
+            typer.echo(f"error: unknown section(s) {', '.join(unknown)}; choose from {', '.join(SECTIONS)}", err=True)
+            raise typer.Exit(2)
+        out.mkdir(parents=True, exist_ok=True)
+        opts = BenchOptions(events=events, rate=rate, partitions=partitions, out=out, seed=seed)
+        rows = run_sections(chosen, opts)
+        table = format_table(rows)
+        typer.echo(table)
+        facts = machine_facts()
+        (out / "bench.json").write_text(
+            json.dumps({"machine": facts, "options": {**asdict(opts), "out": str(out)},
+                        "rows": [{**asdict(r), "ratio": r.ratio} for r in rows]}, indent=2)
+        )
+        write_chart(rows, out / "bench.png")
+        typer.echo(f"\nmachine: {facts}\nwritten: {out / 'bench.json'}, {out / 'bench.png'}")
