@@ -62,9 +62,13 @@ def alert_labels(record: dict[str, Any]) -> dict[str, str]:
         raise AlertRecordError(alert_id, "alert_id is empty")
     kind = record.get("kind")
     if kind not in ALERTNAME_BY_KIND:
-        raise AlertRecordError(alert_id, f"unknown kind {kind!r}; expected one of {', '.join(ALERTNAME_BY_KIND)}")
+        raise AlertRecordError(
+            alert_id, f"unknown kind {kind!r}; expected one of {', '.join(ALERTNAME_BY_KIND)}"
+        )
     if record.get("severity") not in SEVERITIES:
-        raise AlertRecordError(alert_id, f"severity {record.get('severity')!r} is not one of {', '.join(SEVERITIES)}")
+        raise AlertRecordError(
+            alert_id, f"severity {record.get('severity')!r} is not one of {', '.join(SEVERITIES)}"
+        )
     labels = {"alertname": ALERTNAME_BY_KIND[kind]}
     for name in _RECORD_LABELS:
         value = record.get(name)
@@ -145,4 +149,3 @@ def to_alertmanager(
         "endsAt": rfc3339(ends_at),
         "generatorURL": generator,
     }
-

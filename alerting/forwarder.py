@@ -27,7 +27,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    Producer,
+    TopicPartition,
+)
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, wait_exponential
 
 from alerting.alertmanager_payload import AlertRecordError, to_alertmanager
@@ -167,20 +175,24 @@ class AlertForwarder:
     def run(self) -> None:
         """Consume and deliver until :meth:`stop`. Undelivered records stay uncommitted."""
         opts = self.options
-        consumer = Consumer({
-            **self._kafka_conf,
-            **FAST_GROUP_SETTINGS,
-            "group.id": opts.group_id,
-            "enable.auto.commit": False,
-            "auto.offset.reset": "earliest",
-            # Long Alertmanager outages block polling; keep the membership for an hour of them.
-            "max.poll.interval.ms": 3_600_000,
-            **opts.consumer_overrides,
-        })
+        consumer = Consumer(
+            {
+                **self._kafka_conf,
+                **FAST_GROUP_SETTINGS,
+                "group.id": opts.group_id,
+                "enable.auto.commit": False,
+                "auto.offset.reset": "earliest",
+                # Long Alertmanager outages block polling; keep the membership for an hour of them.
+                "max.poll.interval.ms": 3_600_000,
+                **opts.consumer_overrides,
+            }
+        )
         self._consumer = consumer
         consumer.subscribe([opts.topic], on_assign=self._on_assign, on_revoke=self._on_revoke)
         self.metrics.worker_up.labels(SOURCE).set(1)
-        log.info("alert forwarder started", extra={"topic": opts.topic, "alertmanager": self.alertmanager.base_url})
+        log.info(
+            "alert forwarder started", extra={"topic": opts.topic, "alertmanager": self.alertmanager.base_url}
+        )
         try:
             while not self._stop.is_set():
                 messages = consumer.consume(num_messages=opts.batch_size, timeout=opts.poll_timeout_s)
@@ -192,8 +204,10 @@ class AlertForwarder:
         except AlertmanagerUnavailable as exc:
             if not self._stop.is_set():
                 raise
-            log.warning("stopped while Alertmanager was unavailable; undelivered alerts stay uncommitted",
-                        extra={"error": str(exc)})
+            log.warning(
+                "stopped while Alertmanager was unavailable; undelivered alerts stay uncommitted",
+                extra={"error": str(exc)},
+            )
         finally:
             self.metrics.worker_up.labels(SOURCE).set(0)
             consumer.close()
@@ -215,7 +229,9 @@ class AlertForwarder:
                 raise KafkaException(err)
             try:
                 record = self.codec.decode(contracts.ALERTS, msg.value())
-                to_alertmanager(record, self.settings.board_url, now, lease_ms)  # validates before any state change
+                to_alertmanager(
+                    record, self.settings.board_url, now, lease_ms
+                )  # validates before any state change
             except DecodeError as exc:
                 rejected.append(_Rejected(msg, exc.reason, exc.detail))
                 continue
@@ -243,8 +259,9 @@ class AlertForwarder:
                     self._post_until_answered(d.payloads)
                 except AlertmanagerRejected as exc:
                     self.firing.forget(d.record["alert_id"])
-                    rejected.append(_Rejected(d.message, "alertmanager_rejected",
-                                              f"alert {d.record['alert_id']}: {exc}"))
+                    rejected.append(
+                        _Rejected(d.message, "alertmanager_rejected", f"alert {d.record['alert_id']}: {exc}")
+                    )
                 else:
                     self._count_delivered(d.record)
             return rejected
@@ -260,7 +277,9 @@ class AlertForwarder:
         opts = self.options
         retrying = Retrying(
             retry=retry_if_exception_type(AlertmanagerUnavailable),
-            wait=wait_exponential(multiplier=opts.retry_initial_s, min=opts.retry_initial_s, max=opts.retry_max_s),
+            wait=wait_exponential(
+                multiplier=opts.retry_initial_s, min=opts.retry_initial_s, max=opts.retry_max_s
+            ),
             stop=lambda _state: self._stop.is_set(),
             sleep=self._stop.wait,
             before_sleep=self._on_retry,
@@ -272,9 +291,14 @@ class AlertForwarder:
         self.metrics.alert_delivery_errors.inc()
         exc = state.outcome.exception() if state.outcome is not None else None
         wait_s = state.next_action.sleep if state.next_action is not None else 0.0
-        log.warning("Alertmanager unavailable; retrying", extra={
-            "attempt": state.attempt_number, "retry_in_s": round(wait_s, 2), "error": str(exc),
-        })
+        log.warning(
+            "Alertmanager unavailable; retrying",
+            extra={
+                "attempt": state.attempt_number,
+                "retry_in_s": round(wait_s, 2),
+                "error": str(exc),
+            },
+        )
 
     def _repost_firing(self) -> None:
         """Renew the lease of every held firing alert (recomputing its waiting time)."""
@@ -290,8 +314,10 @@ class AlertForwarder:
                     try:
                         self._post_until_answered([payload])
                     except AlertmanagerRejected as exc:
-                        log.error("Alertmanager refuses a held alert; no longer renewing it",
-                                  extra={"alert_id": record["alert_id"], "error": str(exc)})
+                        log.error(
+                            "Alertmanager refuses a held alert; no longer renewing it",
+                            extra={"alert_id": record["alert_id"], "error": str(exc)},
+                        )
                         self.firing.forget(record["alert_id"])
         self._next_repost = time.monotonic() + self.options.repost_interval_s
         self.metrics.alerts_firing.set(len(self.firing))
@@ -329,24 +355,48 @@ class AlertForwarder:
         for r in rejected:
             m = r.message
             dead_letter_id = hashlib.sha1(f"{m.topic()}|{m.partition()}|{m.offset()}".encode()).hexdigest()
-            value = self.codec.encode(contracts.DEAD_LETTERS, {
-                "dead_letter_id": dead_letter_id, "source": SOURCE, "topic": m.topic(),
-                "partition": m.partition(), "offset": m.offset(), "key": m.key(), "value": m.value(),
-                "reason": r.reason, "detail": r.detail, "received_at": now,
-            })
-            self._producer.produce(self.options.dead_letters_topic, value=value, key=dead_letter_id.encode(),
-                                   on_delivery=on_delivery)
+            value = self.codec.encode(
+                contracts.DEAD_LETTERS,
+                {
+                    "dead_letter_id": dead_letter_id,
+                    "source": SOURCE,
+                    "topic": m.topic(),
+                    "partition": m.partition(),
+                    "offset": m.offset(),
+                    "key": m.key(),
+                    "value": m.value(),
+                    "reason": r.reason,
+                    "detail": r.detail,
+                    "received_at": now,
+                },
+            )
+            self._producer.produce(
+                self.options.dead_letters_topic,
+                value=value,
+                key=dead_letter_id.encode(),
+                on_delivery=on_delivery,
+            )
             self.metrics.dead_letters.labels(SOURCE, m.topic(), r.reason).inc()
             self.metrics.alert_records_rejected.labels(r.reason).inc()
-            log.error("alert record parked as a dead letter", extra={
-                "topic": m.topic(), "partition": m.partition(), "offset": m.offset(),
-                "reason": r.reason, "detail": r.detail,
-            })
+            log.error(
+                "alert record parked as a dead letter",
+                extra={
+                    "topic": m.topic(),
+                    "partition": m.partition(),
+                    "offset": m.offset(),
+                    "reason": r.reason,
+                    "detail": r.detail,
+                },
+            )
         remaining = self._producer.flush(30)
         if remaining or failures:
-            raise KafkaException(KafkaError(KafkaError._MSG_TIMED_OUT,
-                                 f"dead letters not acknowledged ({remaining} pending, errors: {failures[:3]}); "
-                                 "batch not committed"))
+            raise KafkaException(
+                KafkaError(
+                    KafkaError._MSG_TIMED_OUT,
+                    f"dead letters not acknowledged ({remaining} pending, errors: {failures[:3]}); "
+                    "batch not committed",
+                )
+            )
 
     # -- rebalance: rebuild the firing map from what was already delivered -------------------
     def _on_assign(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -368,8 +418,9 @@ class AlertForwarder:
         ends = {tp.partition: tp.offset for tp in committed if tp.offset > 0}
         if not ends:
             return
-        replay = Consumer({**self._kafka_conf, "group.id": f"{self.options.group_id}-restore",
-                           "enable.auto.commit": False})
+        replay = Consumer(
+            {**self._kafka_conf, "group.id": f"{self.options.group_id}-restore", "enable.auto.commit": False}
+        )
         restored = 0
         try:
             replay.assign([TopicPartition(self.options.topic, p, OFFSET_BEGINNING) for p in ends])
@@ -389,8 +440,10 @@ class AlertForwarder:
                     if msg.offset() >= ends[msg.partition()] - 1:
                         del ends[msg.partition()]
             if ends:
-                log.warning("firing map restore timed out; some held alerts may expire",
-                            extra={"partitions": sorted(ends)})
+                log.warning(
+                    "firing map restore timed out; some held alerts may expire",
+                    extra={"partitions": sorted(ends)},
+                )
         finally:
             replay.close()
         self._next_repost = 0.0  # renew what was restored right away
@@ -400,4 +453,4 @@ class AlertForwarder:
 
 def _chunks(items: list[Any], size: int) -> Iterable[list[Any]]:
     for i in range(0, len(items), size):
-        yield items[i:i + size]
+        yield items[i : i + size]
