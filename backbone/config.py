@@ -67,6 +67,10 @@ class Settings(BaseSettings):
     board_port: int = Field(8050, ge=0, le=65535, description="Port of the built-in command view (loopback).")
     processor_metrics_port: int = Field(9464, ge=0, le=65535, description="Prometheus metrics port of the processors.")
     sink_metrics_port: int = Field(9465, ge=0, le=65535, description="Prometheus metrics port of the sink.")
+    metrics_address: str = Field(
+        "127.0.0.1",
+        description="Address the metrics endpoints bind to; 0.0.0.0 in containers so Prometheus can scrape them.",
+    )
     alertmanager_url: str = Field(
         "", description="Alertmanager base URL for alert delivery. Empty in `up`: start the Debian binary if present."
     )
