@@ -288,4 +288,5 @@ def _wire_format(settings: Settings) -> Any:
     auth = settings.schema_registry_basic_auth.get_secret_value()
     if auth:
         conf["basic.auth.user.info"] = auth
-    return RegistryFormat(SchemaRegistryClient(conf))
+    # new_client() also understands mock:// URLs (confluent-kafka's in-process registry, for tests).
+    return RegistryFormat(SchemaRegistryClient.new_client(conf))

@@ -94,12 +94,10 @@ def prepare(
     max_future_skew_ms: int = DEFAULT_MAX_FUTURE_SKEW_MS,
 ) -> dict[str, Any]:
     """Return ``record`` as a new raw dict valid for ``topic``, or raise :class:`InvalidRecord`."""
-    try:
-        plan = plan_for(topic)
-    except KeyError:
-        raise InvalidRecord(
-            "topic", f"unknown topic {topic!r}; agency topics: {', '.join(contracts.INPUT_TOPICS)}"
-        ) from None
+    if topic not in contracts.INPUT_TOPICS:
+        known = ", ".join(contracts.INPUT_TOPICS)
+        raise InvalidRecord("topic", f"{topic!r} is not an agency topic; agency topics: {known}")
+    plan = plan_for(topic)
     if not isinstance(record, Mapping):
         raise InvalidRecord("record", f"must be an object with named fields, got {type(record).__name__}")
     raw = dict(record)
