@@ -46,7 +46,7 @@ def check(
         raise typer.Exit(2)
     try:
         report = evolution.check(folder, lock_path, samples)
-    except (ValueError, OSError) as exc:  # unparseable .avsc or lock file
+    except (evolution.SchemaLoadError, ValueError, OSError) as exc:  # unparseable .avsc or lock file
         typer.echo(f"error: cannot load the schemas: {exc}", err=True)
         raise typer.Exit(2) from exc
     for problem in report.problems:

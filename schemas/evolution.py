@@ -27,7 +27,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import fastavro
 from fastavro import schemaless_reader, schemaless_writer
+from fastavro.schema import SchemaParseException
 from fastavro.utils import generate_many
 
 from schemas import contracts
@@ -84,10 +86,22 @@ class CheckReport:
 # -- loading ---------------------------------------------------------------------------------
 
 
+class SchemaLoadError(ValueError):
+    """A ``.avsc`` file is not valid JSON or not a valid Avro schema; the message names the file."""
+
+
 def load_versions(avro_dir: Path) -> dict[str, tuple[SchemaVersion, ...]]:
     """Every topic's versions read fresh from ``avro_dir`` (no cache: the check must see edits)."""
     loader = contracts.all_versions.__wrapped__  # the uncached loader behind contracts' cache
-    return loader(avro_dir)  # type: ignore[no-any-return]
+    try:
+        return loader(avro_dir)  # type: ignore[no-any-return]
+    except (ValueError, KeyError, TypeError, SchemaParseException) as exc:
+        for path in sorted(avro_dir.glob("*/v*.avsc")):
+            try:
+                fastavro.parse_schema(json.loads(path.read_text()), named_schemas={})
+            except (ValueError, KeyError, TypeError, SchemaParseException) as file_exc:
+                raise SchemaLoadError(f"{path}: {type(file_exc).__name__}: {file_exc}") from file_exc
+        raise SchemaLoadError(f"{avro_dir}: {type(exc).__name__}: {exc}") from exc
 
 
 def content_hash(sv: SchemaVersion) -> str:
