@@ -74,6 +74,11 @@ class RegistryFormat:
         self._ids_by_topic: dict[str, int] = {}
         self._versions_by_id: dict[int, SchemaVersion] = {}
 
+    @property
+    def client(self) -> SchemaRegistryClient:
+        """The registry client, e.g. to hand the same registry to Confluent's own deserializer."""
+        return self._client
+
     def schema_id(self, topic: str) -> int:
         if topic not in self._ids_by_topic:
             from confluent_kafka.schema_registry import Schema
