@@ -50,6 +50,11 @@ class Metrics:
         self.sink_errors = Counter("backbone_sink_errors_total", "Insert attempts that failed (retried).", ["table", "error"], registry=r)
         self.sink_last_commit = Gauge("backbone_sink_last_commit_timestamp_seconds", "When the sink last committed offsets.", registry=r)
         self.sink_pending_rows = Gauge("backbone_sink_pending_rows", "Rows buffered, not yet in ClickHouse.", registry=r)
+        self.sink_skipped = Counter(
+            "backbone_sink_skipped_events_total",
+            "Agency events the sink skips: the processors dead-letter them (undecodable, invalid).",
+            ["topic", "reason"], registry=r,
+        )
         # -- alert delivery ------------------------------------------------------------
         self.alerts_delivered = Counter("backbone_alerts_delivered_total", "Alerts posted to Alertmanager.", ["kind", "state"], registry=r)
         self.alert_delivery_errors = Counter("backbone_alert_delivery_errors_total", "Failed posts to Alertmanager (retried).", registry=r)

@@ -31,10 +31,10 @@ BASE_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z
 HOUR_MS = 3_600_000
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def private_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TansuBroker]:
-    """A Tansu broker of this module's own: the sink reads the canonical topic names, which
-    other areas' tests write to on the session broker."""
+    """A Tansu broker of this test's own (starts in < 1 s): the sink reads the canonical topic
+    names, which other tests write to on the session broker."""
     log_file = tmp_path_factory.mktemp("sink-broker") / "tansu.log"
     with TansuBroker(log_file=log_file) as b:
         ensure_topics(load_settings(kafka_bootstrap_servers=b.bootstrap), b.bootstrap, partitions=3)
@@ -350,3 +350,59 @@ def wait_for(predicate: Any, timeout_s: float, what: str, interval_s: float = 0.
             return
         time.sleep(interval_s)
     raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+
+
+ALL_TOPICS = contracts.INPUT_TOPICS + contracts.OUTPUT_TOPICS
+
+
+class SinkThread:
+    """Runs a :class:`sinks.sink.Sink` in a thread of the test process (same chdb engine)."""
+
+    def __init__(self, settings: Settings, inserter: Any, group: str, **config: Any) -> None:
+        import threading
+
+        from backbone.metrics import Metrics
+        from sinks.sink import Sink, SinkConfig
+
+        self.settings = settings
+        self.group = group
+        self.metrics = Metrics()
+        defaults: dict[str, Any] = {"max_batch_age_s": 0.3, "retry_initial_s": 0.05, "retry_max_s": 0.5}
+        self.sink = Sink(
+            settings, inserter, self.metrics, SinkConfig(group_id=group, **{**defaults, **config})
+        )
+        self.stop_event = threading.Event()
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, daemon=True, name=f"sink-{group}")
+
+    def _run(self) -> None:
+        try:
+            self.sink.run(self.stop_event)
+        except BaseException as exc:  # surfaced by stop()
+            self.error = exc
+
+    def __enter__(self) -> SinkThread:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def wait_committed(self, total: int, timeout_s: float = 60.0) -> None:
+        def done() -> bool:
+            if self.error is not None:
+                raise AssertionError(f"sink failed: {self.error!r}") from self.error
+            return committed_total(self.settings, self.group, ALL_TOPICS) >= total
+
+        wait_for(done, timeout_s, f"group {self.group} to commit {total} offsets", interval_s=0.5)
+
+    def stop(self, timeout_s: float = 60.0) -> None:
+        self.stop_event.set()
+        self.thread.join(timeout_s)
+        assert not self.thread.is_alive(), "sink thread did not stop"
+        if self.error is not None:
+            raise AssertionError(f"sink failed: {self.error!r}") from self.error
+
+    def metric(self, name: str, **labels: str) -> float:
+        value = self.metrics.registry.get_sample_value(name, labels)
+        return 0.0 if value is None else value

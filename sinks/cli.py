@@ -1,0 +1,122 @@
+"""``backbone db migrate`` and ``backbone sink run [--serve-board]`` (and ``backbone recompute``)."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+from typing import Any
+
+import typer
+
+log = logging.getLogger("backbone.sink")
+
+db_app = typer.Typer(help="ClickHouse schema: versioned migrations.", no_args_is_help=True)
+sink_app = typer.Typer(
+    help="The ClickHouse sink: topics → tables, offsets committed after inserts.", no_args_is_help=True
+)
+
+
+@db_app.command("migrate")
+def db_migrate() -> None:
+    """Apply the missing migrations (sinks/migrations) in order; safe to run again."""
+    from backbone.cli import settings_or_exit
+    from sinks.migrate import MigrationError, migrate_database
+
+    settings = settings_or_exit()
+    try:
+        applied = migrate_database(settings)
+    except MigrationError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    where = settings.clickhouse_url or f"chdb:///{settings.chdb_path}"
+    names = ", ".join(m.label for m in applied) or "none (up to date)"
+    typer.echo(f"database {settings.clickhouse_database} at {where}: applied {names}")
+
+
+def _start_board(settings: Any) -> tuple[Any, Any] | None:
+    """Serve the built-in board from this process (it owns the chdb path); None if not available."""
+    try:
+        from dashboards.board.server import start_board
+    except ModuleNotFoundError as exc:
+        log.warning("built-in board not available; running the sink without it", extra={"error": str(exc)})
+        return None
+    from sinks.client import LockedQuery, open_client
+
+    query = LockedQuery(open_client(settings))
+    handle = start_board(query, settings.board_port, settings)
+    log.info("board serving", extra={"port": settings.board_port})
+    return handle, query
+
+
+def _stop_board(board: tuple[Any, Any] | None) -> None:
+    if board is None:
+        return
+    handle, query = board
+    for name in ("stop", "close", "shutdown"):
+        stop = getattr(handle, name, None)
+        if callable(stop):
+            stop()
+            break
+    query.close()
+
+
+@sink_app.command("run")
+def sink_run(
+    serve_board: bool = typer.Option(
+        False, "--serve-board", help="Also serve the built-in board from this process."
+    ),
+    group: str = typer.Option(
+        "backbone-sink", help="Kafka consumer group (a new group re-reads every topic)."
+    ),
+    batch_rows: int = typer.Option(50_000, min=1, help="Flush a table's batch at this many rows."),
+    max_batch_age: float = typer.Option(
+        1.0, min=0.01, help="Flush when the oldest buffered row is this old (s)."
+    ),
+) -> None:
+    """Run the sink until SIGINT/SIGTERM: migrate, consume, insert in batches, commit after inserts."""
+    from backbone.cli import settings_or_exit
+    from backbone.logs import setup_logging
+    from backbone.metrics import Metrics, serve
+    from sinks.client import open_client
+    from sinks.migrate import migrate
+    from sinks.sink import Sink, SinkConfig, SinkFatal, SinkShutdownTimeout
+
+    settings = settings_or_exit()
+    setup_logging(settings.log_level, "backbone.sink")
+    client = open_client(settings)
+    migrate(client)
+    metrics = Metrics()
+    port = serve(metrics, settings.sink_metrics_port)
+    config = SinkConfig(group_id=group, batch_rows=batch_rows, max_batch_age_s=max_batch_age)
+    sink = Sink(settings, client, metrics, config)
+    stop = threading.Event()
+
+    def _on_signal(signum: int, _frame: object) -> None:
+        log.info("stop requested; flushing", extra={"signal": signum})
+        stop.set()
+
+    signal.signal(signal.SIGINT, _on_signal)
+    signal.signal(signal.SIGTERM, _on_signal)
+    board = _start_board(settings) if serve_board else None
+    log.info("sink running", extra={"metrics_port": port, "group": group, "topics": sink.topics})
+    code = 0
+    try:
+        sink.run(stop)
+        log.info("sink stopped cleanly", extra={"rows": sink.rows_inserted, "commits": sink.commits})
+    except SinkShutdownTimeout as exc:
+        log.error("sink stopped without committing", extra={"error": str(exc)})
+        code = 1
+    except SinkFatal as exc:
+        log.error("sink failed", extra={"error": str(exc)})
+        code = 1
+    finally:
+        _stop_board(board)
+        client.close()
+    sys.exit(code)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(db_app, name="db")
+    app.add_typer(sink_app, name="sink")
