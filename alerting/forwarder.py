@@ -69,9 +69,11 @@ class AlertmanagerRejected(ValueError):
 class AlertmanagerClient:
     """Posts alerts to ``{base_url}/api/v2/alerts``."""
 
-    def __init__(self, base_url: str, timeout_s: float = 10.0) -> None:
+    def __init__(
+        self, base_url: str, timeout_s: float = 10.0, transport: httpx.BaseTransport | None = None
+    ) -> None:
         self.base_url = base_url.rstrip("/")
-        self._http = httpx.Client(timeout=timeout_s)
+        self._http = httpx.Client(timeout=timeout_s, transport=transport)
 
     def post(self, alerts: list[dict[str, Any]]) -> None:
         if not alerts:
