@@ -321,7 +321,7 @@ def build_config(
 
     if live:
         base = SimulationConfig(start_ms=now_ms - warmup_ms, seed=seed, **shares, delay_scale=delay_scale)
-        per_case = mean_events_per_case(base, 500)
+        per_case = mean_events_per_case(base, within_ms=max(warmup_ms, 10 * MINUTE), sample_cases=500)
         case_rate = max(rate, 0.001) * 3600 / per_case
         return SimulationConfig(
             **{**base.__dict__, "cases": None, "case_rate_per_h": case_rate, "until_ms": None}

@@ -753,10 +753,23 @@ def generate(config: SimulationConfig, registry: Registry | None = None) -> Iter
     yield from queue.due_before(None)
 
 
-def mean_events_per_case(config: SimulationConfig, sample_cases: int = 2000) -> float:
-    """Average events published per started journey (claims included): turns events/s into cases/h."""
+def mean_events_per_case(
+    config: SimulationConfig, within_ms: int | None = None, sample_cases: int = 1000
+) -> float:
+    """Average events a journey publishes (claims included), or only in its first ``within_ms``.
+
+    Turns a target of events/s into journeys/h. A live run whose journeys started ``warmup``
+    ago emits ``rate(t) = journeys/h × events_within(age)``: calibrating on the warm-up gives
+    the requested rate at the start of the live stream (it then creeps up as journeys mature).
+    """
     sample = SimulationConfig(
-        **{**config.__dict__, "cases": sample_cases, "case_rate_per_h": None, "until_ms": NO_CUTOFF}
+        **{
+            **config.__dict__,
+            "cases": sample_cases,
+            "case_rate_per_h": None,
+            "span_ms": 1,  # every sampled journey starts at once
+            "until_ms": NO_CUTOFF if within_ms is None else config.start_ms + within_ms,
+        }
     )
     count = sum(1 for _ in generate(sample))
-    return count / max(1, sample_cases)
+    return max(count, 1) / max(1, sample_cases)
