@@ -47,17 +47,26 @@ def ensure_viewer(client: httpx.Client, login: str, password: str, org_id: int =
     """Make ``login`` a Viewer of ``org_id`` with ``password``; returns ``"created"`` or ``"updated"``."""
     found = client.get("/api/users/lookup", params={"loginOrEmail": login})
     if found.status_code == 404:
-        body = {"name": "Command centre", "login": login, "email": f"{login}@localhost", "password": password,
-                "OrgId": org_id}
+        body = {
+            "name": "Command centre",
+            "login": login,
+            "email": f"{login}@localhost",
+            "password": password,
+            "OrgId": org_id,
+        }
         user_id = _check(client.post("/api/admin/users", json=body), f"create user {login}").json()["id"]
         outcome = "created"
     else:
         user_id = _check(found, f"look up user {login}").json()["id"]
-        _check(client.put(f"/api/admin/users/{user_id}/password", json={"password": password}),
-               f"set password of {login}")
+        _check(
+            client.put(f"/api/admin/users/{user_id}/password", json={"password": password}),
+            f"set password of {login}",
+        )
         outcome = "updated"
-    _check(client.patch(f"/api/orgs/{org_id}/users/{user_id}", json={"role": VIEWER_ROLE}),
-           f"set role of {login} to {VIEWER_ROLE}")
+    _check(
+        client.patch(f"/api/orgs/{org_id}/users/{user_id}", json={"role": VIEWER_ROLE}),
+        f"set role of {login} to {VIEWER_ROLE}",
+    )
     return outcome
 
 
@@ -66,7 +75,9 @@ def main(env: Mapping[str, str] = os.environ) -> int:
         admin = (env.get("GRAFANA_ADMIN_USER") or "admin", secret(env, "GRAFANA_ADMIN_PASSWORD"))
         login = env.get("GRAFANA_VIEWER_LOGIN") or "command-centre"
         password = secret(env, "GRAFANA_VIEWER_PASSWORD")
-        with httpx.Client(base_url=env.get("GRAFANA_URL") or "http://grafana:3000", auth=admin, timeout=10) as client:
+        with httpx.Client(
+            base_url=env.get("GRAFANA_URL") or "http://grafana:3000", auth=admin, timeout=10
+        ) as client:
             outcome = ensure_viewer(client, login, password)
     except (SetupError, OSError, httpx.HTTPError) as exc:
         print(f"error: grafana viewer setup: {exc}", file=sys.stderr)

@@ -17,8 +17,10 @@ Output formats (``--format``):
 * ``plan`` (default): tab-separated lines that ``create-principals-and-acls.sh`` reads with
   ``while read`` (no ``eval``): ``topic <name>``, ``user <name> <password source>``,
   ``acl <principal> <operation> <resource type> <resource name> <pattern type>``.
-  The password source is ``env:<VAR>`` for service principals (compose passes the variable) or
-  ``file`` for agencies (``$AGENCY_SECRETS_DIR/<name>.password``, generated if absent).
+  The password source is ``env:<VAR>`` for service principals (compose passes the variable),
+  ``optional-env:<VAR>`` for a principal that exists only when the variable is set (the demo
+  simulator; its ACLs are skipped too), or ``file`` for agencies
+  (``$AGENCY_SECRETS_DIR/<name>.password``, generated if absent).
 * ``shell``: the equivalent ``kafka-configs.sh`` / ``kafka-acls.sh`` commands, for review or for
   an operator without this repo's script (passwords stay ``$VARIABLES``, never literals).
 * ``json``: the same plan as data.
@@ -83,7 +85,7 @@ class Acl:
 
 @dataclass(frozen=True, order=True)
 class Principal:
-    """A SCRAM user; ``password_source`` is ``env:<VAR>`` or ``file`` (agency secrets directory)."""
+    """A SCRAM user; ``password_source`` is ``env:<VAR>``, ``optional-env:<VAR>`` or ``file``."""
 
     name: str
     kind: Literal["agency", "service"]
@@ -112,14 +114,23 @@ def load_agency_topics(registry_file: Path = DEFAULT_REGISTRY) -> dict[str, tupl
     for code, entry in agencies.items():
         topics = entry.get("topics") if isinstance(entry, dict) else None
         if not isinstance(topics, list) or not topics or not all(isinstance(t, str) for t in topics):
-            raise ValueError(f"{registry_file}: agencies.{code}.topics must be a non-empty list of topic names")
+            raise ValueError(
+                f"{registry_file}: agencies.{code}.topics must be a non-empty list of topic names"
+            )
         out[str(code)] = tuple(topics)
     return out
 
 
-def _allow(principal: str, operations: Iterable[str], resource_type: ResourceType, names: Iterable[str],
-           pattern_type: PatternType = "literal") -> list[Acl]:
-    return [Acl(f"User:{principal}", op, resource_type, name, pattern_type) for name in names for op in operations]
+def _allow(
+    principal: str,
+    operations: Iterable[str],
+    resource_type: ResourceType,
+    names: Iterable[str],
+    pattern_type: PatternType = "literal",
+) -> list[Acl]:
+    return [
+        Acl(f"User:{principal}", op, resource_type, name, pattern_type) for name in names for op in operations
+    ]
 
 
 def build_plan(agency_topics: dict[str, tuple[str, ...]]) -> AccessPlan:
@@ -141,8 +152,13 @@ def build_plan(agency_topics: dict[str, tuple[str, ...]]) -> AccessPlan:
     principals.append(Principal(processor, "service", "env:KAFKA_PROCESSOR_PASSWORD"))
     acls += _allow(processor, ["Read"], "topic", input_topics)
     acls += _allow(processor, ["Write"], "topic", OUTPUT_TOPICS)
-    acls += _allow(processor, ["Read", "Write", "Create", "DescribeConfigs"], "topic",
-                   [INTERNAL_TOPIC_PREFIX, PROCESSOR_APP_PREFIX], "prefixed")
+    acls += _allow(
+        processor,
+        ["Read", "Write", "Create", "DescribeConfigs"],
+        "topic",
+        [INTERNAL_TOPIC_PREFIX, PROCESSOR_APP_PREFIX],
+        "prefixed",
+    )
     acls += _allow(processor, ["Read"], "group", [PROCESSOR_APP_PREFIX], "prefixed")
 
     sink = "backbone-sink"
@@ -162,7 +178,7 @@ def build_plan(agency_topics: dict[str, tuple[str, ...]]) -> AccessPlan:
     acls += _allow(registry, ["Read"], "group", [SCHEMA_REGISTRY_GROUP], "prefixed")
 
     simulator = "backbone-simulator"  # demo profile only: plays every agency at once
-    principals.append(Principal(simulator, "service", "env:KAFKA_SIMULATOR_PASSWORD"))
+    principals.append(Principal(simulator, "service", "optional-env:KAFKA_SIMULATOR_PASSWORD"))
     acls += _allow(simulator, ["Write"], "topic", input_topics)
 
     topics = input_topics + OUTPUT_TOPICS + INTERNAL_TOPICS
@@ -180,8 +196,16 @@ def render_plan(plan: AccessPlan) -> str:
     lines = [f"topic\t{_check_field(t, 'topic')}" for t in plan.topics]
     lines += [f"user\t{_check_field(p.name, 'principal')}\t{p.password_source}" for p in plan.principals]
     lines += [
-        "\t".join(["acl", _check_field(a.principal, "principal"), a.operation, a.resource_type,
-                   _check_field(a.resource_name, "resource"), a.pattern_type])
+        "\t".join(
+            [
+                "acl",
+                _check_field(a.principal, "principal"),
+                a.operation,
+                a.resource_type,
+                _check_field(a.resource_name, "resource"),
+                a.pattern_type,
+            ]
+        )
         for a in plan.acls
     ]
     return "\n".join(lines) + "\n"
@@ -190,29 +214,50 @@ def render_plan(plan: AccessPlan) -> str:
 def render_shell(plan: AccessPlan) -> str:
     """Stand-alone commands; ``$KAFKA_BIN``, ``$BOOTSTRAP`` and ``$ADMIN_CONFIG`` come from the caller."""
     common = '--bootstrap-server "$BOOTSTRAP" --command-config "$ADMIN_CONFIG"'
-    out = ["# generated by deploy/kafka/acls.py from schemas/registry.yaml; passwords are variables", "set -eu"]
+    out = [
+        "# generated by deploy/kafka/acls.py from schemas/registry.yaml; passwords are variables",
+        "set -eu",
+    ]
     for t in plan.topics:
-        out.append(f'"$KAFKA_BIN/kafka-topics.sh" {common} --create --if-not-exists --topic {shlex.quote(t)} '
-                   '--partitions "${TOPIC_PARTITIONS:-6}" --replication-factor "${TOPIC_REPLICATION_FACTOR:-1}"')
+        out.append(
+            f'"$KAFKA_BIN/kafka-topics.sh" {common} --create --if-not-exists --topic {shlex.quote(t)} '
+            '--partitions "${TOPIC_PARTITIONS:-6}" --replication-factor "${TOPIC_REPLICATION_FACTOR:-1}"'
+        )
     for p in plan.principals:
-        var = p.password_source.split(":", 1)[1] if p.password_source.startswith("env:") else (
-            "PASSWORD_" + p.name.upper().replace("-", "_"))
-        out.append(f'"$KAFKA_BIN/kafka-configs.sh" {common} --alter --entity-type users '
-                   f'--entity-name {shlex.quote(p.name)} --add-config "SCRAM-SHA-512=[password=${{{var}:?}}]"')
+        var = (
+            p.password_source.split(":", 1)[1]
+            if ":" in p.password_source
+            else ("PASSWORD_" + p.name.upper().replace("-", "_"))
+        )
+        out.append(
+            f'"$KAFKA_BIN/kafka-configs.sh" {common} --alter --entity-type users '
+            f'--entity-name {shlex.quote(p.name)} --add-config "SCRAM-SHA-512=[password=${{{var}:?}}]"'
+        )
     for a in plan.acls:
-        resource = {"topic": f"--topic {shlex.quote(a.resource_name)}", "group": f"--group {shlex.quote(a.resource_name)}",
-                    "cluster": "--cluster"}[a.resource_type]
-        out.append(f'"$KAFKA_BIN/kafka-acls.sh" {common} --add --allow-principal {shlex.quote(a.principal)} '
-                   f"--operation {a.operation} {resource} --resource-pattern-type {a.pattern_type}")
+        resource = {
+            "topic": f"--topic {shlex.quote(a.resource_name)}",
+            "group": f"--group {shlex.quote(a.resource_name)}",
+            "cluster": "--cluster",
+        }[a.resource_type]
+        out.append(
+            f'"$KAFKA_BIN/kafka-acls.sh" {common} --add --allow-principal {shlex.quote(a.principal)} '
+            f"--operation {a.operation} {resource} --resource-pattern-type {a.pattern_type}"
+        )
     return "\n".join(out) + "\n"
 
 
 def render_json(plan: AccessPlan) -> str:
-    return json.dumps(
-        {"topics": list(plan.topics), "principals": [asdict(p) for p in plan.principals],
-         "acls": [asdict(a) for a in plan.acls]},
-        indent=2,
-    ) + "\n"
+    return (
+        json.dumps(
+            {
+                "topics": list(plan.topics),
+                "principals": [asdict(p) for p in plan.principals],
+                "acls": [asdict(a) for a in plan.acls],
+            },
+            indent=2,
+        )
+        + "\n"
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

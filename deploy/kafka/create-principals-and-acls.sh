@@ -84,6 +84,7 @@ password_for() {  # principal source -> prints the password
 }
 
 topics=0 users=0 acls=0
+skipped=" "   # principals whose optional password is unset: neither the user nor its ACLs exist
 while IFS=$'\t' read -r kind a b c d e; do
   case "$kind" in
     topic)
@@ -93,6 +94,15 @@ while IFS=$'\t' read -r kind a b c d e; do
       topics=$((topics + 1))
       ;;
     user)
+      if [ "${b%%:*}" = optional-env ]; then
+        var="${b#optional-env:}"
+        if [ -z "${!var:-}" ]; then
+          echo "skipping optional principal $a ($var is not set)" >&2
+          skipped="$skipped$a "
+          continue
+        fi
+        b="env:$var"
+      fi
       password="$(password_for "$a" "$b")"
       check_password "$a" "$password"
       kafka kafka-configs.sh --alter --entity-type users --entity-name "$a" \
@@ -101,6 +111,7 @@ while IFS=$'\t' read -r kind a b c d e; do
       users=$((users + 1))
       ;;
     acl)
+      case "$skipped" in *" ${a#User:} "*) continue ;; esac
       case "$c" in
         topic) resource=(--topic "$d") ;;
         group) resource=(--group "$d") ;;
