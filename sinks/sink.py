@@ -238,6 +238,8 @@ class Sink:
                 self._held = []
                 for msg in batch:
                     self._route(msg)
+                if batch:
+                    self.metrics.sink_pending_rows.set(self._pending)
                 if self._flush_due():
                     self.flush_and_commit()
                 self._maybe_report_lag()
