@@ -117,6 +117,9 @@ def fresh_broker(tmp_path: Path) -> Iterator[TansuBroker]:
     """A broker of this test's own: agency topics have fixed names, so isolation needs a broker."""
     with TansuBroker(log_file=tmp_path / "tansu.log") as b:
         yield b
+        if b.process is not None:
+            b.process.kill()  # memory storage: nothing to shut down gracefully (SIGTERM waits ~5 s)
+            b.process.wait()
 
 
 @pytest.fixture
