@@ -175,7 +175,9 @@ def alert_topic(settings: Settings, broker: TansuBroker, unique: str) -> AlertTo
 
 
 @contextmanager
-def running_forwarder(topic: AlertTopic, alertmanager_url: str, metrics: Metrics) -> Iterator[AlertForwarder]:
+def running_forwarder(
+    topic: AlertTopic, alertmanager_url: str, metrics: Metrics, lease_s: float = LEASE_S
+) -> Iterator[AlertForwarder]:
     """The forwarder in a thread, with short re-post/lease intervals; its errors fail the test."""
     forwarder = AlertForwarder(
         topic.settings,
@@ -442,3 +444,33 @@ def test_feed_silent_inhibits_case_alerts_of_the_same_agency_only(
         wait_until(inhibited, 15, "the KPT case alert to be inhibited")
         time.sleep(3)  # a few group intervals: had it not been inhibited, it would have been sent
         assert not webhook.matching(lambda n: bool(n.alerts(alert_id=port_case["alert_id"])))
+
+
+def test_restarted_forwarder_keeps_renewing_what_it_delivered_before(
+    stack: AlertingStack, webhook: WebhookReceiver, alert_topic: AlertTopic
+) -> None:
+    firing = case_sla_record(
+        "FIRING", f"EXP-{uuid.uuid4().hex[:8]}", "BA-TRANSPORT", "PK-BA", "warning", waited_ms=20 * HOUR_MS
+    )
+    alert_id = firing["alert_id"]
+    lease_s = 10.0  # longer than a restart (group rejoin takes 3-5 s on Tansu)
+    with running_forwarder(alert_topic, stack.alertmanager_url, Metrics(), lease_s):
+        alert_topic.send(firing)
+        webhook.wait_for(for_alert("ba-transport", "firing", alert_id=alert_id), 30, "first delivery")
+        wait_until(lambda: alert_topic.committed() == 1, 10, "offset committed")
+    stopped_at = time.monotonic()  # the first forwarder's last lease ends within lease_s of this
+    restarted = Metrics()
+    with running_forwarder(alert_topic, stack.alertmanager_url, restarted, lease_s):
+        # Nothing new on the topic: the held alert comes back from the records before the commit.
+        wait_until(lambda: restarted.registry.get_sample_value("backbone_alerts_firing") == 1, 20, "restore")
+        time.sleep(
+            max(0.0, stopped_at + lease_s + 2.5 - time.monotonic())
+        )  # past the first forwarder's lease
+        (held,) = am_alerts(stack, alert_id)
+        assert held["status"]["state"] == "active"
+        assert not webhook.matching(for_alert("ba-transport", "resolved", alert_id=alert_id))
+        alert_topic.send({**firing, "state": "RESOLVED", "ends_at": now_ms(), "emitted_at": now_ms()})
+        webhook.wait_for(
+            for_alert("ba-transport", "resolved", alert_id=alert_id), 30, "resolved after restart"
+        )
+    assert len(webhook.matching(for_alert("ba-transport", "firing", alert_id=alert_id))) == 1
