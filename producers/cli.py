@@ -51,9 +51,11 @@ def produce(
 ) -> None:
     """Publish every record of a file to an agency topic: each line is acknowledged or rejected with a reason.
 
-    Money in files is PKR ("1500.50"); timestamps are ISO-8601 with a timezone or epoch millis;
-    published_at defaults to now. CSV: a header row of field names, list fields ';'-separated,
-    an empty cell is null. Prints a summary and exits non-zero if anything was rejected or failed.
+    Money in files is PKR ("1500.50"). Timestamps are ISO-8601 with a timezone, or epoch millis.
+
+    published_at defaults to now. CSV: a header row of field names; lists ';'-separated; empty cell = null.
+
+    Exit 1 if anything was rejected or failed (see the rejects file), 2 on a usage error, 3 if unreachable.
     """
     from backbone.cli import settings_or_exit
     from producers.batch_file import BatchFileError, detect_format

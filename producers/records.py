@@ -101,9 +101,8 @@ def prepare(
     if not isinstance(record, Mapping):
         raise InvalidRecord("record", f"must be an object with named fields, got {type(record).__name__}")
     raw = dict(record)
-    unknown = raw.keys() - plan.field_names
-    if unknown:
-        name = sorted(unknown)[0]
+    if not plan.field_names.issuperset(raw):
+        name = sorted(raw.keys() - plan.field_names)[0]
         raise InvalidRecord(name, f"is not a field of {plan.version.record_name} v{plan.version.version}")
     if raw.get("published_at") is None:
         raw["published_at"] = now_ms
