@@ -74,6 +74,8 @@ def create_app(
         from stream_processors.faust_fast import FastStream, QuietMonitor
 
         fast_settings = {"Stream": FastStream, "Monitor": QuietMonitor}
+    datadir = (data_dir or settings.data_dir / "faust").resolve()
+    datadir.mkdir(parents=True, exist_ok=True)
     conf: dict[str, Any] = {
         "broker": broker_urls(settings.kafka_bootstrap_servers),
         "broker_credentials": broker_credentials(settings),
@@ -86,7 +88,7 @@ def create_app(
         "consumer_auto_offset_reset": "earliest",
         "store": "memory://",
         "web_enabled": False,
-        "datadir": str((data_dir or settings.data_dir / "faust").resolve()),
+        "datadir": str(datadir),
         "autodiscover": False,
         "producer_acks": -1,
         **fast_settings,

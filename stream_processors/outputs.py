@@ -7,6 +7,9 @@ acks happen. A delivery that fails raises :class:`OutputDeliveryError`, so the b
 neither committed nor acked and is processed again: at-least-once, and harmless downstream
 because every output record carries a deterministic id (its Kafka key here).
 
+The engines' state changelog records go through the same producer and the same flush
+(:mod:`stream_processors.state`), so state never runs ahead of the outputs it implies.
+
 Facts for one group are produced in the order the engine listed them, by one producer, to one
 partition (key = group key): hop 2's offset-based idempotency relies on that order.
 """
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from collections.abc import Iterable
 from typing import Any
 
 from confluent_kafka import KafkaError, Message, Producer
@@ -25,6 +29,7 @@ from schemas import contracts
 from schemas.codec import Codec
 from schemas.wire import RegistryFormat
 from stream_processors.api import FACTS_TOPIC, Outputs
+from stream_processors.state import ChangelogRecord
 
 log = logging.getLogger(__name__)
 
@@ -92,14 +97,22 @@ class OutputProducer:
         if err is not None:
             self._failures.append(f"{msg.topic()} key={msg.key()!r}: {err.name()} ({err.str()})")
 
-    def _produce(self, topic: str, key: bytes | None, value: bytes) -> None:
+    def _produce(self, topic: str, key: bytes | None, value: bytes | None, partition: int = -1) -> None:
         while True:
             try:
-                self._producer.produce(topic, value, key, on_delivery=self._on_delivery)
+                self._producer.produce(topic, value, key, partition, on_delivery=self._on_delivery)
                 break
             except BufferError:
                 self._producer.poll(0.05)  # local queue full: let deliveries drain, then retry
         self._sent[topic] += 1
+
+    def send_changelog(self, records: Iterable[ChangelogRecord]) -> int:
+        """Produce state changelog records to their explicit partitions; returns how many."""
+        n = 0
+        for rec in records:
+            self._produce(rec.topic, rec.key, rec.value, rec.partition)
+            n += 1
+        return n
 
     def send(self, outputs: Outputs) -> int:
         """Encode and produce every record and fact of ``outputs``; returns how many were queued."""

@@ -40,7 +40,7 @@ from stream_processors.clock import Clock, EventClock, make_clock
 from stream_processors.ids import dead_letter_id
 from stream_processors.missions import load_missions
 from stream_processors.outputs import OutputDeliveryError, OutputProducer
-from stream_processors.state import PartitionedTable, PartitionedTableStore
+from stream_processors.state import ChangelogRecord, PartitionedTableStore
 from stream_processors.worker_metrics import WorkerMetrics
 
 log = logging.getLogger("backbone.processor")
@@ -131,23 +131,30 @@ class ProcessorRuntime:
         self.clock = clock
         self.journey_lock = asyncio.Lock()
         self.kpi_lock = asyncio.Lock()
+        self.delivery_lock = asyncio.Lock()
         self.ready = False
         """True between a completed rebalance (state recovered) and the next revocation."""
         self.batches = 0
         self.events = 0
 
     # -- the one ordered path: compute, deliver, then commit state -----------------------------
-    async def _deliver(self, outputs: Outputs) -> dict[str, int]:
-        """Produce and flush ``outputs``, retrying until every record is acknowledged."""
+    async def _deliver(self, outputs: Outputs, changelog: list[ChangelogRecord]) -> dict[str, int]:
+        """Produce and flush ``outputs`` and state ``changelog``, retrying until all are acknowledged.
+
+        One delivery at a time (both hops share the producer, and a flush's failures must be
+        those of its own records).
+        """
         delay = 0.2
-        while True:
-            self.producer.send(outputs)
-            try:
-                return dict(await asyncio.get_running_loop().run_in_executor(None, self.producer.flush))
-            except OutputDeliveryError as exc:
-                log.error("output delivery failed; retrying the same outputs", extra={"error": str(exc)})
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+        async with self.delivery_lock:
+            while True:
+                self.producer.send(outputs)
+                self.producer.send_changelog(changelog)
+                try:
+                    return dict(await asyncio.get_running_loop().run_in_executor(None, self.producer.flush))
+                except OutputDeliveryError as exc:
+                    log.error("output delivery failed; retrying the same records", extra={"error": str(exc)})
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 5.0)
 
     def _observe_clock(self, outputs: Outputs) -> None:
         if isinstance(self.clock, EventClock):
@@ -158,8 +165,9 @@ class ProcessorRuntime:
     ) -> Outputs:
         now_ms = self.clock.now_ms()
         outputs = call(now_ms)
-        delivered = await self._deliver(outputs) if len(outputs) else {}
-        store.commit()
+        changelog = store.changelog()
+        delivered = await self._deliver(outputs, changelog) if len(outputs) or changelog else {}
+        store.apply()
         self._observe_clock(outputs)
         self.metrics.outputs(outputs, delivered, self.clock.now_ms())
         return outputs
@@ -278,13 +286,30 @@ def check_partitions(settings: Settings, bootstrap: str) -> None:
         )
 
 
-def build_worker(
-    settings: Settings, options: WorkerOptions, metrics: Metrics | None = None
-) -> tuple[faust.App, ProcessorRuntime]:
-    """The Faust app with agents, tables, timers and signals wired to a :class:`ProcessorRuntime`."""
+EngineFactory = Callable[[Any, Settings, Any], Any]
+"""``(missions, settings, codec) -> engine``; tests and benchmarks may pass their own."""
+
+
+def default_journey_engine(missions: Any, settings: Settings, codec: Any) -> Any:
     from stream_processors.journeys import JourneyEngine
+
+    return JourneyEngine(missions, settings, codec=codec)
+
+
+def default_kpi_engine(missions: Any, settings: Settings, codec: Any) -> Any:
     from stream_processors.kpis import KpiEngine
 
+    return KpiEngine(missions, settings)
+
+
+def build_worker(
+    settings: Settings,
+    options: WorkerOptions,
+    metrics: Metrics | None = None,
+    journey_engine: EngineFactory = default_journey_engine,
+    kpi_engine: EngineFactory = default_kpi_engine,
+) -> tuple[faust.App, ProcessorRuntime]:
+    """The Faust app with agents, tables, timers and signals wired to a :class:`ProcessorRuntime`."""
     missions = load_missions(settings.missions_file)
     app = create_app(
         settings,
@@ -294,36 +319,31 @@ def build_worker(
     )
     partitions = settings.topic_partitions
 
-    def table(name: str, help_text: str) -> PartitionedTable:
-        t = PartitionedTable(
-            app,
-            name=name,
-            default=None,
-            partitions=partitions,
-            help=help_text,
-            beacon=app.tables.beacon,
-            key_serializer="json",
-            value_serializer="json",
-        )
-        app.tables.add(t)
-        return t
+    def table(name: str, help_text: str) -> faust.Table:
+        # Untyped: json keys and values, the format PartitionedTableStore writes its changelog in.
+        return app.Table(name, default=None, partitions=partitions, help=help_text)
 
     journey_table = table("journey_state", "Per-case journey state, keyed by case_id.")
     kpi_table = table("kpi_state", "Per-KPI-group windows, backlog and feed state.")
     producer = OutputProducer(settings, client_id=f"backbone-processor-{options.worker_id}")
-    journeys = JourneyEngine(missions, settings, codec=producer.codec)
     runtime = ProcessorRuntime(
         settings,
-        journeys,
-        KpiEngine(missions, settings),
+        journey_engine(missions, settings, producer.codec),
+        kpi_engine(missions, settings, producer.codec),
         PartitionedTableStore(journey_table, partitions),
         PartitionedTableStore(kpi_table, partitions),
         producer,
         WorkerMetrics(metrics or Metrics()),
         make_clock(settings.clock),
     )
-    input_topic = app.topic(*contracts.INPUT_TOPICS, key_serializer="raw", value_serializer="raw")
-    facts_topic = app.topic(FACTS_TOPIC, key_serializer="raw", value_serializer="raw")
+    if options.stock:
+        raw: dict[str, Any] = {"key_serializer": "raw", "value_serializer": "raw"}
+    else:
+        from stream_processors.faust_fast import RawSchema
+
+        raw = {"schema": RawSchema()}
+    input_topic = app.topic(*contracts.INPUT_TOPICS, **raw)
+    facts_topic = app.topic(FACTS_TOPIC, **raw)
 
     async def consume(stream: faust.StreamT, handle: Callable[[Sequence[EventT]], Awaitable[None]]) -> None:
         async for events in stream.take_events(options.batch_max, within=options.batch_within_s):
@@ -353,7 +373,12 @@ def build_worker(
     return app, runtime
 
 
-def run_worker(settings: Settings, options: WorkerOptions) -> None:
+def run_worker(
+    settings: Settings,
+    options: WorkerOptions,
+    journey_engine: EngineFactory = default_journey_engine,
+    kpi_engine: EngineFactory = default_kpi_engine,
+) -> None:
     """Run one worker in the foreground until SIGINT/SIGTERM (Faust's worker handles both)."""
     from backbone.logs import setup_logging
 
@@ -366,7 +391,7 @@ def run_worker(settings: Settings, options: WorkerOptions) -> None:
     metrics = Metrics()
     port = serve(metrics, options.resolved_metrics_port(settings))
     metrics.worker_up.labels("processor").set(1)
-    app, _runtime = build_worker(settings, options, metrics)
+    app, _runtime = build_worker(settings, options, metrics, journey_engine, kpi_engine)
     log.info(
         "processor starting",
         extra={
