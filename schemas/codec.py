@@ -70,7 +70,11 @@ def decimal_to_paisa(value: Any, field: str) -> int:
         raise ValueError(f"{field}: {value!r} is not a decimal amount") from None
     if not dec.is_finite():
         raise ValueError(f"{field}: {value!r} is not a finite amount")
-    if dec != dec.quantize(_PAISA):
+    try:
+        exact = dec == dec.quantize(_PAISA)
+    except InvalidOperation:  # more digits than the decimal context holds: far beyond any amount
+        raise ValueError(f"{field}: {value!r} is too large an amount") from None
+    if not exact:
         raise ValueError(f"{field}: {value!r} has more than 2 decimal places")
     return int(dec.scaleb(2))
 
@@ -91,7 +95,7 @@ def datetime_to_ms(value: Any, field: str) -> int:
         return value
     if isinstance(value, str):
         text = value.strip()
-        if text.lstrip("-").isdigit():
+        if text.lstrip("-").isdecimal():
             return int(text)
         try:
             value = datetime.fromisoformat(text.replace("Z", "+00:00"))

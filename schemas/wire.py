@@ -109,7 +109,13 @@ class RegistryFormat:
                 raise UnknownSchema(f"schema id {schema_id} not found in the registry: {exc}") from exc
             from fastavro.schema import fingerprint, to_parsing_canonical_form
 
-            fp = bytes.fromhex(fingerprint(to_parsing_canonical_form(json.loads(schema.schema_str)), "CRC-64-AVRO"))
+            if (schema.schema_type or "AVRO") != "AVRO":
+                raise UnknownSchema(f"schema id {schema_id} is a {schema.schema_type} schema, not Avro")
+            try:
+                canonical = to_parsing_canonical_form(json.loads(schema.schema_str))
+            except (ValueError, TypeError, KeyError) as exc:
+                raise UnknownSchema(f"schema id {schema_id} is not a valid Avro schema: {exc}") from exc
+            fp = bytes.fromhex(fingerprint(canonical, "CRC-64-AVRO"))
             try:
                 sv = contracts.by_fingerprint()[fp]
             except KeyError:

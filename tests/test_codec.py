@@ -143,6 +143,17 @@ def test_confluent_framed_bytes_without_a_registry_or_with_an_unknown_id_are_unk
     assert info.value.reason == "unknown_schema"
 
 
+def test_a_registry_id_of_a_non_avro_schema_is_unknown_schema() -> None:
+    from confluent_kafka.schema_registry import Schema
+
+    client = SchemaRegistryClient.new_client({"url": "mock://json-schema"})
+    schema_id = client.register_schema("other-value", Schema('{"type": "object"}', "JSON"))
+    value = b"\x00" + schema_id.to_bytes(4, "big") + b"\x02"
+    with pytest.raises(DecodeError) as info:
+        Codec(registry_format=RegistryFormat(client)).decode(contracts.PORTS, value)
+    assert info.value.reason == "unknown_schema" and "not Avro" in info.value.detail
+
+
 # -- decode errors ----------------------------------------------------------------------------
 
 
