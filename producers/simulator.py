@@ -669,7 +669,8 @@ class _DeliveryQueue:
     def __init__(self, journeys: _Journeys, end: int | None) -> None:
         self.journeys = journeys
         self.cfg = journeys.cfg
-        self.rng = journeys.rng
+        # Faults draw from their own stream: the journeys of a run are the same with or without them.
+        self.rng = random.Random(f"faults|{self.cfg.seed}|{self.cfg.start_ms}")
         self.end = end
         self.heap: list[_Pending] = []
         self.seq = itertools.count()
@@ -678,6 +679,13 @@ class _DeliveryQueue:
     def add_case(self, events: list[tuple[str, dict[str, Any]]]) -> None:
         cfg, rng, end = self.cfg, self.rng, self.end
         events.sort(key=lambda e: e[1]["occurred_at"])
+        # An agency system publishes a case's events in the order they happened; out-of-order
+        # delivery is only the deliberate fault below, so the configured share is what a run shows.
+        previous = -1
+        for _, rec in events:
+            if rec["published_at"] <= previous:
+                rec["published_at"] = previous + 1
+            previous = rec["published_at"]
         if cfg.out_of_order_share > 0:
             wanted = rng.random() < cfg.out_of_order_share
             if wanted or self.out_of_order_owed:
@@ -697,7 +705,7 @@ class _DeliveryQueue:
             if cfg.invalid_share and rng.random() < cfg.invalid_share:
                 bad = _corrupt(topic, rec, rng)
                 if bad["event_id"] == rec["event_id"]:
-                    bad["event_id"] = self.journeys.event_id()
+                    bad["event_id"] = uuid4_from(rng.getrandbits(128))
                 push(heap, (d + rng.randrange(0, MINUTE), next(seq), topic, bad))
 
     def _make_out_of_order(self, events: list[tuple[str, dict[str, Any]]]) -> bool:
