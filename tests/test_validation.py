@@ -194,3 +194,36 @@ def test_any_valid_customs_record_survives_prepare_encode_decode(
     assert raw["declared_value_pkr"] == paisa
     codec = Codec()
     assert codec.decode(contracts.CUSTOMS, codec.encode(contracts.CUSTOMS, raw)) == raw
+
+
+_any_value = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats()
+    | st.text()
+    | st.binary()
+    | st.decimals()
+    | st.datetimes(timezones=st.none() | st.just(UTC)),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
+    max_leaves=6,
+)
+
+
+@settings(max_examples=250, deadline=None)
+@given(topic=st.sampled_from(contracts.INPUT_TOPICS), data=st.data())
+def test_prepare_only_ever_raises_invalid_record(topic: str, data: st.DataObject) -> None:
+    """Whatever an agency hands over, the answer is a raw record or an InvalidRecord naming a field."""
+    record = sample(topic)
+    names = data.draw(st.lists(st.sampled_from([*record, "extra"]), max_size=4))
+    for name in names:
+        if data.draw(st.booleans()):
+            record.pop(name, None)
+        else:
+            record[name] = data.draw(_any_value)
+    try:
+        raw = prepare(topic, record, NOW_MS)
+    except InvalidRecord as exc:
+        assert exc.field and exc.reason
+        return
+    Codec().encode(topic, raw)  # whatever prepare accepts must encode
