@@ -31,10 +31,11 @@ the runtime must produce them in that order (one producer per hop-1 worker, key 
 
 from __future__ import annotations
 
-import json
 from collections.abc import ItemsView, Iterator, KeysView, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol, runtime_checkable
+
+import orjson
 
 from schemas import contracts
 
@@ -190,15 +191,15 @@ class FactBatch(NamedTuple):
 
 def encode_facts(watermark_ms: int | None, facts: Sequence[Sequence[Any]]) -> bytes:
     """Facts message value: compact JSON ``{"wm": watermark, "f": [fact, ...]}``."""
-    return json.dumps({"wm": watermark_ms, "f": facts}, separators=(",", ":")).encode()
+    return orjson.dumps({"wm": watermark_ms, "f": facts})
 
 
 def decode_facts(value: bytes) -> FactBatch:
     """Inverse of :func:`encode_facts`; raises ``ValueError`` naming the problem."""
     try:
-        data = json.loads(value)
+        data = orjson.loads(value)
         return FactBatch(data["wm"], data["f"])
-    except (ValueError, KeyError, TypeError) as exc:
+    except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
         raise ValueError(f"not a facts message ({type(exc).__name__}: {exc})") from exc
 
 

@@ -13,8 +13,9 @@ rounded to whole milliseconds; with a bucket accuracy of 0.5% the rounding (at m
 still keeps the total within 1% for every integer duration (below 100 ms the error is < 0.5 ms,
 so rounding returns the exact value). Durations of 0 (or less) are counted exactly.
 
-Representation: a plain ``dict[str, int]`` from bucket key (``str(index)``, or ``"z"`` for
-zero) to count, so it can live in a JSON state store without conversion.
+Representation: a plain ``dict[str, int]`` from bucket key to count, so it can live in a JSON
+state store without conversion. Keys are the bucket index as six zero-padded digits (string
+order = numeric order, so sorting needs no conversion) or ``"z"`` for zero.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ def bucket_key(value: int | float) -> str:
     """The bucket a (non-negative) duration falls in."""
     if value <= 0:
         return ZERO_KEY
-    return str(math.ceil(math.log(value) * _INV_LOG_GAMMA))
+    return f"{math.ceil(math.log(value) * _INV_LOG_GAMMA):06d}"
 
 
 def bucket_value(key: str) -> int:
@@ -74,10 +75,6 @@ def merged(parts: Iterable[Mapping[str, int]]) -> Counts:
     return out
 
 
-def _sort_key(key: str) -> int:
-    return -(1 << 62) if key == ZERO_KEY else int(key)
-
-
 def quantiles(counts: Mapping[str, int], qs: Sequence[float]) -> list[int | None]:
     """Lower quantiles ``qs`` (ascending) of the sketch; ``None`` for an empty sketch."""
     total = sum(counts.values())
@@ -87,7 +84,10 @@ def quantiles(counts: Mapping[str, int], qs: Sequence[float]) -> list[int | None
     out: list[int | None] = []
     cumulative = 0
     i = 0
-    for key in sorted(counts, key=_sort_key):
+    keys = sorted(counts)
+    if keys[-1] == ZERO_KEY:  # "z" sorts after the digits; zero is the smallest value
+        keys.insert(0, keys.pop())
+    for key in keys:
         cumulative += counts[key]
         while i < len(ranks) and ranks[i] < cumulative:
             out.append(bucket_value(key))

@@ -1,0 +1,575 @@
+"""Hop 1: per-case journey state, stage records, CASE_SLA alerts and facts for the KPI hop.
+
+Implements the "Stage instances" and "CASE_SLA" rules of ``SEMANTICS.md`` over batches of raw
+agency messages. Everything a case needs lives in one state value keyed by its ``case_id``:
+
+``{"e": [event_id, ...], "i": {stage_id: instance}, "lt": newest occurred_at of the case}``
+
+where ``stage_id`` is the first 8 hex digits of ``sha1("mission|journey|stage")`` (short, and
+stable when stages are added to the missions file) and an instance is a list (compact JSON)::
+
+    [started_at, start_event_id, province, port, amount_paisa, ended_at, cancelled_at, version, alert]
+
+``alert`` is 0 (no CASE_SLA emitted), 1 (FIRING emitted) or 2 (RESOLVED emitted). An end or a
+cancel seen before the start is kept in an instance whose ``started_at`` is ``None``.
+
+**Facts.** Every change of an instance's KPI contribution is sent to hop 2 as a retraction of
+the old one and an addition of the new one, each tagged with the ``(topic, partition,
+offset)`` of the event that caused it: an OPEN instance contributes to its group's backlog
+(``started_at``, amount), a CLOSED one is a completion (``ended_at``, duration, SLA met), a
+CANCELLED one nothing. A correction (earlier start or end, different province) therefore moves
+a completion between windows or groups exactly.
+
+**Eviction.** A case whose instances are all CLOSED or CANCELLED (and that holds no end or
+cancel waiting for its start) is *complete*. Once the engine's watermark (newest occurred_at
+seen) passes the case's newest event time + ``case_retention_ms``, its state is replaced by a
+tombstone: the bare integer watermark at eviction. Events for a tombstoned case are not folded
+in: one that marks a stage boundary goes to the dead letters with reason ``evicted_case`` (so
+it cannot re-open a finished case, and nothing is lost); any other event only counts for its
+feed's freshness. Tombstones are deleted ``tombstone_retention_ms`` later, so state stays
+bounded by the traffic of the retention periods, not by history.
+"""
+
+from __future__ import annotations
+
+import heapq
+from hashlib import sha1
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from backbone.config import Settings
+from schemas import contracts
+from schemas.codec import Codec, DecodeError
+from schemas.registry import Registry, default_registry
+from schemas.validation import InvalidRecord, validate_event
+from stream_processors import ids
+from stream_processors.api import (
+    BACKLOG_FACT,
+    COMPLETION_FACT,
+    FEED_FACT,
+    PROCESSOR_SOURCE,
+    InputMessage,
+    Outputs,
+    StateStore,
+    encode_facts,
+    feed_key,
+)
+from stream_processors.missions import Missions
+
+# Instance list slots.
+STARTED, START_EID, PROVINCE, PORT, AMOUNT, ENDED, CANCELLED, VERSION, ALERT = range(9)
+START, END, CANCEL = 0, 1, 2
+_KINDS = {"start": START, "end": END, "cancel": CANCEL}
+
+NO_ALERT, FIRING, RESOLVED = 0, 1, 2
+EVICTED_CASE = "evicted_case"
+
+DEFAULT_MIN_CASE_RETENTION_MS = 3_600_000
+DEFAULT_TOMBSTONE_RETENTION_MS = 24 * 3_600_000
+
+
+@dataclass(frozen=True, slots=True)
+class StageInfo:
+    """What the hot path needs about one stage, computed once from the missions file."""
+
+    key: str
+    """Short stable id of the stage in case state: sha1("mission|journey|stage")[:8]."""
+    group_prefix: str
+    """``mission|journey|stage|``: the start of its KPI group keys."""
+    mission: str
+    journey: str
+    stage: str
+    name: str
+    sla_ms: int
+    has_port: bool
+    money_field: str | None
+    owner_by_port: dict[str, str]
+    owner_by_province: dict[str, str]
+    default_owner: str
+
+    def owner(self, province: str, port: str) -> str:
+        """``Stage.owner_for`` with plain dicts (hot path)."""
+        return self.owner_by_port.get(port) or self.owner_by_province.get(province) or self.default_owner
+
+    def group_key(self, province: str, port: str) -> str:
+        owner = self.owner_by_port.get(port) or self.owner_by_province.get(province) or self.default_owner
+        return f"{self.group_prefix}{owner}|{province}|{port}"
+
+
+def stage_infos(missions: Missions) -> dict[str, StageInfo]:
+    """Stage id (see :class:`StageInfo`) → info, for every stage of the missions file."""
+    out: dict[str, StageInfo] = {}
+    for ref in missions.stages:
+        m, j, s = ref.key
+        stage = ref.stage
+        key = sha1(f"{m}|{j}|{s}".encode()).hexdigest()[:8]
+        if key in out:
+            raise ValueError(f"stage ids of {m}|{j}|{s} and {out[key].group_prefix} collide; rename one")
+        start_fields = contracts.current(stage.start.topic).field_names
+        out[key] = StageInfo(
+            key=key, group_prefix=f"{m}|{j}|{s}|", mission=m, journey=j, stage=s, name=stage.name,
+            sla_ms=stage.sla_ms, has_port="port" in start_fields, money_field=stage.money_field,
+            owner_by_port=dict(stage.owner_by_port), owner_by_province=dict(stage.owner_by_province),
+            default_owner=stage.owner,
+        )
+    return out
+
+
+def _fmt_duration(ms: int) -> str:
+    """Plain words for alert summaries: 3d 4h, 5h 20m, 12m."""
+    minutes = max(0, ms) // 60_000
+    days, rem = divmod(minutes, 1440)
+    hours, mins = divmod(rem, 60)
+    if days:
+        return f"{days}d {hours}h"
+    if hours:
+        return f"{hours}h {mins}m"
+    return f"{mins}m"
+
+
+def is_complete(state: dict[str, Any]) -> bool:
+    """No OPEN instance and no end/cancel still waiting for its start (see module docstring)."""
+    for inst in state["i"].values():
+        if inst[STARTED] is None or (inst[ENDED] is None and inst[CANCELLED] is None):
+            return False
+    return True
+
+
+class JourneyEngine:
+    """Hop 1 of the processors (see :class:`stream_processors.api.JourneyProcessor`)."""
+
+    def __init__(
+        self,
+        missions: Missions,
+        settings: Settings,
+        codec: Codec | None = None,
+        registry: Registry | None = None,
+        *,
+        case_retention_ms: int | None = None,
+        tombstone_retention_ms: int = DEFAULT_TOMBSTONE_RETENTION_MS,
+    ) -> None:
+        self.missions = missions
+        self.codec = codec or Codec()
+        self.registry = registry or default_registry()
+        self.max_future_skew_ms = settings.max_future_skew_ms
+        self.case_retention_ms = (
+            case_retention_ms if case_retention_ms is not None
+            else max(2 * settings.grace_ms, DEFAULT_MIN_CASE_RETENTION_MS)
+        )
+        self.tombstone_retention_ms = tombstone_retention_ms
+        self.stages = stage_infos(missions)
+        by_path = {info.group_prefix[:-1]: info for info in self.stages.values()}
+        self.boundaries: dict[tuple[str, str], tuple[tuple[StageInfo, int], ...]] = {
+            ev: tuple((by_path["|".join(ref.key)], _KINDS[kind]) for ref, kind in refs)
+            for ev, refs in missions.stages_by_event.items()
+        }
+        self.watermark_ms: int | None = None
+        """Newest occurred_at seen (valid, distinct events): drives eviction; sent with the facts."""
+        self._deadlines: list[tuple[int, str, str]] = []  # (started_at + sla, case_id, stage_key)
+        self._evictions: list[tuple[int, str]] = []  # (watermark at which to look again, case_id)
+
+    # -- hot path ---------------------------------------------------------------------------
+    def process(self, batch: Sequence[InputMessage], states: StateStore, now_ms: int) -> Outputs:
+        out = Outputs()
+        by_case = self._decode_batch(batch, now_ms, out)
+        facts: dict[str, list[list[Any]]] = {}
+        feeds: dict[tuple[str, str, int], list[int]] = {}  # (agency, topic, partition) → [offset, n, occ, pub]
+        valid = out.valid_events
+        batch_max = self.watermark_ms
+        for case_id, events in by_case.items():
+            state = states.get(case_id)
+            if isinstance(state, int):
+                self._tombstoned(case_id, events, feeds, now_ms, out)
+                continue
+            if state is None:
+                state = {"e": [], "i": {}, "lt": 0}
+            seen: list[str] = state["e"]
+            insts: dict[str, list[Any]] = state["i"]
+            touched: dict[str, StageInfo] = {}
+            fresh = False
+            for msg, raw in events:
+                event_id = raw["event_id"]
+                if event_id in seen:
+                    out.duplicates[msg.topic] = out.duplicates.get(msg.topic, 0) + 1
+                    continue
+                seen.append(event_id)
+                fresh = True
+                occurred = raw["occurred_at"]
+                if occurred > state["lt"]:
+                    state["lt"] = occurred
+                if batch_max is None or occurred > batch_max:
+                    batch_max = occurred
+                agency = raw["agency"]
+                vk = (msg.topic, agency)
+                valid[vk] = valid.get(vk, 0) + 1
+                fk = (agency, msg.topic, msg.partition)
+                feed = feeds.get(fk)
+                if feed is None:
+                    feeds[fk] = [msg.offset, 1, occurred, raw["published_at"]]
+                else:
+                    if msg.offset > feed[0]:
+                        feed[0] = msg.offset
+                    feed[1] += 1
+                    if occurred > feed[2]:
+                        feed[2] = occurred
+                    if raw["published_at"] > feed[3]:
+                        feed[3] = raw["published_at"]
+                bounds = self.boundaries.get((msg.topic, raw["status"]))
+                if bounds:
+                    for info, kind in bounds:
+                        if self._apply_boundary(info, kind, insts, msg, raw, occurred, event_id, facts):
+                            touched[info.key] = info
+            if not fresh:
+                continue
+            for info in touched.values():
+                inst = insts[info.key]
+                if inst[STARTED] is not None:
+                    out.stage_records.append(self._stage_record(case_id, info, inst, now_ms))
+                    self._case_alert(case_id, info, inst, now_ms, out.alerts)
+            states[case_id] = state
+            if is_complete(state):
+                heapq.heappush(self._evictions, (state["lt"] + self.case_retention_ms, case_id))
+        self.watermark_ms = batch_max
+        out.max_occurred_at = batch_max if by_case else None
+        self._emit_facts(facts, feeds, out)
+        self._evict(states, exclude=by_case)
+        return out
+
+    def _decode_batch(
+        self, batch: Sequence[InputMessage], now_ms: int, out: Outputs
+    ) -> dict[str, list[tuple[InputMessage, dict[str, Any]]]]:
+        """Decode and validate; group the valid events by case, keeping arrival order."""
+        by_case: dict[str, list[tuple[InputMessage, dict[str, Any]]]] = {}
+        decode = self.codec.decode
+        registry = self.registry
+        skew = self.max_future_skew_ms
+        for msg in batch:
+            try:
+                raw = decode(msg.topic, msg.value)
+            except DecodeError as exc:
+                out.dead_letters.append(dead_letter(msg, exc.reason, exc.detail, now_ms))
+                continue
+            ts = msg.timestamp_ms
+            try:
+                validate_event(msg.topic, raw, now_ms if ts is None or ts < now_ms else ts, registry, skew)
+            except InvalidRecord as exc:
+                out.dead_letters.append(dead_letter(msg, "invalid_record", f"{exc.field}: {exc.reason}", now_ms))
+                continue
+            case_id: str = raw["case_id"]
+            if msg.key is None or msg.key != case_id.encode():
+                out.dead_letters.append(dead_letter(
+                    msg, "case_id_key_mismatch",
+                    f"message key {msg.key!r:.80} differs from case_id {case_id!r}; events must be keyed by case_id",
+                    now_ms,
+                ))
+                continue
+            events = by_case.get(case_id)
+            if events is None:
+                by_case[case_id] = [(msg, raw)]
+            else:
+                events.append((msg, raw))
+        return by_case
+
+    def _apply_boundary(
+        self,
+        info: StageInfo,
+        kind: int,
+        insts: dict[str, list[Any]],
+        msg: InputMessage,
+        raw: dict[str, Any],
+        occurred: int,
+        event_id: str,
+        facts: dict[str, list[list[Any]]],
+    ) -> bool:
+        """Fold one start/end/cancel into an instance; emit facts if its contribution moved."""
+        inst = insts.get(info.key)
+        if inst is None:
+            inst = [None, None, None, None, None, None, None, None, NO_ALERT]
+            insts[info.key] = inst
+        old = self._contribution(info, inst)
+        if kind == START:
+            started = inst[STARTED]
+            if started is not None and (occurred > started or (occurred == started and event_id >= inst[START_EID])):
+                return False
+            inst[STARTED] = occurred
+            inst[START_EID] = event_id
+            inst[PROVINCE] = raw["province"]
+            inst[PORT] = raw["port"] if info.has_port else ""
+            inst[AMOUNT] = raw[info.money_field] if info.money_field else None
+            visible = True
+        elif kind == END:
+            if inst[ENDED] is not None and occurred >= inst[ENDED]:
+                return False
+            inst[ENDED] = occurred
+            visible = inst[STARTED] is not None
+        else:
+            if inst[CANCELLED] is not None and occurred >= inst[CANCELLED]:
+                return False
+            inst[CANCELLED] = occurred
+            visible = inst[STARTED] is not None and inst[ENDED] is None
+        new = self._contribution(info, inst)
+        if new != old:
+            cause = (msg.topic, msg.partition, msg.offset)
+            if old is not None:
+                facts.setdefault(old[0], []).append([old[1], *cause, -1, *old[2:]])
+            if new is not None:
+                facts.setdefault(new[0], []).append([new[1], *cause, 1, *new[2:]])
+        return visible
+
+    @staticmethod
+    def _contribution(info: StageInfo, inst: list[Any]) -> tuple[Any, ...] | None:
+        """(group key, fact kind, payload...) this instance adds to hop 2, or None."""
+        started = inst[STARTED]
+        if started is None:
+            return None
+        ended = inst[ENDED]
+        if ended is not None:
+            duration = ended - started if ended > started else 0
+            return (
+                info.group_key(inst[PROVINCE], inst[PORT]), COMPLETION_FACT,
+                ended, duration, 1 if duration <= info.sla_ms else 0,
+            )
+        if inst[CANCELLED] is not None:
+            return None
+        return (info.group_key(inst[PROVINCE], inst[PORT]), BACKLOG_FACT, started, inst[AMOUNT])
+
+    def _emit_facts(
+        self, facts: dict[str, list[list[Any]]], feeds: dict[tuple[str, str, int], list[int]], out: Outputs
+    ) -> None:
+        wm = self.watermark_ms
+        for key, group_facts in facts.items():
+            group_facts.sort(key=_cause)  # stable: a retraction stays before its addition
+            out.facts.append((key, encode_facts(wm, group_facts)))
+        by_agency: dict[str, list[list[Any]]] = {}
+        for (agency, topic, partition), (offset, n, occurred, published) in feeds.items():
+            by_agency.setdefault(agency, []).append([FEED_FACT, topic, partition, offset, n, occurred, published])
+        for agency, feed_facts in by_agency.items():
+            out.facts.append((feed_key(agency), encode_facts(wm, feed_facts)))
+
+    def _tombstoned(
+        self,
+        case_id: str,
+        events: list[tuple[InputMessage, dict[str, Any]]],
+        feeds: dict[tuple[str, str, int], list[int]],
+        now_ms: int,
+        out: Outputs,
+    ) -> None:
+        for msg, raw in events:
+            if self.boundaries.get((msg.topic, raw["status"])):
+                out.dead_letters.append(dead_letter(
+                    msg, EVICTED_CASE,
+                    f"case {case_id!r} completed and was evicted; a late {raw['status']} event "
+                    f"(event_id {raw['event_id']}) is parked here instead of re-opening it",
+                    now_ms,
+                ))
+                continue
+            agency = raw["agency"]
+            vk = (msg.topic, agency)
+            out.valid_events[vk] = out.valid_events.get(vk, 0) + 1
+            fk = (agency, msg.topic, msg.partition)
+            feed = feeds.get(fk)
+            if feed is None:
+                feeds[fk] = [msg.offset, 1, raw["occurred_at"], raw["published_at"]]
+            else:
+                feed[0] = max(feed[0], msg.offset)
+                feed[1] += 1
+                feed[2] = max(feed[2], raw["occurred_at"])
+                feed[3] = max(feed[3], raw["published_at"])
+
+    # -- outputs ----------------------------------------------------------------------------
+    @staticmethod
+    def _stage_record(case_id: str, info: StageInfo, inst: list[Any], now_ms: int) -> dict[str, Any]:
+        started, ended = inst[STARTED], inst[ENDED]
+        duration: int | None = None
+        sla_met: bool | None = None
+        if ended is not None:
+            state = "CLOSED"
+            duration = ended - started if ended > started else 0
+            sla_met = duration <= info.sla_ms
+        elif inst[CANCELLED] is not None:
+            state = "CANCELLED"
+        else:
+            state = "OPEN"
+        version = ids.next_version(inst[VERSION], now_ms)
+        inst[VERSION] = version
+        province, port = inst[PROVINCE], inst[PORT]
+        return {
+            "record_id": ids.record_id(case_id, info.mission, info.journey, info.stage),
+            "case_id": case_id,
+            "mission": info.mission,
+            "journey": info.journey,
+            "stage": info.stage,
+            "owner_agency": info.owner(province, port),
+            "province": province,
+            "port": port,
+            "state": state,
+            "started_at": started,
+            "ended_at": ended,
+            "duration_ms": duration,
+            "sla_ms": info.sla_ms,
+            "sla_met": sla_met,
+            "amount_pkr": inst[AMOUNT],
+            "version": version,
+        }
+
+    def _case_alert(
+        self, case_id: str, info: StageInfo, inst: list[Any], now_ms: int, alerts: list[dict[str, Any]]
+    ) -> bool:
+        """Apply the CASE_SLA rule to one instance; True if its alert state changed."""
+        started, ended, cancelled = inst[STARTED], inst[ENDED], inst[CANCELLED]
+        sla = info.sla_ms
+        state = inst[ALERT]
+        if ended is not None:
+            overdue = ended - started - sla
+            if state == NO_ALERT and overdue > 0:
+                alerts.append(self._case_sla(case_id, info, inst, "FIRING", overdue, None, now_ms))
+                state = FIRING
+            if state == FIRING:
+                alerts.append(self._case_sla(case_id, info, inst, "RESOLVED", max(0, overdue), ended, now_ms))
+                state = RESOLVED
+        elif cancelled is not None:
+            if state == FIRING:
+                alerts.append(self._case_sla(
+                    case_id, info, inst, "RESOLVED", max(0, cancelled - started - sla), cancelled, now_ms
+                ))
+                state = RESOLVED
+        elif state == NO_ALERT:
+            overdue = now_ms - started - sla
+            if overdue > 0:
+                alerts.append(self._case_sla(case_id, info, inst, "FIRING", overdue, None, now_ms))
+                state = FIRING
+            else:
+                heapq.heappush(self._deadlines, (started + sla, case_id, info.key))
+        if state != inst[ALERT]:
+            inst[ALERT] = state
+            return True
+        return False
+
+    @staticmethod
+    def _case_sla(
+        case_id: str, info: StageInfo, inst: list[Any], state: str, overdue: int, ends_at: int | None, now_ms: int
+    ) -> dict[str, Any]:
+        started = inst[STARTED]
+        province, port = inst[PROVINCE], inst[PORT]
+        owner = info.owner(province, port)
+        rid = ids.record_id(case_id, info.mission, info.journey, info.stage)
+        if state == "FIRING":
+            summary = (
+                f"Case {case_id} has waited {_fmt_duration(now_ms - started if ends_at is None else overdue + info.sla_ms)}"
+                f" at '{info.name}' ({owner}): {_fmt_duration(overdue)} past its {_fmt_duration(info.sla_ms)} SLA"
+            )
+        else:
+            summary = f"Case {case_id} left '{info.name}' ({owner}) after {_fmt_duration((ends_at or 0) - started)}"
+        return {
+            "alert_id": ids.case_sla_alert_id(rid),
+            "kind": "CASE_SLA",
+            "state": state,
+            "severity": "critical" if overdue > info.sla_ms else "warning",
+            "mission": info.mission,
+            "journey": info.journey,
+            "stage": info.stage,
+            "agency": owner,
+            "province": province,
+            "port": port,
+            "case_id": case_id,
+            "summary": summary,
+            "starts_at": started + info.sla_ms,
+            "ends_at": ends_at,
+            "waiting_since": started,
+            "value": float(overdue),
+            "threshold": float(info.sla_ms),
+            "emitted_at": now_ms,
+        }
+
+    # -- timers -----------------------------------------------------------------------------
+    def sweep(self, states: StateStore, now_ms: int) -> Outputs:
+        """CASE_SLA FIRING for open instances past their deadline; evict complete cases."""
+        out = Outputs()
+        changed: dict[str, dict[str, Any]] = {}
+        heap = self._deadlines
+        while heap and heap[0][0] < now_ms:
+            _, case_id, stage_key = heapq.heappop(heap)
+            state = changed.get(case_id) or states.get(case_id)
+            if not isinstance(state, dict):
+                continue
+            inst = state["i"].get(stage_key)
+            info = self.stages.get(stage_key)
+            if inst is None or info is None or inst[STARTED] is None or inst[ALERT] != NO_ALERT:
+                continue
+            if inst[ENDED] is not None or inst[CANCELLED] is not None:
+                continue
+            if self._case_alert(case_id, info, inst, now_ms, out.alerts):
+                changed[case_id] = state
+        for case_id, state in changed.items():
+            states[case_id] = state
+        self._evict(states)
+        return out
+
+    def _evict(self, states: StateStore, exclude: dict[str, Any] | None = None) -> None:
+        wm = self.watermark_ms
+        heap = self._evictions
+        if wm is None:
+            return
+        deferred: list[tuple[int, str]] = []
+        while heap and heap[0][0] <= wm:
+            _, case_id = heapq.heappop(heap)
+            state = states.get(case_id)
+            if isinstance(state, int):
+                if state + self.tombstone_retention_ms <= wm:
+                    del states[case_id]
+                continue
+            if state is None or not is_complete(state):
+                continue
+            due = state["lt"] + self.case_retention_ms
+            if due > wm or (exclude is not None and case_id in exclude):
+                deferred.append((max(due, wm + 1), case_id))
+                continue
+            states[case_id] = wm
+            deferred.append((wm + self.tombstone_retention_ms, case_id))
+        for entry in deferred:
+            heapq.heappush(heap, entry)
+
+    def rebuild_index(self, states: StateStore) -> None:
+        """Rebuild deadlines, evictions and the watermark from the state store."""
+        deadlines: list[tuple[int, str, str]] = []
+        evictions: list[tuple[int, str]] = []
+        wm = self.watermark_ms
+        for case_id, state in list(states.items()):
+            if isinstance(state, int):
+                evictions.append((state + self.tombstone_retention_ms, case_id))
+                continue
+            if not isinstance(state, dict):
+                continue
+            if wm is None or state["lt"] > wm:
+                wm = state["lt"]
+            for key, inst in state["i"].items():
+                info = self.stages.get(key)
+                if (info is not None and inst[STARTED] is not None and inst[ALERT] == NO_ALERT
+                        and inst[ENDED] is None and inst[CANCELLED] is None):
+                    deadlines.append((inst[STARTED] + info.sla_ms, case_id, key))
+            if is_complete(state):
+                evictions.append((state["lt"] + self.case_retention_ms, case_id))
+        heapq.heapify(deadlines)
+        heapq.heapify(evictions)
+        self._deadlines, self._evictions, self.watermark_ms = deadlines, evictions, wm
+
+
+def _cause(fact: list[Any]) -> tuple[str, int, int]:
+    return (fact[1], fact[2], fact[3])
+
+
+def dead_letter(msg: InputMessage, reason: str, detail: str, now_ms: int) -> dict[str, Any]:
+    """A dead-letter record for a message the processors cannot fold in (raw shape)."""
+    return {
+        "dead_letter_id": ids.dead_letter_id(msg.topic, msg.partition, msg.offset),
+        "source": PROCESSOR_SOURCE,
+        "topic": msg.topic,
+        "partition": msg.partition,
+        "offset": msg.offset,
+        "key": msg.key,
+        "value": msg.value,
+        "reason": reason,
+        "detail": detail,
+        "received_at": now_ms,
+    }

@@ -1,0 +1,660 @@
+"""Hop 2: KPI windows, backlog, money locked, feed freshness, KPI_TARGET and FEED_SILENT.
+
+Implements the "KPI windows", "Backlog", "Feed freshness", KPI_TARGET and FEED_SILENT rules of
+``SEMANTICS.md`` from the facts hop 1 sends (see :mod:`stream_processors.api`). State is plain
+JSON in three kinds of keys:
+
+* **group** ``mission|journey|stage|owner|province|port``::
+
+    {"src": {"topic:partition": max offset applied},   # idempotency marker
+     "bl": [started_at, ...] sorted,  "amt": paisa | None,  "bv": backlog version,
+     "p": {window: {pane_start: [completions, sla_met, sum_ms, sketch]}},   # open panes
+     "w": {window: {window_start: version}},            # versions of open windows emitted
+     "d": {window: {pane_start: 1}},                    # panes changed since the last tick
+     "kt": {target: [alert_id, starts_at]},             # open KPI_TARGET episodes
+     "cw": watermark of the last close pass}
+
+* **closed windows** ``<group>@<window>``: final summaries of the group's closed windows,
+  kept ``closed_window_retention_ms`` (event time) after closing so a late completion can be
+  counted in its window's ``late_events`` and the row re-emitted: ``{"s": {window_start:
+  [version, completions, sla_met, p50, p90, mean, late]}, "src": {...}}``. One key per group
+  and window spec, written once per tick that closes windows (not once per window).
+* **feed** ``feed|<agency>``: ``{"src", "lo": last_occurred_at, "lp": last_published_at,
+  "t": topic, "n": events_total, "v": version, "fa": [alert_id, starts_at] | None}``.
+
+Facts are applied only if their source offset is above the key's marker for that source
+topic-partition (checked against the marker as it was before the message), so replaying facts
+after a crash changes nothing. Windows are closed, and changed windows emitted, by
+:meth:`KpiEngine.tick`; a completion for a window closed by an earlier tick is late.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left, insort
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from backbone.config import Settings
+from schemas.registry import Registry, default_registry
+from stream_processors import ids, sketch
+from stream_processors.api import (
+    BACKLOG_FACT,
+    COMPLETION_FACT,
+    FEED_KEY_PREFIX,
+    InputMessage,
+    Outputs,
+    StateStore,
+    decode_facts,
+    parse_group_key,
+)
+from stream_processors.journeys import dead_letter
+from stream_processors.missions import Missions
+from stream_processors.windows import WindowSpec, window_specs
+
+DEFAULT_CLOSED_WINDOW_RETENTION_MS = 24 * 3_600_000
+SUMMARY_SEP = "@"
+_QS = (0.5, 0.9)
+
+# closed-window summary slots
+S_VERSION, S_COMPLETIONS, S_MET, S_P50, S_P90, S_MEAN, S_LATE = range(7)
+
+
+@dataclass(frozen=True, slots=True)
+class TargetRule:
+    id: str
+    name: str
+    window: str
+    min_sla_compliance: float
+    min_completions: int
+
+
+@dataclass(frozen=True, slots=True)
+class GroupInfo:
+    """A KPI group key parsed once, with what its rows and rules need."""
+
+    key: str
+    mission: str
+    journey: str
+    stage: str
+    owner_agency: str
+    province: str
+    port: str
+    tracks_money: bool
+    targets: tuple[TargetRule, ...]
+
+
+def _iso(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, tz=UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+class KpiEngine:
+    """Hop 2 of the processors (see :class:`stream_processors.api.KpiProcessor`)."""
+
+    def __init__(
+        self,
+        missions: Missions,
+        settings: Settings,
+        registry: Registry | None = None,
+        *,
+        closed_window_retention_ms: int = DEFAULT_CLOSED_WINDOW_RETENTION_MS,
+    ) -> None:
+        self.missions = missions
+        self.registry = registry or default_registry()
+        self.grace_ms = settings.grace_ms
+        self.closed_window_retention_ms = closed_window_retention_ms
+        self.specs: tuple[WindowSpec, ...] = window_specs(missions.windows)
+        self._stages = {"|".join(ref.key): ref for ref in missions.stages}
+        targets: dict[tuple[str, str], list[TargetRule]] = {}
+        for mission, target, ref in missions.targets:
+            targets.setdefault((mission.id, ref.stage.id), []).append(TargetRule(
+                target.id, target.name, target.window, target.min_sla_compliance, target.min_completions
+            ))
+        self._targets = {k: tuple(v) for k, v in targets.items()}
+        self._groups: dict[str, GroupInfo | None] = {}
+        self.watermark_ms: int | None = None
+        """Newest occurred_at hop 1 reported (max over facts): windows close behind it."""
+        self.closed_wm: int | None = None
+        """Watermark of the last close pass: a window with end + grace <= it is closed."""
+        self._windowed: set[str] = set()  # group keys that hold open panes
+        self._dirty: set[str] = set()  # group keys with panes changed since the last tick
+        self._feeds: set[str] = set()
+        self._closed: dict[str, int] = {}  # closed-windows key → earliest expiry watermark in it
+        self._spec_by_name = {spec.name: spec for spec in self.specs}
+
+    # -- facts ------------------------------------------------------------------------------
+    def group(self, key: str) -> GroupInfo | None:
+        """The parsed group for a facts key, or None if it names no stage of the missions file."""
+        try:
+            return self._groups[key]
+        except KeyError:
+            pass
+        info: GroupInfo | None = None
+        try:
+            g = parse_group_key(key)
+        except ValueError:
+            g = None
+        if g is not None:
+            ref = self._stages.get(f"{g.mission}|{g.journey}|{g.stage}")
+            if ref is not None:
+                info = GroupInfo(
+                    key, g.mission, g.journey, g.stage, g.owner_agency, g.province, g.port,
+                    ref.stage.money_field is not None, self._targets.get((g.mission, g.stage), ()),
+                )
+        self._groups[key] = info
+        return info
+
+    def apply(self, batch: Sequence[InputMessage], states: StateStore, now_ms: int) -> Outputs:
+        out = Outputs()
+        loaded: dict[str, Any] = {}
+        backlog_changed: dict[str, GroupInfo] = {}
+        feeds_changed: set[str] = set()
+        for msg in batch:
+            key = msg.key.decode("utf-8", "replace") if msg.key is not None else ""
+            try:
+                fb = decode_facts(msg.value or b"")
+            except ValueError as exc:
+                out.dead_letters.append(dead_letter(msg, "undecodable", str(exc), now_ms))
+                continue
+            if fb.watermark_ms is not None and (self.watermark_ms is None or fb.watermark_ms > self.watermark_ms):
+                self.watermark_ms = fb.watermark_ms
+            if key.startswith(FEED_KEY_PREFIX):
+                st = loaded.get(key) or states.get(key) or _new_feed()
+                loaded[key] = st
+                if self._apply_feed(key, st, fb.facts, now_ms, out):
+                    feeds_changed.add(key)
+                continue
+            info = self.group(key)
+            if info is None:
+                out.dead_letters.append(dead_letter(
+                    msg, "unknown_group", f"facts key {key!r} names no stage of the missions file", now_ms
+                ))
+                continue
+            st = loaded.get(key) or states.get(key) or _new_group()
+            loaded[key] = st
+            self._apply_group(info, st, fb.facts, loaded, states, now_ms, out, backlog_changed)
+        for key, info in backlog_changed.items():
+            out.backlog.append(self._backlog_row(info, loaded[key], now_ms))
+        for key in feeds_changed:
+            out.feed_freshness.append(self._feed_row(key, loaded[key], now_ms))
+        for key, st in loaded.items():
+            if SUMMARY_SEP not in key and not key.startswith(FEED_KEY_PREFIX):
+                st["cw"] = self.closed_wm
+            states[key] = st
+        return out
+
+    def _apply_group(
+        self,
+        info: GroupInfo,
+        st: dict[str, Any],
+        facts: list[list[Any]],
+        loaded: dict[str, Any],
+        states: StateStore,
+        now_ms: int,
+        out: Outputs,
+        backlog_changed: dict[str, GroupInfo],
+    ) -> None:
+        src: dict[str, int] = st["src"]
+        applied: dict[str, int] = {}
+        late_hits: list[tuple[str, int, str, int]] = []  # (window, window start, source tp, offset)
+        for fact in facts:
+            tp = f"{fact[1]}:{fact[2]}"
+            offset = fact[3]
+            if offset <= src.get(tp, -1):
+                continue
+            if offset > applied.get(tp, -1):
+                applied[tp] = offset
+            if fact[0] == COMPLETION_FACT:
+                if self._apply_completion(st, fact, tp, late_hits):
+                    k = (info.mission, info.stage)
+                    out.late_events[k] = out.late_events.get(k, 0) + 1
+            elif fact[0] == BACKLOG_FACT:
+                _apply_backlog(st, fact)
+                backlog_changed[info.key] = info
+        src.update(applied)
+        if st["d"]:
+            self._dirty.add(info.key)
+        if st["p"]:
+            self._windowed.add(info.key)
+        if late_hits:
+            self._count_late(info, late_hits, loaded, states, now_ms, out)
+
+    def _apply_completion(self, st: dict[str, Any], fact: list[Any], tp: str, late_hits: list[Any]) -> bool:
+        """Fold a ±completion into one pane per window spec; True if it was late for some window."""
+        sign, ended, duration, met = fact[4], fact[5], fact[6], fact[7]
+        bkey = sketch.bucket_key(duration)
+        late = False
+        closed_wm = self.closed_wm
+        for spec in self.specs:
+            pane = ended - ended % spec.step_ms
+            if closed_wm is not None:
+                last_closed = spec.last_closed_start(closed_wm, self.grace_ms)
+                first = pane - spec.size_ms + spec.step_ms
+                if last_closed is not None and last_closed >= first:
+                    late = True
+                    for start in range(first, min(pane, last_closed) + 1, spec.step_ms):
+                        late_hits.append((spec.name, start, tp, fact[3]))
+                    if last_closed >= pane:
+                        continue
+            panes = st["p"].get(spec.name)
+            if panes is None:
+                panes = st["p"][spec.name] = {}
+            pk = str(pane)
+            entry = panes.get(pk)
+            if entry is None:
+                entry = panes[pk] = [0, 0, 0, {}]
+            entry[0] += sign
+            entry[1] += sign * met
+            entry[2] += sign * duration
+            sketch.add(entry[3], bkey, sign)
+            if entry[0] == 0:
+                del panes[pk]
+            dirty = st["d"].get(spec.name)
+            if dirty is None:
+                st["d"][spec.name] = {pk: 1}
+            else:
+                dirty[pk] = 1
+        return late
+
+    def _count_late(
+        self,
+        info: GroupInfo,
+        late_hits: list[tuple[str, int, str, int]],
+        loaded: dict[str, Any],
+        states: StateStore,
+        now_ms: int,
+        out: Outputs,
+    ) -> None:
+        """Count late completions in the closed windows' summaries and re-emit those rows."""
+        by_key: dict[str, list[tuple[str, int, str, int]]] = {}
+        for hit in late_hits:
+            by_key.setdefault(f"{info.key}{SUMMARY_SEP}{hit[0]}", []).append(hit)
+        for skey, hits in by_key.items():
+            spec = self._spec_by_name[hits[0][0]]
+            closed = loaded.get(skey) or states.get(skey) or {"s": {}, "src": {}}
+            before = dict(closed["src"])
+            counts: dict[int, int] = {}
+            for _, start, tp, offset in hits:
+                if offset > before.get(tp, -1):
+                    counts[start] = counts.get(start, 0) + 1
+                    if offset > closed["src"].get(tp, -1):
+                        closed["src"][tp] = offset
+            if not counts:
+                continue
+            for start, n in sorted(counts.items()):
+                expiry = start + spec.size_ms + self.grace_ms + self.closed_window_retention_ms
+                if self.closed_wm is not None and expiry <= self.closed_wm:
+                    continue  # too old to re-emit; still counted in the late_events metric
+                s = closed["s"].get(str(start))
+                if s is None:
+                    s = closed["s"][str(start)] = [None, 0, 0, None, None, None, 0]
+                    self._note_closed(skey, expiry)
+                s[S_LATE] += n
+                s[S_VERSION] = ids.next_version(s[S_VERSION], now_ms)
+                out.kpi_windows.append(self._row_from_summary(info, spec, start, s))
+            loaded[skey] = closed
+
+    def _note_closed(self, skey: str, expiry: int) -> None:
+        prev = self._closed.get(skey)
+        if prev is None or expiry < prev:
+            self._closed[skey] = expiry
+
+    def _apply_feed(self, key: str, st: dict[str, Any], facts: list[list[Any]], now_ms: int, out: Outputs) -> bool:
+        src: dict[str, int] = st["src"]
+        applied: dict[str, int] = {}
+        changed = False
+        for fact in facts:
+            _, topic, partition, offset, n, occurred, published = fact[:7]
+            tp = f"{topic}:{partition}"
+            if offset <= src.get(tp, -1):
+                continue
+            if offset > applied.get(tp, -1):
+                applied[tp] = offset
+            changed = True
+            st["n"] += n
+            if published > (st["lp"] or 0):
+                st["lp"] = published
+            lo = st["lo"]
+            if lo is None or occurred > lo or (occurred == lo and topic > st["t"]):
+                if lo is not None and occurred > lo and st["fa"] is not None:
+                    out.alerts.append(self._feed_alert(key, st, "RESOLVED", occurred, float(occurred - lo), now_ms))
+                    st["fa"] = None
+                st["lo"] = occurred
+                st["t"] = topic
+        src.update(applied)
+        self._feeds.add(key)
+        return changed
+
+    # -- rows -------------------------------------------------------------------------------
+    def _backlog_row(self, info: GroupInfo, st: dict[str, Any], now_ms: int) -> dict[str, Any]:
+        st["bv"] = version = ids.next_version(st["bv"], now_ms)
+        bl = st["bl"]
+        return {
+            "backlog_id": ids.backlog_id(info.key),
+            "mission": info.mission,
+            "journey": info.journey,
+            "stage": info.stage,
+            "owner_agency": info.owner_agency,
+            "province": info.province,
+            "port": info.port,
+            "open_cases": len(bl),
+            "oldest_started_at": bl[0] if bl else None,
+            "amount_pkr_open": (st["amt"] or 0) if info.tracks_money else None,
+            "as_of": now_ms,
+            "version": version,
+        }
+
+    def _feed_row(self, key: str, st: dict[str, Any], now_ms: int) -> dict[str, Any]:
+        st["v"] = version = ids.next_version(st["v"], now_ms)
+        return {
+            "agency": key[len(FEED_KEY_PREFIX):],
+            "topic": st["t"],
+            "last_occurred_at": st["lo"],
+            "last_published_at": st["lp"],
+            "last_seen_at": now_ms,
+            "events_total": st["n"],
+            "version": version,
+        }
+
+    def _window_row(
+        self, info: GroupInfo, spec: WindowSpec, start: int, st: dict[str, Any], now_ms: int
+    ) -> tuple[dict[str, Any], list[Any]]:
+        """The KpiWindow row of an open window from its panes, and its summary for closing."""
+        panes = st["p"].get(spec.name) or {}
+        if spec.step_ms == spec.size_ms:
+            entry = panes.get(str(start))
+            entries = [entry] if entry is not None else []
+        else:
+            entries = [e for e in (panes.get(str(p)) for p in spec.panes_of_window(start)) if e is not None]
+        n = met = total = 0
+        for e in entries:
+            n += e[0]
+            met += e[1]
+            total += e[2]
+        if len(entries) == 1:
+            p50, p90 = sketch.quantiles(entries[0][3], _QS)
+        elif entries:
+            p50, p90 = sketch.quantiles(sketch.merged(e[3] for e in entries), _QS)
+        else:
+            p50 = p90 = None
+        versions = st["w"].get(spec.name)
+        if versions is None:
+            versions = st["w"][spec.name] = {}
+        sk = str(start)
+        version = versions[sk] = ids.next_version(versions.get(sk), now_ms)
+        summary = [version, n, met, p50, p90, total / n if n else None, 0]
+        return self._row_from_summary(info, spec, start, summary), summary
+
+    @staticmethod
+    def _row_from_summary(info: GroupInfo, spec: WindowSpec, start: int, s: list[Any]) -> dict[str, Any]:
+        n = s[S_COMPLETIONS]
+        return {
+            "kpi_id": ids.kpi_id(spec.name, start, info.key),
+            "window": spec.name,
+            "window_start": start,
+            "window_end": start + spec.size_ms,
+            "mission": info.mission,
+            "journey": info.journey,
+            "stage": info.stage,
+            "owner_agency": info.owner_agency,
+            "province": info.province,
+            "port": info.port,
+            "completions": n,
+            "sla_met": s[S_MET],
+            "sla_compliance": s[S_MET] / n if n else None,
+            "p50_ms": s[S_P50],
+            "p90_ms": s[S_P90],
+            "mean_ms": s[S_MEAN],
+            "throughput_per_h": n / spec.size_hours,
+            "late_events": s[S_LATE],
+            "version": s[S_VERSION],
+        }
+
+    # -- timer ------------------------------------------------------------------------------
+    def tick(self, states: StateStore, now_ms: int) -> Outputs:
+        out = Outputs()
+        wm = self.watermark_ms
+        for key in sorted(self._windowed | self._dirty):
+            st = states.get(key)
+            info = self.group(key)
+            if not isinstance(st, dict) or info is None:
+                self._windowed.discard(key)
+                self._dirty.discard(key)
+                continue
+            self._close_and_emit(info, st, wm, states, now_ms, out)
+            st["cw"] = wm
+            states[key] = st
+            if not st["p"]:
+                self._windowed.discard(key)
+            self._dirty.discard(key)
+        if wm is not None and (self.closed_wm is None or wm > self.closed_wm):
+            self.closed_wm = wm
+        for key in sorted(self._feeds):
+            st = states.get(key)
+            if not isinstance(st, dict):
+                self._feeds.discard(key)
+                continue
+            agency = key[len(FEED_KEY_PREFIX):]
+            silence = now_ms - st["lo"]
+            if st["fa"] is None and silence > self.missions.feeds.threshold_ms(agency):
+                st["fa"] = [ids.feed_silent_alert_id(agency, st["lo"]), st["lo"] + self.missions.feeds.threshold_ms(agency)]
+                out.alerts.append(self._feed_alert(key, st, "FIRING", None, float(silence), now_ms))
+                states[key] = st
+        if wm is not None:
+            self._prune_closed(states, wm)
+        return out
+
+    def _prune_closed(self, states: StateStore, wm: int) -> None:
+        """Drop closed-window summaries past their retention (no late completion can update them)."""
+        for skey, expiry in list(self._closed.items()):
+            if expiry > wm:
+                continue
+            closed = states.get(skey)
+            spec = self._spec_by_name.get(skey.rsplit(SUMMARY_SEP, 1)[1])
+            if not isinstance(closed, dict) or spec is None:
+                del self._closed[skey]
+                continue
+            keep_after = wm - spec.size_ms - self.grace_ms - self.closed_window_retention_ms
+            summaries = {k: v for k, v in closed["s"].items() if int(k) > keep_after}
+            if summaries:
+                closed["s"] = summaries
+                states[skey] = closed
+                self._closed[skey] = min(int(k) for k in summaries) + (wm - keep_after)
+            else:
+                del states[skey]
+                del self._closed[skey]
+
+    def _close_and_emit(
+        self, info: GroupInfo, st: dict[str, Any], wm: int | None, states: StateStore, now_ms: int, out: Outputs
+    ) -> None:
+        dirty: dict[str, dict[str, int]] = st["d"]
+        for spec in self.specs:
+            panes: dict[str, Any] = st["p"].get(spec.name) or {}
+            changed = [int(p) for p in dirty.get(spec.name) or ()]
+            last_closed = spec.last_closed_start(wm, self.grace_ms)
+            prev_closed = spec.last_closed_start(self.closed_wm, self.grace_ms)
+            closing: list[int] = []
+            if last_closed is not None and panes:
+                pane_starts = [int(p) for p in panes]
+                candidates = spec.windows_of_panes(p for p in pane_starts if p - spec.size_ms + spec.step_ms <= last_closed)
+                closing = [s for s in candidates if s <= last_closed and (prev_closed is None or s > prev_closed)]
+            if closing:
+                skey = f"{info.key}{SUMMARY_SEP}{spec.name}"
+                closed = states.get(skey) or {"s": {}, "src": {}}
+                for start in closing:
+                    row, summary = self._window_row(info, spec, start, st, now_ms)
+                    out.kpi_windows.append(row)
+                    closed["s"][str(start)] = summary
+                    self._evaluate_targets(info, spec, start, summary, st, now_ms, out)
+                self._note_closed(skey, closing[0] + spec.size_ms + self.grace_ms + self.closed_window_retention_ms)
+                states[skey] = closed
+            if changed:
+                emit = [s for s in spec.windows_of_panes(changed) if last_closed is None or s > last_closed]
+                for start in emit:
+                    out.kpi_windows.append(self._window_row(info, spec, start, st, now_ms)[0])
+            if last_closed is not None:
+                for pk in [pk for pk in panes if int(pk) <= last_closed]:
+                    del panes[pk]
+                if not panes:
+                    st["p"].pop(spec.name, None)
+                versions = st["w"].get(spec.name)
+                if versions:
+                    for sk in [sk for sk in versions if int(sk) <= last_closed]:
+                        del versions[sk]
+        st["d"] = {}
+
+    def _evaluate_targets(
+        self,
+        info: GroupInfo,
+        spec: WindowSpec,
+        start: int,
+        summary: list[Any],
+        st: dict[str, Any],
+        now_ms: int,
+        out: Outputs,
+    ) -> None:
+        n, met = summary[S_COMPLETIONS], summary[S_MET]
+        end = start + spec.size_ms
+        for rule in info.targets:
+            if rule.window != spec.name or n < rule.min_completions:
+                continue
+            compliance = met / n
+            episode = st["kt"].get(rule.id)
+            if compliance < rule.min_sla_compliance and episode is None:
+                alert_id = ids.kpi_target_alert_id(rule.id, info.key, start)
+                st["kt"][rule.id] = [alert_id, end]
+                out.alerts.append(self._target_alert(info, rule, alert_id, "FIRING", end, None, compliance, n, now_ms))
+            elif compliance >= rule.min_sla_compliance and episode is not None:
+                del st["kt"][rule.id]
+                out.alerts.append(self._target_alert(
+                    info, rule, episode[0], "RESOLVED", episode[1], end, compliance, n, now_ms
+                ))
+
+    @staticmethod
+    def _target_alert(
+        info: GroupInfo,
+        rule: TargetRule,
+        alert_id: str,
+        state: str,
+        starts_at: int,
+        ends_at: int | None,
+        compliance: float,
+        completions: int,
+        now_ms: int,
+    ) -> dict[str, Any]:
+        verb = "below" if state == "FIRING" else "back at or above"
+        where = "/".join(x for x in (info.province, info.port) if x)
+        return {
+            "alert_id": alert_id,
+            "kind": "KPI_TARGET",
+            "state": state,
+            "severity": "warning",
+            "mission": info.mission,
+            "journey": info.journey,
+            "stage": info.stage,
+            "agency": info.owner_agency,
+            "province": info.province,
+            "port": info.port,
+            "case_id": None,
+            "summary": (
+                f"{rule.name} ({info.owner_agency}, {where}): {compliance:.0%} of {completions} completions met "
+                f"the SLA in the {rule.window} window ending {_iso(ends_at or starts_at)}, {verb} the "
+                f"{rule.min_sla_compliance:.0%} target"
+            ),
+            "starts_at": starts_at,
+            "ends_at": ends_at,
+            "waiting_since": None,
+            "value": compliance,
+            "threshold": rule.min_sla_compliance,
+            "emitted_at": now_ms,
+        }
+
+    def _feed_alert(
+        self, key: str, st: dict[str, Any], state: str, ends_at: int | None, value: float, now_ms: int
+    ) -> dict[str, Any]:
+        agency = key[len(FEED_KEY_PREFIX):]
+        alert_id, starts_at = st["fa"]
+        threshold = self.missions.feeds.threshold_ms(agency)
+        entry = self.registry.agencies.get(agency)
+        if state == "FIRING":
+            summary = (
+                f"No event from {agency} since {_iso(st['lo'])} ({int(value) // 60_000} min, "
+                f"threshold {threshold // 60_000} min)"
+            )
+        else:
+            summary = f"{agency} feed is back: new event at {_iso(ends_at or 0)}"
+        return {
+            "alert_id": alert_id,
+            "kind": "FEED_SILENT",
+            "state": state,
+            "severity": "warning",
+            "mission": "",
+            "journey": "",
+            "stage": "",
+            "agency": agency,
+            "province": (entry.province if entry is not None else None) or "",
+            "port": "",
+            "case_id": None,
+            "summary": summary,
+            "starts_at": starts_at,
+            "ends_at": ends_at,
+            "waiting_since": st["lo"] if state == "FIRING" else None,
+            "value": value,
+            "threshold": float(threshold),
+            "emitted_at": now_ms,
+        }
+
+    # -- recovery ---------------------------------------------------------------------------
+    def rebuild_index(self, states: StateStore) -> None:
+        windowed: set[str] = set()
+        dirty: set[str] = set()
+        feeds: set[str] = set()
+        closed_keys: dict[str, int] = {}
+        wm = self.watermark_ms
+        closed = self.closed_wm
+        for key, st in list(states.items()):
+            if not isinstance(st, dict):
+                continue
+            if key.startswith(FEED_KEY_PREFIX):
+                feeds.add(key)
+                if st["lo"] is not None and (wm is None or st["lo"] > wm):
+                    wm = st["lo"]
+            elif SUMMARY_SEP in key:
+                spec = self._spec_by_name.get(key.rsplit(SUMMARY_SEP, 1)[1])
+                if spec is not None and st["s"]:
+                    first = min(int(k) for k in st["s"])
+                    closed_keys[key] = first + spec.size_ms + self.grace_ms + self.closed_window_retention_ms
+            else:
+                if st["p"]:
+                    windowed.add(key)
+                if st["d"]:
+                    dirty.add(key)
+                cw = st.get("cw")
+                if cw is not None and (closed is None or cw > closed):
+                    closed = cw
+        if closed is not None and (wm is None or closed > wm):
+            wm = closed
+        self._windowed, self._dirty, self._feeds, self._closed = windowed, dirty, feeds, closed_keys
+        self.watermark_ms, self.closed_wm = wm, closed
+
+
+def _new_group() -> dict[str, Any]:
+    return {"src": {}, "bl": [], "amt": None, "bv": None, "p": {}, "w": {}, "d": {}, "kt": {}, "cw": None}
+
+
+def _new_feed() -> dict[str, Any]:
+    return {"src": {}, "lo": None, "lp": None, "t": "", "n": 0, "v": None, "fa": None}
+
+
+def _apply_backlog(st: dict[str, Any], fact: list[Any]) -> None:
+    sign, started, amount = fact[4], fact[5], fact[6]
+    bl: list[int] = st["bl"]
+    if sign > 0:
+        insort(bl, started)
+    else:
+        i = bisect_left(bl, started)
+        if i < len(bl) and bl[i] == started:
+            del bl[i]
+    if amount is not None:
+        st["amt"] = (st["amt"] or 0) + sign * amount
