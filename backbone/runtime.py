@@ -74,7 +74,7 @@ class TopicCounter(threading.Thread):
     def __init__(self, conf: dict[str, object], topics: tuple[str, ...]) -> None:
         super().__init__(daemon=True, name="topic-counter")
         self.counts: Counter[str] = Counter()
-        self._stop = threading.Event()
+        self._stopping = threading.Event()
         self._conf = {**conf, "group.id": "backbone-up-counter", "enable.auto.commit": False}
         self._topics = topics
 
@@ -85,7 +85,7 @@ class TopicCounter(threading.Thread):
             consumer.assign([
                 TopicPartition(t, p, 0) for t in self._topics if t in md.topics for p in md.topics[t].partitions
             ])
-            while not self._stop.is_set():
+            while not self._stopping.is_set():
                 for msg in consumer.consume(num_messages=5000, timeout=0.5):
                     if msg.error() is None:
                         self.counts[msg.topic()] += 1
@@ -95,7 +95,7 @@ class TopicCounter(threading.Thread):
             consumer.close()
 
     def stop(self) -> None:
-        self._stop.set()
+        self._stopping.set()
 
 
 def _start(service: Service, env: dict[str, str], log_dir: Path) -> None:
