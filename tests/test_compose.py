@@ -373,6 +373,7 @@ def test_service_names_are_found_in_compose_command_lines() -> None:
     assert _services_named_in("up -d --build".split()) == []
 
 
+@pytest.mark.integration  # promtool
 def test_prometheus_gets_the_alerting_config_with_compose_addresses(tmp_path: Path) -> None:
     """The entrypoint rewrites alerting/prometheus.yml's loopback targets; promtool accepts the result."""
     promtool = shutil.which("promtool")

@@ -12,7 +12,7 @@
 # Environment: KAFKA_SSL_PASSWORD (required; protects the keystore and truststore),
 #   KAFKA_EXTERNAL_HOST (extra DNS name for the EXTERNAL listener's certificate),
 #   KAFKA_UID (owner of the keystore when run as root; default 1000, the apache/kafka image's user),
-#   CERT_DAYS (validity, default 825).
+#   CERT_DAYS (validity, default 825), CERT_RSA_BITS (key size, default 3072).
 # Existing files are kept (delete the folders to rotate).
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -21,6 +21,7 @@ clients="${2:-$here/clients}"
 ca_dir="${3:-$here/ca}"
 : "${KAFKA_SSL_PASSWORD:?KAFKA_SSL_PASSWORD must be set (protects the keystore)}"
 days="${CERT_DAYS:-825}"
+bits="${CERT_RSA_BITS:-3072}"
 for tool in openssl keytool; do
   command -v "$tool" >/dev/null || { echo "error: $tool not found (Debian: openssl, default-jre-headless)" >&2; exit 1; }
 done
@@ -30,7 +31,7 @@ chmod 755 "$out" "$clients"   # the containers' users (kafka: uid 1000, backbone
 umask 077
 
 if [ ! -s "$ca_dir/ca.key" ]; then
-  openssl req -x509 -newkey rsa:3072 -sha256 -nodes -days "$days" -subj "/CN=Delivery Backbone dev CA" \
+  openssl req -x509 -newkey "rsa:$bits" -sha256 -nodes -days "$days" -subj "/CN=Delivery Backbone dev CA" \
     -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" \
     -keyout "$ca_dir/ca.key" -out "$ca_dir/ca.crt" 2>/dev/null
   echo "created dev CA in $ca_dir"
@@ -48,7 +49,7 @@ if [ ! -s "$out/kafka.keystore.p12" ]; then
   esac
   work="$(mktemp -d)"
   trap 'rm -rf "$work"' EXIT
-  openssl req -newkey rsa:3072 -sha256 -nodes -subj "/CN=kafka" -keyout "$work/kafka.key" -out "$work/kafka.csr" 2>/dev/null
+  openssl req -newkey "rsa:$bits" -sha256 -nodes -subj "/CN=kafka" -keyout "$work/kafka.key" -out "$work/kafka.csr" 2>/dev/null
   printf 'subjectAltName=%s\nextendedKeyUsage=serverAuth,clientAuth\nkeyUsage=critical,digitalSignature,keyEncipherment\n' \
     "$sans" >"$work/ext.cnf"
   openssl x509 -req -sha256 -days "$days" -in "$work/kafka.csr" -CA "$ca_dir/ca.crt" -CAkey "$ca_dir/ca.key" \
