@@ -26,6 +26,7 @@ Readings of SEMANTICS.md where the text leaves a choice (the most literal one is
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 from collections.abc import Iterable, Sequence
@@ -33,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from schemas import contracts
@@ -263,17 +265,21 @@ def kpi_windows(records: pd.DataFrame, missions: Missions) -> pd.DataFrame:
     if done.empty:
         return _empty(KPI_COLUMNS)
     parts = []
+    ended = done["ended_at"].astype("int64").to_numpy()
+    base = done[[*GROUP, "duration_ms", "sla_met"]].reset_index(drop=True)
     for w in missions.windows:
         step = w.hop_ms or w.size_ms
-        per = w.size_ms // step
-        ended = done["ended_at"].astype("int64")
-        for back in range(per):
-            part = done[[*GROUP, "duration_ms", "sla_met"]].copy()
-            part["window"] = w.name
-            part["window_start"] = (ended // step - back) * step
-            part["window_end"] = part["window_start"] + w.size_ms
-            part["size_h"] = w.size_ms / 3_600_000
-            parts.append(part)
+        per = (
+            w.size_ms // step
+        )  # windows per completion: the ones starting at end//step*step, one step back, ...
+        rows_ = np.repeat(np.arange(len(base)), per)
+        back = np.tile(np.arange(per), len(base))
+        part = base.iloc[rows_].reset_index(drop=True)
+        part["window"] = w.name
+        part["window_start"] = (ended[rows_] // step - back) * step
+        part["window_end"] = part["window_start"] + w.size_ms
+        part["size_h"] = w.size_ms / 3_600_000
+        parts.append(part)
     wins = pd.concat(parts, ignore_index=True)
     wins["duration_ms"] = wins["duration_ms"].astype("int64")
     wins["sla_met"] = wins["sla_met"].astype(bool)
@@ -510,6 +516,11 @@ def feed_silent_alerts(ev: pd.DataFrame, missions: Missions, now_ms: int) -> pd.
     return pd.DataFrame(out)[ALERT_COLUMNS]
 
 
+@functools.cache
+def _load(path: Path) -> Missions:
+    return load_missions(path)
+
+
 # -- entry point --------------------------------------------------------------------------------
 
 
@@ -529,7 +540,7 @@ def compute(
     which windows are closed for KPI_TARGET (default: the newest ``occurred_at``).
     """
     if not isinstance(missions, Missions):
-        missions = load_missions(missions or DEFAULT_MISSIONS)
+        missions = _load(Path(missions or DEFAULT_MISSIONS).resolve())
     ev, invalid, duplicates = valid_distinct_events(events, validation_now_ms or FAR_FUTURE_MS)
     records, cancels = stage_records(ev, missions)
     kpis = kpi_windows(records, missions)
