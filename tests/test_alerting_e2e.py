@@ -10,6 +10,10 @@
 from __future__ import annotations
 
 import hashlib
+import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -27,7 +31,7 @@ from prometheus_client import start_http_server
 
 from alerting.forwarder import AlertForwarder, AlertmanagerClient, ForwarderOptions
 from alerting.stack import JOB_FORWARDER, JOB_PROCESSORS, JOB_SINK, AlertingStack
-from backbone.config import DEFAULT_MISSIONS_FILE, Settings
+from backbone.config import DEFAULT_MISSIONS_FILE, Settings, load_settings
 from backbone.embedded.broker import TansuBroker, free_port
 from backbone.kafka import client_config, ensure_topics
 from backbone.metrics import Metrics
@@ -474,3 +478,201 @@ def test_restarted_forwarder_keeps_renewing_what_it_delivered_before(
             for_alert("ba-transport", "resolved", alert_id=alert_id), 30, "resolved after restart"
         )
     assert len(webhook.matching(for_alert("ba-transport", "firing", alert_id=alert_id))) == 1
+
+
+# -- the full path: simulator → processor → alerts topic → forwarder → Alertmanager → desk --------
+def _stalled_permit_case(now: int) -> tuple[list[Any], Any]:
+    """From a simulated run, a shipment stuck after its permit request (cleared 13 h+ ago), and a
+    permit request of another case by the same department (a sign of life of that feed)."""
+    from producers.simulator import DAY, MINUTE, SimulationConfig, generate
+
+    owners = yaml.safe_load(DEFAULT_MISSIONS_FILE.read_text())["missions"][0]["journeys"][0]["stages"][1]
+    assert owners["id"] == "permit_handoff"
+    for seed in range(11, 31):
+        config = SimulationConfig(
+            start_ms=now - 3 * DAY,
+            cases=60,
+            span_ms=2 * DAY,
+            seed=seed,
+            stall_share=0.5,
+            duplicate_share=0.0,
+            out_of_order_share=0.0,
+            until_ms=now - 10 * MINUTE,
+        )
+        by_case: dict[str, list[Any]] = {}
+        for event in generate(config):
+            by_case.setdefault(event.raw["case_id"], []).append(event)
+        for events in by_case.values():
+            statuses = [(e.topic, e.raw["status"]) for e in events]
+            cleared = [e.raw for e in events if (e.topic, e.raw["status"]) == (contracts.CUSTOMS, "CLEARED")]
+            if not cleared or statuses[-1] != (contracts.PERMITS, "REQUESTED"):
+                continue
+            wait_h = (now - cleared[0]["occurred_at"]) / HOUR_MS
+            owner = owners["owner_by_province"].get(cleared[0]["province"])
+            if owner is None or wait_h < 13 or abs(wait_h - 24) < 0.5:
+                continue
+            sign_of_life = [
+                e
+                for other in by_case.values()
+                if other is not events
+                for e in other
+                if e.topic == contracts.PERMITS
+                and e.raw["status"] == "REQUESTED"
+                and e.raw["agency"] == owner
+            ]
+            if sign_of_life:
+                return events, sign_of_life[0]
+    pytest.fail("no simulated shipment stalled after its permit request in 20 seeds")
+
+
+def _stop_process(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def test_stalled_simulated_case_pages_its_desk_and_resolves_when_the_late_event_arrives(
+    stack: AlertingStack, webhook: WebhookReceiver, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    now = now_ms()
+    events, sign_of_life = _stalled_permit_case(now)
+    case_id = events[0].raw["case_id"]
+    # The oracle: SEMANTICS.md over the raw events and the missions file, not the processor's code.
+    stage = yaml.safe_load(DEFAULT_MISSIONS_FILE.read_text())["missions"][0]["journeys"][0]["stages"][1]
+    sla_ms = int(stage["sla"].rstrip("h")) * HOUR_MS
+    cleared = min(
+        e.raw["occurred_at"] for e in events if e.raw["status"] == "CLEARED" and e.topic == contracts.CUSTOMS
+    )
+    start_event = next(
+        e.raw for e in events if e.raw["status"] == "CLEARED" and e.raw["occurred_at"] == cleared
+    )
+    province, port = start_event["province"], start_event["port"]  # the stage's start event fixes both
+    owner = stage["owner_by_province"][province]
+    severity = "critical" if now - cleared > 2 * sla_ms else "warning"
+    record_id = hashlib.sha1(
+        f"{case_id}|export_competitiveness|export_shipment|permit_handoff".encode()
+    ).hexdigest()
+    alert_id = hashlib.sha1(f"CASE_SLA|{record_id}".encode()).hexdigest()
+    desk = owner.lower() + ("-critical" if severity == "critical" else "")
+
+    with TansuBroker(log_file=tmp_path / "tansu.log") as broker:
+        for key in [k for k in os.environ if k.startswith("BACKBONE_")]:
+            monkeypatch.delenv(key)
+        env = {
+            **os.environ,
+            "BACKBONE_KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap,
+            "BACKBONE_TOPIC_PARTITIONS": "2",
+            "BACKBONE_DATA_DIR": str(tmp_path / "data"),
+            "BACKBONE_CLOCK": "wall",
+        }
+        for key, value in env.items():
+            if key.startswith("BACKBONE_"):
+                monkeypatch.setenv(key, value)
+        settings = load_settings()
+        ensure_topics(settings, broker.bootstrap)
+        cli = [sys.executable, "-m", "backbone"]
+        logs = {name: tmp_path / f"{name}.log" for name in ("processor", "forwarder")}
+        processor = subprocess.Popen(
+            [*cli, "process", "--metrics-port", str(free_port())],
+            env=env,
+            stdout=logs["processor"].open("wb"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        forwarder = subprocess.Popen(
+            [
+                *cli,
+                "alerting",
+                "forward",
+                "--alertmanager-url",
+                stack.alertmanager_url,
+                "--metrics-port",
+                "-1",
+                "--repost-interval",
+                "1",
+                "--firing-lease",
+                "10",
+            ],
+            env=env,
+            stdout=logs["forwarder"].open("wb"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            producer = Producer({**client_config(settings, broker.bootstrap), "acks": "all"})
+            codec = Codec()
+
+            def publish(topic: str, raw: dict[str, Any]) -> None:
+                producer.produce(topic, value=codec.encode(topic, raw), key=raw["case_id"].encode())
+                assert producer.flush(10) == 0
+
+            fresh = now_ms()
+            publish(
+                contracts.PERMITS,
+                {
+                    **sign_of_life.raw,
+                    "event_id": str(uuid.uuid4()),
+                    "occurred_at": fresh - 60_000,
+                    "published_at": fresh - 59_000,
+                },
+            )
+            for event in events:
+                publish(event.topic, event.raw)
+
+            def hint() -> str:
+                return " | ".join(f"{n}: {p.read_text(errors='replace')[-800:]}" for n, p in logs.items())
+
+            try:
+                got = webhook.wait_for(
+                    for_alert(desk, "firing", alert_id=alert_id), 90, f"CaseSlaBreach for {case_id} at {desk}"
+                )
+            except pytest.fail.Exception:
+                raise AssertionError(hint()) from None
+            (alert,) = got.alerts(alert_id=alert_id)
+            assert alert["labels"] == {
+                "alertname": "CaseSlaBreach",
+                "mission": "export_competitiveness",
+                "stage": "permit_handoff",
+                "agency": owner,
+                "province": province,
+                "port": port,
+                "severity": severity,
+                "alert_id": alert_id,
+            }
+            assert alert["annotations"]["case_id"] == case_id
+            assert alert["annotations"]["tracker_url"] == f"http://127.0.0.1:8050/#/case/{case_id}"
+            assert alert["startsAt"].startswith(
+                time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime((cleared + sla_ms) / 1000))
+            )
+
+            # The permit is issued at last: the late event resolves the alert.
+            requested = next(e for e in reversed(events) if e.topic == contracts.PERMITS)
+            issued_at = now_ms() - 1000
+            publish(
+                contracts.PERMITS,
+                {
+                    **requested.raw,
+                    "event_id": str(uuid.uuid4()),
+                    "status": "ISSUED",
+                    "occurred_at": issued_at,
+                    "published_at": issued_at + 200,
+                },
+            )
+            try:
+                done = webhook.wait_for(
+                    for_alert(desk, "resolved", alert_id=alert_id), 60, "resolved notification"
+                )
+            except pytest.fail.Exception:
+                raise AssertionError(hint()) from None
+            (res,) = done.alerts(alert_id=alert_id)
+            assert res["annotations"]["resolved_at"].startswith(
+                time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(issued_at / 1000))
+            )
+            assert len(webhook.matching(for_alert(desk, "firing", alert_id=alert_id))) == 1
+        finally:
+            _stop_process(forwarder)
+            _stop_process(processor)
