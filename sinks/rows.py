@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, cached_property
 from typing import Any, Literal
 
 import pyarrow as pa
@@ -116,17 +116,17 @@ class TableSpec:
     table: str
     columns: tuple[Column, ...]
 
-    @property
+    @cached_property
     def names(self) -> list[str]:
         return [c.name for c in self.columns]
 
-    @property
+    @cached_property
     def arrow_schema(self) -> pa.Schema:
         return pa.schema(
             [pa.field(c.name, _MONEY if c.kind == "money" else _ARROW_TYPES[c.kind]) for c in self.columns]
         )
 
-    @property
+    @cached_property
     def checked(self) -> tuple[tuple[int, str, Kind], ...]:
         """(position, name, kind) of the columns whose values need a range check."""
         return tuple(
