@@ -15,12 +15,14 @@ Readings of SEMANTICS.md where the text leaves a choice (the most literal one is
 * a CANCELLED instance has ``ended_at``/``duration_ms``/``sla_met`` null; its CASE_SLA wait is
   measured to the first cancel event (``cancel_at - started_at``) and it resolves at that time;
 * KPI_TARGET: ``{group}`` in the alert id is the group fields joined by ``|``
-  (``mission|journey|stage|owner_agency|province|port``); only windows that have completions
-  of the group are evaluated; a window "meets the target" when ``sla_compliance >=
-  min_sla_compliance`` (whatever its completions), and RESOLVED carries that window's end;
-* feed freshness: ``last_published_at``/``topic`` are those of the newest event (ties: the
-  smallest ``event_id``); FEED_SILENT episodes are the gaps between consecutive event times of
-  an agency longer than its threshold, plus the final silence up to ``now``;
+  (``mission|journey|stage|owner_agency|province|port``); a window is closed when
+  ``watermark >= window_end + grace``; only windows that have completions of the group are
+  evaluated; RESOLVED carries the resolving window's end;
+* FEED_SILENT episodes are the gaps between consecutive event times of an agency longer than
+  its threshold, plus the final silence up to ``now`` (arrival-dependent details, e.g. several
+  events arriving together, are not modelled);
+* CASE_SLA is the set rule; the arrival-dependent exception (an end delayed past
+  ``started_at + sla_ms`` fires even within the SLA) is not modelled;
 * backlog: every group that has at least one stage instance gets a row (0 when none is open).
 """
 
@@ -354,21 +356,22 @@ def backlog(records: pd.DataFrame, missions: Missions) -> pd.DataFrame:
 
 
 def feed_freshness(ev: pd.DataFrame) -> pd.DataFrame:
-    """SEMANTICS.md "Feed freshness": the newest event of each agency and its count of events."""
+    """SEMANTICS.md "Feed freshness": newest event time, newest publication, the newest event's topic
+    (ties: the greatest topic name) and the count of valid distinct events, per agency."""
     if ev.empty:
         return _empty(FEED_COLUMNS)
-    newest = ev.sort_values(["agency", "occurred_at", "event_id"], ascending=[True, False, True])
+    newest = ev.sort_values(["agency", "occurred_at", "topic"], ascending=[True, False, False])
     newest = newest.drop_duplicates("agency", keep="first").set_index("agency")
+    grouped = ev.groupby("agency")
     out = pd.DataFrame(
         {
             "agency": newest.index,
             "topic": newest["topic"].values,
             "last_occurred_at": newest["occurred_at"].values,
-            "last_published_at": newest["published_at"].values,
         }
     )
-    counts = ev.groupby("agency").size()
-    out["events_total"] = out["agency"].map(counts).astype("int64")
+    out["last_published_at"] = out["agency"].map(grouped["published_at"].max()).astype("int64")
+    out["events_total"] = out["agency"].map(grouped.size()).astype("int64")
     return out[FEED_COLUMNS].sort_values("agency", ignore_index=True)
 
 
@@ -418,7 +421,7 @@ def case_sla_alerts(records: pd.DataFrame, cancels: pd.DataFrame, now_ms: int) -
 def kpi_target_alerts(
     kpis: pd.DataFrame, missions: Missions, watermark_ms: int, grace_ms: int
 ) -> pd.DataFrame:
-    """KPI_TARGET episodes over the target's closed windows (window_end + grace < watermark)."""
+    """KPI_TARGET episodes over the target's closed windows (watermark >= window_end + grace)."""
     out: list[dict[str, Any]] = []
     if kpis.empty:
         return _empty(ALERT_COLUMNS)
@@ -428,7 +431,7 @@ def kpi_target_alerts(
             & (kpis["mission"] == mission.id)
             & (kpis["journey"] == ref.journey.id)
             & (kpis["stage"] == ref.stage.id)
-            & (kpis["window_end"] + grace_ms < watermark_ms)
+            & (kpis["window_end"] + grace_ms <= watermark_ms)
         ].sort_values("window_start")
         for group, windows in sel.groupby(GROUP, sort=True):
             open_id: str | None = None
@@ -436,7 +439,9 @@ def kpi_target_alerts(
                 breach = (
                     w.completions >= target.min_completions and w.sla_compliance < target.min_sla_compliance
                 )
-                meets = w.sla_compliance >= target.min_sla_compliance
+                meets = (
+                    w.completions >= target.min_completions and w.sla_compliance >= target.min_sla_compliance
+                )
                 common = {
                     "kind": "KPI_TARGET",
                     "mission": group[0],

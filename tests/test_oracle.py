@@ -338,13 +338,11 @@ def test_kpi_target_episode_fires_once_and_resolves() -> None:
     assert alerts[0]["starts_at"] == first_window + DAY and alerts[0]["value"] == 0.0
     resolving = day3 - 23 * H  # the first window with the fast ones: compliance 1.0
     assert alerts[1]["ends_at"] == resolving + DAY and alerts[1]["value"] == 1.0
-    # Windows not yet closed (watermark before their end + grace) are not evaluated.
-    assert (
-        oracle.rows(
-            oracle.compute(events, now_ms=day3, watermark_ms=first_window + DAY + H).kpi_target_alerts
-        )
-        == []
-    )
+    # A window closes when the watermark reaches its end + grace (1 h), not a millisecond before.
+    closes = first_window + DAY + H
+    assert oracle.rows(oracle.compute(events, now_ms=day3, watermark_ms=closes - 1).kpi_target_alerts) == []
+    just = oracle.rows(oracle.compute(events, now_ms=day3, watermark_ms=closes).kpi_target_alerts)
+    assert [(a["state"], a["alert_id"]) for a in just] == [("FIRING", alerts[0]["alert_id"])]
     # Fewer than min_completions (5): no breach at all.
     assert (
         oracle.rows(oracle.compute(events[:8], now_ms=day3, watermark_ms=T0 + 10 * DAY).kpi_target_alerts)
@@ -354,9 +352,9 @@ def test_kpi_target_episode_fires_once_and_resolves() -> None:
 
 def test_feed_freshness_and_silence_episodes() -> None:
     events = [
-        customs("FILED", "EXP-1", T0, event_id=eid(500)),
+        customs("FILED", "EXP-1", T0, event_id=eid(500), published_at=T0 + 99 * M),  # published late
         customs("FILED", "EXP-2", T0 + 10 * M, event_id=eid(502)),
-        customs("FILED", "EXP-3", T0 + 10 * M, event_id=eid(501), published_at=T0 + 99 * M),
+        customs("FILED", "EXP-3", T0 + 10 * M, event_id=eid(501)),
         customs("FILED", "EXP-4", T0 + 50 * M),  # a 40-minute gap (> 30 min default)
         permit("REQUESTED", "EXP-1", T0 + 5 * M),
     ]
@@ -367,9 +365,17 @@ def test_feed_freshness_and_silence_episodes() -> None:
         "topic": contracts.CUSTOMS,
         "last_occurred_at": T0 + 10 * M,
         "last_published_at": T0 + 99 * M,
-        "events_total": 3,  # tie at 10 min → smaller event_id (…501)
-    }
+        "events_total": 3,
+    }  # last_published_at is the greatest published_at, not the newest event's
     assert fresh["PB-TRANSPORT"]["events_total"] == 1
+    # NLC publishes on two topics; at a tie in event time the greatest topic name wins.
+    nlc = [
+        move("GATE_IN", "EXP-N", T0, agency="NLC"),
+        permit("REQUESTED", "EXP-N", T0, agency="NLC"),
+        move("LOADED", "EXP-N", T0 - M, agency="NLC"),
+    ]
+    tie = oracle.rows(oracle.compute(nlc, now_ms=T0).feed_freshness)
+    assert [(r["agency"], r["topic"], r["events_total"]) for r in tie] == [("NLC", contracts.PERMITS, 3)]
     assert result.firing_ids("FEED_SILENT") == set()
     later = oracle.compute(events, now_ms=T0 + 90 * M)
     silent = {(a["alert_id"], a["state"], a["ends_at"]) for a in oracle.rows(later.feed_silent_alerts)}
