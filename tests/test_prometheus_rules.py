@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -74,7 +76,7 @@ def test_rule_tests_catch_a_changed_threshold(tmp_path: Path) -> None:
 def test_alertmanager_config_is_valid() -> None:
     result = run(tool("amtool"), "check-config", str(ALERTMANAGER_CONFIG))
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "3 inhibit rules" in result.stdout
+    assert "4 inhibit rules" in result.stdout
 
 
 @pytest.mark.parametrize(
@@ -115,3 +117,24 @@ def test_routing_per_agency_and_severity(labels: dict[str, str], receivers: str)
         *(f"{k}={v}" for k, v in labels.items()),
     )
     assert result.returncode == 0, f"{labels}: expected {receivers}, got {result.stdout.strip()}"
+
+
+def test_check_command_runs_all_checks() -> None:
+    result = run(sys.executable, "-m", "backbone", "alerting", "check")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "ok: Prometheus config, rules, rule tests and Alertmanager config are valid" in result.stdout
+
+
+def test_stack_command_without_the_binaries_explains_and_exits_0(tmp_path: Path) -> None:
+    env = {**os.environ, "PATH": str(Path(sys.executable).parent), "BACKBONE_DATA_DIR": str(tmp_path)}
+    result = subprocess.run(
+        [sys.executable, "-m", "backbone", "alerting", "stack"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "prometheus, prometheus-alertmanager not found" in result.stdout
+    assert "apt-get install prometheus prometheus-alertmanager" in result.stdout
