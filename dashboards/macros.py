@@ -7,9 +7,9 @@ expand it identically; the expansions below follow that Go source token for toke
 
 =====================  ==========================================================================
 ``$__timeFilter(c)``     ``c >= toDateTime(<from s>) AND c <= toDateTime(<to s>)``
-``$__timeFilter_ms(c)``  ``c >= fromUnixTimestamp64Milli(<from ms>) AND c <= fromUnixTimestamp64Milli(<to ms>)``
+``$__timeFilter_ms(c)``  ``c >= fromUnixTimestamp64Milli(<from ms>) AND c <= ...(<to ms>)``
 ``$__dateFilter(c)``     ``c >= toDate('YYYY-MM-DD') AND c <= toDate('YYYY-MM-DD')``
-``$__dateTimeFilter``    ``(d >= toDate(..) AND d <= toDate(..)) AND (t >= toDateTime(..) AND t <= toDateTime(..))``
+``$__dateTimeFilter``    ``(d >= toDate(..) AND d <= toDate(..)) AND (t >= toDateTime(..) AND ..)``
 ``$__dt``                alias of ``$__dateTimeFilter``
 ``$__timeFrom(c)``       ``c >= toDateTime(<from s>)``
 ``$__timeTo(c)``         ``c <= toDateTime(<to s>)``
@@ -31,7 +31,6 @@ approximated: our panel SQL does not use them, and a silent difference would def
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -185,8 +184,17 @@ MACROS: dict[str, _Handler] = {
 """The plugin's ``ClickHouseMacros`` that this module reproduces exactly."""
 
 REFUSED = frozenset(
-    {"columns", "rateColumns", "perSecondColumns", "increaseColumns", "lttb", "interval", "interval_ms", "table",
-     "column"}
+    {
+        "columns",
+        "rateColumns",
+        "perSecondColumns",
+        "increaseColumns",
+        "lttb",
+        "interval",
+        "interval_ms",
+        "table",
+        "column",
+    }
 )
 """Macros the plugin knows but this module does not reproduce (see the module docstring)."""
 

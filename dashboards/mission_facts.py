@@ -80,7 +80,9 @@ class MissionFacts:
         spans: list[StageRef] = []
         for ref in self.missions.stages:
             others = [s for s in ref.journey.stages if s.id != ref.stage.id]
-            if any(s.start == ref.stage.start for s in others) and any(s.end == ref.stage.end for s in others):
+            if any(s.start == ref.stage.start for s in others) and any(
+                s.end == ref.stage.end for s in others
+            ):
                 spans.append(ref)
         return tuple(spans)
 
@@ -151,7 +153,9 @@ class MissionFacts:
         """Every agency named by a mission (co-owner or stage owner), in registry order."""
         named: set[str] = set()
         for ref in self.missions.stages:
-            named.update({ref.stage.owner, *ref.stage.owner_by_province.values(), *ref.stage.owner_by_port.values()})
+            named.update(
+                {ref.stage.owner, *ref.stage.owner_by_province.values(), *ref.stage.owner_by_port.values()}
+            )
         for m in self.missions.spec.missions:
             named.update(m.co_owners)
         return tuple(a for a in self.registry.agencies if a in named)

@@ -87,13 +87,18 @@ def lower_quantile(sorted_array: str, q: Fraction) -> str:
 P50 = Fraction(1, 2)
 P90 = Fraction(9, 10)
 NOW = "$__toTime_ms"
+DONE_IN_RANGE = (
+    "state = 'CLOSED' AND duration_ms IS NOT NULL AND ended_at IS NOT NULL AND $__timeFilter_ms(ended_at)"
+)
 
 
 def _since(col: str) -> str:
     return f"dateDiff('millisecond', {col}, {NOW})"
 
 
-def filters(prefix: str = "", mission: bool = True, agency_col: str = "owner_agency", geo: bool = True) -> str:
+def filters(
+    prefix: str = "", mission: bool = True, agency_col: str = "owner_agency", geo: bool = True
+) -> str:
     """The dashboard variables as filters; each is a no-op when its variable is All."""
     parts = []
     if mission:
@@ -178,7 +183,8 @@ class QueryBuilder:
 
     # national command view -------------------------------------------------------------------
     def _kpi_targets_sql(self) -> str:
-        return f"""SELECT t.mission AS mission, t.target AS target, t.target_name AS target_name, t.stage AS stage,
+        return f"""SELECT t.mission AS mission, t.target AS target, t.target_name AS target_name,
+  t.stage AS stage,
   t.window AS window, fromUnixTimestamp64Milli(t.window_end_ms, 'UTC') AS window_end,
   toInt64(k.window_completions) AS completions, toInt64(k.window_sla_met) AS sla_met,
   if(completions > 0, sla_met / completions, NULL) AS sla_compliance,
@@ -195,14 +201,25 @@ LEFT JOIN (
   FROM kpi_windows_latest
   WHERE window_end <= {NOW} AND window_end > {NOW} - INTERVAL {self._max_step_s()} SECOND
   GROUP BY mission, stage, window, window_end_ms
-) AS k ON k.mission = t.mission AND k.stage = t.stage AND k.window = t.window AND k.window_end_ms = t.window_end_ms"""
+) AS k ON k.mission = t.mission AND k.stage = t.stage AND k.window = t.window
+  AND k.window_end_ms = t.window_end_ms"""
 
     def _max_step_s(self) -> int:
         return max((w.step_ms for w in self.facts.missions.windows), default=86_400_000) // 1000 + 1
 
     _KPI_COLUMNS = (
-        "mission", "target", "target_name", "stage", "window", "window_end", "completions", "sla_met",
-        "sla_compliance", "target_compliance", "min_completions", "status",
+        "mission",
+        "target",
+        "target_name",
+        "stage",
+        "window",
+        "window_end",
+        "completions",
+        "sla_met",
+        "sla_compliance",
+        "target_compliance",
+        "min_completions",
+        "status",
     )
 
     def kpi_targets(self) -> Query:
@@ -247,7 +264,7 @@ ORDER BY mission, stage_order""",
             "Cases open now per accountable agency (processors' backlog), the oldest wait and the money "
             "locked in them. Whole-journey (span) stages are left out.",
             f"""SELECT owner_agency, toInt64(sum(open_cases)) AS open_total,
-  min(oldest_started_at) AS oldest_since, {_since('oldest_since')} AS oldest_wait_ms,
+  min(oldest_started_at) AS oldest_since, {_since("oldest_since")} AS oldest_wait_ms,
   sum(amount_pkr_open) AS locked_pkr
 FROM backlog_latest
 WHERE {self.not_span()} AND {filters()}
@@ -262,20 +279,43 @@ ORDER BY open_total DESC, owner_agency""",
             "longest_waiting",
             "Longest-waiting cases",
             "Open stage instances, oldest first, with the agency that must act and how long it has waited.",
-            f"""SELECT case_id, mission, stage, {self.stage_name()} AS stage_name, owner_agency, province, port,
-  started_at AS waiting_since, {_since('started_at')} AS waiting_ms, sla_ms,
+            f"""SELECT case_id, mission, stage, {self.stage_name()} AS stage_name,
+  owner_agency, province, port,
+  started_at AS waiting_since, {_since("started_at")} AS waiting_ms, sla_ms,
   waiting_ms > sla_ms AS overdue
 FROM stage_records_latest
 WHERE state = 'OPEN' AND started_at IS NOT NULL AND started_at <= {NOW}
   AND {self.not_span()} AND {filters()}
 ORDER BY waiting_since ASC, case_id ASC
 LIMIT {LONGEST_WAITING_LIMIT}""",
-            ("case_id", "mission", "stage", "stage_name", "owner_agency", "province", "port", "waiting_since",
-             "waiting_ms", "sla_ms", "overdue"),
+            (
+                "case_id",
+                "mission",
+                "stage",
+                "stage_name",
+                "owner_agency",
+                "province",
+                "port",
+                "waiting_since",
+                "waiting_ms",
+                "sla_ms",
+                "overdue",
+            ),
         )
 
-    _ALERT_COLUMNS = ("alert_id", "kind", "severity", "mission", "stage", "agency", "province", "port",
-                      "case_id", "summary", "starts_at")
+    _ALERT_COLUMNS = (
+        "alert_id",
+        "kind",
+        "severity",
+        "mission",
+        "stage",
+        "agency",
+        "province",
+        "port",
+        "case_id",
+        "summary",
+        "starts_at",
+    )
 
     def _alert_filters(self) -> str:
         return (
@@ -288,7 +328,7 @@ LIMIT {LONGEST_WAITING_LIMIT}""",
             "live_alerts",
             "Live alerts",
             "Alerts firing now (latest state FIRING), critical first, then the longest firing.",
-            f"""SELECT {', '.join(self._ALERT_COLUMNS)}, {_since('starts_at')} AS firing_ms
+            f"""SELECT {", ".join(self._ALERT_COLUMNS)}, {_since("starts_at")} AS firing_ms
 FROM alerts_current
 WHERE state = 'FIRING' AND starts_at <= {NOW} AND {self._alert_filters()}
 ORDER BY severity = 'critical' DESC, starts_at ASC, alert_id ASC
@@ -301,7 +341,7 @@ LIMIT {ALERTS_LIMIT}""",
             "resolved_alerts",
             "Resolved alerts",
             "Alerts that cleared within the time range, newest first, with how long they fired.",
-            f"""SELECT {', '.join(self._ALERT_COLUMNS)}, ends_at,
+            f"""SELECT {", ".join(self._ALERT_COLUMNS)}, ends_at,
   dateDiff('millisecond', starts_at, assumeNotNull(ends_at)) AS fired_ms
 FROM alerts_current
 WHERE state = 'RESOLVED' AND ends_at IS NOT NULL AND $__timeFilter_ms(ends_at) AND {self._alert_filters()}
@@ -317,8 +357,8 @@ LIMIT {ALERTS_LIMIT}""",
             "Time since each agency's newest event against its silence threshold (missions file), and the "
             "distinct events stored today (UTC day).",
             f"""SELECT f.agency AS agency, f.topic AS topic, f.last_occurred_at AS last_event_at,
-  {_since('f.last_occurred_at')} AS silent_ms,
-  {self.silence_threshold('f.agency')} AS silence_threshold_ms,
+  {_since("f.last_occurred_at")} AS silent_ms,
+  {self.silence_threshold("f.agency")} AS silence_threshold_ms,
   silent_ms > silence_threshold_ms AS silent,
   toInt64(e.events_today) AS events_today
 FROM feed_freshness_latest AS f
@@ -328,9 +368,17 @@ LEFT JOIN (
   WHERE day = toDate({NOW}, 'UTC')
   GROUP BY agency
 ) AS e ON e.agency = f.agency
-WHERE {filters('f.', mission=False, agency_col='agency', geo=False)}
+WHERE {filters("f.", mission=False, agency_col="agency", geo=False)}
 ORDER BY silent DESC, silent_ms DESC, agency ASC""",
-            ("agency", "topic", "last_event_at", "silent_ms", "silence_threshold_ms", "silent", "events_today"),
+            (
+                "agency",
+                "topic",
+                "last_event_at",
+                "silent_ms",
+                "silence_threshold_ms",
+                "silent",
+                "events_today",
+            ),
         )
 
     # export journey ----------------------------------------------------------------------------
@@ -347,8 +395,17 @@ FROM stage_records_latest
 WHERE started_at IS NOT NULL AND $__timeFilter_ms(started_at) AND {filters()}
 GROUP BY mission, stage
 ORDER BY mission, stage_order""",
-            ("mission", "stage", "stage_name", "stage_order", "entered", "completed", "still_open", "cancelled",
-             "completion_share"),
+            (
+                "mission",
+                "stage",
+                "stage_name",
+                "stage_order",
+                "entered",
+                "completed",
+                "still_open",
+                "cancelled",
+                "completion_share",
+            ),
         )
 
     def _durations(self, where: str, group: str) -> str:
@@ -368,7 +425,7 @@ ORDER BY mission, stage_order""",
             "and each row's share of all the time spent in the journey's (non-span) stages.",
             f"""SELECT mission, stage, {self.stage_name()} AS stage_name, {self.stage_order()} AS stage_order,
   owner_agency, completions,
-  {lower_quantile('sorted_ms', P50)} AS p50_ms, {lower_quantile('sorted_ms', P90)} AS p90_ms,
+  {lower_quantile("sorted_ms", P50)} AS p50_ms, {lower_quantile("sorted_ms", P90)} AS p90_ms,
   total_ms / completions AS mean_ms,
   within_sla / completions AS sla_compliance,
   total_ms / sum(total_ms) OVER (PARTITION BY mission) AS time_share
@@ -376,25 +433,47 @@ FROM (
   {self._durations(f"{self.not_span()} AND {filters()}", "mission, stage, owner_agency")}
 )
 ORDER BY mission, stage_order, owner_agency""",
-            ("mission", "stage", "stage_name", "stage_order", "owner_agency", "completions", "p50_ms", "p90_ms",
-             "mean_ms", "sla_compliance", "time_share"),
+            (
+                "mission",
+                "stage",
+                "stage_name",
+                "stage_order",
+                "owner_agency",
+                "completions",
+                "p50_ms",
+                "p90_ms",
+                "mean_ms",
+                "sla_compliance",
+                "time_share",
+            ),
         )
 
     def stage_time_by_port_province(self) -> Query:
         return Query(
             "stage_time_by_port_province",
             "Stage time per port and province",
-            "Median and p90 of every stage (whole journey included) per port and province, completions in range.",
+            "Median and p90 of every stage (whole journey included) per port and province, completions "
+            "in the range.",
             f"""SELECT mission, stage, {self.stage_name()} AS stage_name, {self.stage_order()} AS stage_order,
   port, province, completions,
-  {lower_quantile('sorted_ms', P50)} AS p50_ms, {lower_quantile('sorted_ms', P90)} AS p90_ms,
+  {lower_quantile("sorted_ms", P50)} AS p50_ms, {lower_quantile("sorted_ms", P90)} AS p90_ms,
   within_sla / completions AS sla_compliance
 FROM (
   {self._durations(filters(), "mission, stage, port, province")}
 )
 ORDER BY mission, stage_order, port, province""",
-            ("mission", "stage", "stage_name", "stage_order", "port", "province", "completions", "p50_ms",
-             "p90_ms", "sla_compliance"),
+            (
+                "mission",
+                "stage",
+                "stage_name",
+                "stage_order",
+                "port",
+                "province",
+                "completions",
+                "p50_ms",
+                "p90_ms",
+                "sla_compliance",
+            ),
         )
 
     def _hand_over_table(self) -> str:
@@ -402,9 +481,11 @@ ORDER BY mission, stage_order, port, province""",
             f"({lit(h.mission)}, {lit(h.from_stage)}, {lit(h.to_stage)}, {int(h.measure_to_end)})"
             for h in self.facts.hand_overs
         ] or ["('', '', '', 0)"]
-        return "values('mission String, from_stage String, to_stage String, measure_to_end UInt8', " + ", ".join(
-            rows
-        ) + ")"
+        return (
+            "values('mission String, from_stage String, to_stage String, measure_to_end UInt8', "
+            + ", ".join(rows)
+            + ")"
+        )
 
     def hand_over_gaps(self) -> Query:
         from_keys = sorted({(h.mission, h.from_stage) for h in self.facts.hand_overs})
@@ -414,8 +495,9 @@ ORDER BY mission, stage_order, port, province""",
             "Hand-over gaps: who waits on whom",
             "For consecutive stages A → B of a case: the time from A finishing to B acting (B's end when B "
             "starts at A's end, else B's start); A finished within the time range.",
-            f"""SELECT mission, from_stage, from_agency, to_stage, to_agency, toInt64(length(sorted_ms)) AS cases,
-  {lower_quantile('sorted_ms', P50)} AS p50_ms, {lower_quantile('sorted_ms', P90)} AS p90_ms
+            f"""SELECT mission, from_stage, from_agency, to_stage, to_agency,
+  toInt64(length(sorted_ms)) AS cases,
+  {lower_quantile("sorted_ms", P50)} AS p50_ms, {lower_quantile("sorted_ms", P90)} AS p90_ms
 FROM (
   SELECT h.mission AS mission, h.from_stage AS from_stage, a.owner_agency AS from_agency,
     h.to_stage AS to_stage, b.owner_agency AS to_agency,
@@ -425,7 +507,7 @@ FROM (
     SELECT case_id, mission, stage, owner_agency, assumeNotNull(ended_at) AS finished_at
     FROM stage_records_latest
     WHERE state = 'CLOSED' AND ended_at IS NOT NULL AND $__timeFilter_ms(ended_at) AND {key_in(from_keys)}
-      AND {filters(agency_col='')}
+      AND {filters(agency_col="")}
   ) AS a
   INNER JOIN {self._hand_over_table()} AS h ON h.mission = a.mission AND h.from_stage = a.stage
   INNER JOIN (
@@ -433,10 +515,12 @@ FROM (
     FROM stage_records_latest
     WHERE {key_in(to_keys)} AND $__conditionalAll(mission IN (${{mission:singlequote}}), $mission)
   ) AS b ON b.case_id = a.case_id AND b.mission = h.mission AND b.stage = h.to_stage
-  WHERE (h.measure_to_end = 1 AND b.ended_at IS NOT NULL) OR (h.measure_to_end = 0 AND b.started_at IS NOT NULL)
+  WHERE (h.measure_to_end = 1 AND b.ended_at IS NOT NULL)
+     OR (h.measure_to_end = 0 AND b.started_at IS NOT NULL)
   GROUP BY mission, from_stage, from_agency, to_stage, to_agency
 )
-WHERE $__conditionalAll((from_agency IN (${{agency:singlequote}}) OR to_agency IN (${{agency:singlequote}})), $agency)
+WHERE $__conditionalAll((from_agency IN (${{agency:singlequote}})
+  OR to_agency IN (${{agency:singlequote}})), $agency)
 ORDER BY mission, p50_ms DESC""",
             ("mission", "from_stage", "from_agency", "to_stage", "to_agency", "cases", "p50_ms", "p90_ms"),
         )
@@ -444,7 +528,7 @@ ORDER BY mission, p50_ms DESC""",
     # agency scorecard ----------------------------------------------------------------------------
     def agency_scorecard(self) -> Query:
         handoff = key_in(self.facts.handoff_stage_keys)
-        done = "state = 'CLOSED' AND duration_ms IS NOT NULL AND ended_at IS NOT NULL AND $__timeFilter_ms(ended_at)"
+        done = DONE_IN_RANGE
         return Query(
             "agency_scorecard",
             "Agency scorecard",
@@ -453,17 +537,18 @@ ORDER BY mission, p50_ms DESC""",
             "agency acts once another hands over).",
             f"""SELECT owner_agency, completions, within_sla,
   if(completions > 0, within_sla / completions, NULL) AS sla_compliance,
-  {lower_quantile('sorted_ms', P50)} AS p50_ms, {lower_quantile('sorted_ms', P90)} AS p90_ms,
+  {lower_quantile("sorted_ms", P50)} AS p50_ms, {lower_quantile("sorted_ms", P90)} AS p90_ms,
   open_now, overdue_now, handoff_completions,
   if(handoff_completions > 0, handoff_within_sla / handoff_completions, NULL) AS handoff_compliance,
-  {lower_quantile('handoff_sorted_ms', P50)} AS handoff_p50_ms
+  {lower_quantile("handoff_sorted_ms", P50)} AS handoff_p50_ms
 FROM (
   SELECT owner_agency,
     toInt64(countIf({done})) AS completions,
     toInt64(countIf({done} AND sla_met)) AS within_sla,
     arraySort(groupArrayIf(assumeNotNull(duration_ms), {done})) AS sorted_ms,
     toInt64(countIf(state = 'OPEN' AND started_at IS NOT NULL)) AS open_now,
-    toInt64(countIf(state = 'OPEN' AND started_at IS NOT NULL AND {_since('started_at')} > sla_ms)) AS overdue_now,
+    toInt64(countIf(state = 'OPEN' AND started_at IS NOT NULL AND {_since("started_at")} > sla_ms))
+      AS overdue_now,
     toInt64(countIf({done} AND {handoff})) AS handoff_completions,
     toInt64(countIf({done} AND {handoff} AND sla_met)) AS handoff_within_sla,
     arraySort(groupArrayIf(assumeNotNull(duration_ms), {done} AND {handoff})) AS handoff_sorted_ms
@@ -473,8 +558,19 @@ FROM (
 )
 WHERE completions > 0 OR open_now > 0
 ORDER BY owner_agency""",
-            ("owner_agency", "completions", "within_sla", "sla_compliance", "p50_ms", "p90_ms", "open_now",
-             "overdue_now", "handoff_completions", "handoff_compliance", "handoff_p50_ms"),
+            (
+                "owner_agency",
+                "completions",
+                "within_sla",
+                "sla_compliance",
+                "p50_ms",
+                "p90_ms",
+                "open_now",
+                "overdue_now",
+                "handoff_completions",
+                "handoff_compliance",
+                "handoff_p50_ms",
+            ),
         )
 
     def _daily_trend(self, qid: str, title: str, description: str, stages: str) -> Query:
@@ -514,9 +610,10 @@ ORDER BY time, owner_agency""",
             "money_locked",
             "Money locked",
             "Open cases of money stages (rebates filed and not paid) and the exact PKR they hold.",
-            f"""SELECT mission, stage, {self.stage_name()} AS stage_name, toInt64(sum(open_cases)) AS open_total,
+            f"""SELECT mission, stage, {self.stage_name()} AS stage_name,
+  toInt64(sum(open_cases)) AS open_total,
   sum(amount_pkr_open) AS locked_pkr, min(oldest_started_at) AS oldest_since,
-  {_since('oldest_since')} AS oldest_wait_ms
+  {_since("oldest_since")} AS oldest_wait_ms
 FROM backlog_latest
 WHERE {key_in(self.facts.money_stage_keys)} AND {filters(mission=False)}
 GROUP BY mission, stage
@@ -532,7 +629,8 @@ ORDER BY mission, stage""",
             "refreshed every minute against the clock).",
             f"""SELECT b.age_bucket AS age_bucket, toInt64(sum(a.open_cases)) AS open_total,
   sum(a.amount_pkr_open) AS locked_pkr
-FROM values('age_bucket String, bucket_order UInt8', ('0-30d', 1), ('31-60d', 2), ('61-90d', 3), ('90d+', 4)) AS b
+FROM values('age_bucket String, bucket_order UInt8',
+  ('0-30d', 1), ('31-60d', 2), ('61-90d', 3), ('90d+', 4)) AS b
 LEFT JOIN (
   SELECT age_bucket, open_cases, amount_pkr_open
   FROM backlog_ageing
@@ -551,7 +649,7 @@ ORDER BY b.bucket_order""",
             "and p90 time to pay.",
             f"""SELECT mission, stage, {self.stage_name()} AS stage_name, completions AS paid, within_sla,
   within_sla / completions AS sla_compliance, paid_pkr,
-  {lower_quantile('sorted_ms', P50)} AS p50_ms, {lower_quantile('sorted_ms', P90)} AS p90_ms
+  {lower_quantile("sorted_ms", P50)} AS p50_ms, {lower_quantile("sorted_ms", P90)} AS p90_ms
 FROM (
   SELECT mission, stage, toInt64(count()) AS completions, toInt64(countIf(sla_met)) AS within_sla,
     sum(amount_pkr) AS paid_pkr, arraySort(groupArray(assumeNotNull(duration_ms))) AS sorted_ms
@@ -561,13 +659,22 @@ FROM (
   GROUP BY mission, stage
 )
 ORDER BY mission, stage""",
-            ("mission", "stage", "stage_name", "paid", "within_sla", "sla_compliance", "paid_pkr", "p50_ms",
-             "p90_ms"),
+            (
+                "mission",
+                "stage",
+                "stage_name",
+                "paid",
+                "within_sla",
+                "sla_compliance",
+                "paid_pkr",
+                "p50_ms",
+                "p90_ms",
+            ),
         )
 
     def energy_lag(self) -> Query:
         energy = key_in(self.facts.energy_stage_keys)
-        done = "state = 'CLOSED' AND duration_ms IS NOT NULL AND ended_at IS NOT NULL AND $__timeFilter_ms(ended_at)"
+        done = DONE_IN_RANGE
         return Query(
             "energy_lag",
             "Determination → notification lag",
@@ -575,7 +682,7 @@ ORDER BY mission, stage""",
             "p90, worst), SLA compliance, and determinations still waiting now.",
             f"""SELECT mission, stage, {self.stage_name()} AS stage_name, {self.stage_order()} AS stage_order,
   completions, if(completions > 0, within_sla / completions, NULL) AS sla_compliance,
-  {lower_quantile('sorted_ms', P50)} AS p50_ms, {lower_quantile('sorted_ms', P90)} AS p90_ms,
+  {lower_quantile("sorted_ms", P50)} AS p50_ms, {lower_quantile("sorted_ms", P90)} AS p90_ms,
   if(empty(sorted_ms), NULL, arrayMax(sorted_ms)) AS max_ms, open_now, oldest_wait_ms
 FROM (
   SELECT mission, stage, toInt64(countIf({done})) AS completions,
@@ -588,8 +695,19 @@ FROM (
   GROUP BY mission, stage
 )
 ORDER BY mission, stage_order""",
-            ("mission", "stage", "stage_name", "stage_order", "completions", "sla_compliance", "p50_ms", "p90_ms",
-             "max_ms", "open_now", "oldest_wait_ms"),
+            (
+                "mission",
+                "stage",
+                "stage_name",
+                "stage_order",
+                "completions",
+                "sla_compliance",
+                "p50_ms",
+                "p90_ms",
+                "max_ms",
+                "open_now",
+                "oldest_wait_ms",
+            ),
         )
 
     def energy_cases(self) -> Query:
@@ -597,15 +715,26 @@ ORDER BY mission, stage_order""",
             "energy_cases",
             "Energy determinations",
             "Energy-stage cases open now or started in the range: lag so far or final, against the SLA.",
-            f"""SELECT case_id, stage, {self.stage_name()} AS stage_name, owner_agency, state, started_at, ended_at,
-  if(state = 'OPEN', {_since('started_at')}, duration_ms) AS lag_ms, sla_ms, lag_ms > sla_ms AS overdue
+            f"""SELECT case_id, stage, {self.stage_name()} AS stage_name, owner_agency, state,
+  started_at, ended_at,
+  if(state = 'OPEN', {_since("started_at")}, duration_ms) AS lag_ms, sla_ms, lag_ms > sla_ms AS overdue
 FROM stage_records_latest
 WHERE started_at IS NOT NULL AND {key_in(self.facts.energy_stage_keys)}
   AND (state = 'OPEN' OR $__timeFilter_ms(started_at)) AND {filters(mission=False)}
 ORDER BY started_at DESC, case_id ASC, stage ASC
 LIMIT 100""",
-            ("case_id", "stage", "stage_name", "owner_agency", "state", "started_at", "ended_at", "lag_ms", "sla_ms",
-             "overdue"),
+            (
+                "case_id",
+                "stage",
+                "stage_name",
+                "owner_agency",
+                "state",
+                "started_at",
+                "ended_at",
+                "lag_ms",
+                "sla_ms",
+                "overdue",
+            ),
         )
 
     # case tracker -------------------------------------------------------------------------------
@@ -615,13 +744,24 @@ LIMIT 100""",
             "Current owner",
             "The open stage(s) of the case (whole-journey stages aside): who must act and how long the case "
             "has waited on them. No row: nothing is open.",
-            f"""SELECT case_id, mission, stage, {self.stage_name()} AS stage_name, owner_agency AS current_owner,
-  started_at AS waiting_since, {_since('started_at')} AS waiting_ms, sla_ms, waiting_ms > sla_ms AS overdue
+            f"""SELECT case_id, mission, stage, {self.stage_name()} AS stage_name,
+  owner_agency AS current_owner,
+  started_at AS waiting_since, {_since("started_at")} AS waiting_ms, sla_ms, waiting_ms > sla_ms AS overdue
 FROM stage_records_latest
-WHERE case_id = ${{{CASE_VARIABLE}:singlequote}} AND state = 'OPEN' AND started_at IS NOT NULL AND {self.not_span()}
+WHERE case_id = ${{{CASE_VARIABLE}:singlequote}} AND state = 'OPEN' AND started_at IS NOT NULL
+  AND {self.not_span()}
 ORDER BY waiting_since ASC, stage ASC""",
-            ("case_id", "mission", "stage", "stage_name", "current_owner", "waiting_since", "waiting_ms", "sla_ms",
-             "overdue"),
+            (
+                "case_id",
+                "mission",
+                "stage",
+                "stage_name",
+                "current_owner",
+                "waiting_since",
+                "waiting_ms",
+                "sla_ms",
+                "overdue",
+            ),
         )
 
     def case_stages(self) -> Query:
@@ -629,22 +769,38 @@ ORDER BY waiting_since ASC, stage ASC""",
             "case_stages",
             "Case stages",
             "Every stage the case has entered, in journey order: owner, state, time taken or waiting, SLA.",
-            f"""SELECT mission, journey, stage, {self.stage_name()} AS stage_name, {self.stage_order()} AS stage_order,
+            f"""SELECT mission, journey, stage, {self.stage_name()} AS stage_name,
+  {self.stage_order()} AS stage_order,
   owner_agency, state, started_at, ended_at,
-  multiIf(state = 'CLOSED', duration_ms, state = 'OPEN' AND started_at IS NOT NULL, {_since('started_at')}, NULL)
+  multiIf(state = 'CLOSED', duration_ms,
+          state = 'OPEN' AND started_at IS NOT NULL, {_since("started_at")}, NULL)
     AS elapsed_ms,
   sla_ms, elapsed_ms > sla_ms AS over_sla, amount_pkr
 FROM stage_records_latest
 WHERE case_id = ${{{CASE_VARIABLE}:singlequote}}
 ORDER BY mission, stage_order""",
-            ("mission", "journey", "stage", "stage_name", "stage_order", "owner_agency", "state", "started_at",
-             "ended_at", "elapsed_ms", "sla_ms", "over_sla", "amount_pkr"),
+            (
+                "mission",
+                "journey",
+                "stage",
+                "stage_name",
+                "stage_order",
+                "owner_agency",
+                "state",
+                "started_at",
+                "ended_at",
+                "elapsed_ms",
+                "sla_ms",
+                "over_sla",
+                "amount_pkr",
+            ),
         )
 
     def case_timeline(self) -> Query:
         detail = (
             "arrayStringConcat(arrayFilter(x -> x != '', ["
-            "hs_code, if(declared_value_pkr IS NULL, '', concat('declared PKR ', toString(declared_value_pkr))), "
+            "hs_code, "
+            "if(declared_value_pkr IS NULL, '', concat('declared PKR ', toString(declared_value_pkr))), "
             "ifNull(gd_number, ''), "
             "if(from_province = '' AND to_province = '', '', concat(from_province, ' → ', to_province)), "
             "vehicle_reg, terminal, container_id, ifNull(vessel, ''), "
@@ -660,7 +816,17 @@ ORDER BY mission, stage_order""",
 FROM events_distinct
 WHERE case_id = ${{{CASE_VARIABLE}:singlequote}}
 ORDER BY occurred_at ASC, event_id ASC""",
-            ("occurred_at", "agency", "topic", "status", "province", "port", "detail", "published_at", "event_id"),
+            (
+                "occurred_at",
+                "agency",
+                "topic",
+                "status",
+                "province",
+                "port",
+                "detail",
+                "published_at",
+                "event_id",
+            ),
         )
 
     def case_alerts(self) -> Query:

@@ -144,7 +144,11 @@ def bind(sql: str, variables: Variables) -> tuple[str, dict[str, str]]:
         return ",".join(f"{{{key}:String}}" for key in keys)
 
     sql = _SINGLE_QUOTED_USE.sub(replace, sql)
-    leftover = [m.group(0) for m in _VARIABLE.finditer(sql) if (m.group(1) or m.group(2) or m.group(4)) in variables.values]
+    leftover = [
+        m.group(0)
+        for m in _VARIABLE.finditer(sql)
+        if (m.group(1) or m.group(2) or m.group(4)) in variables.values
+    ]
     if leftover:
         raise VariableError(f"variables used outside ${{var:singlequote}}: {', '.join(leftover)}")
     return sql, params
