@@ -174,7 +174,7 @@ class JourneyEngine:
         out = Outputs()
         by_case = self._decode_batch(batch, now_ms, out)
         facts: dict[str, list[list[Any]]] = {}
-        feeds: dict[tuple[str, str, int], list[int]] = {}  # (agency, topic, partition) → [offset, n, occ, pub]
+        feeds: dict[tuple[str, str, int], list[Any]] = {}  # see _count_feed
         valid = out.valid_events
         batch_max = self.watermark_ms
         for case_id, events in by_case.items():
@@ -203,18 +203,7 @@ class JourneyEngine:
                 agency = raw["agency"]
                 vk = (msg.topic, agency)
                 valid[vk] = valid.get(vk, 0) + 1
-                fk = (agency, msg.topic, msg.partition)
-                feed = feeds.get(fk)
-                if feed is None:
-                    feeds[fk] = [msg.offset, 1, occurred, raw["published_at"]]
-                else:
-                    if msg.offset > feed[0]:
-                        feed[0] = msg.offset
-                    feed[1] += 1
-                    if occurred > feed[2]:
-                        feed[2] = occurred
-                    if raw["published_at"] > feed[3]:
-                        feed[3] = raw["published_at"]
+                _count_feed(feeds, agency, msg, raw, occurred)
                 bounds = self.boundaries.get((msg.topic, raw["status"]))
                 if bounds:
                     for info, kind in bounds:
@@ -335,15 +324,17 @@ class JourneyEngine:
         return (info.group_key(inst[PROVINCE], inst[PORT]), BACKLOG_FACT, started, inst[AMOUNT])
 
     def _emit_facts(
-        self, facts: dict[str, list[list[Any]]], feeds: dict[tuple[str, str, int], list[int]], out: Outputs
+        self, facts: dict[str, list[list[Any]]], feeds: dict[tuple[str, str, int], list[Any]], out: Outputs
     ) -> None:
         wm = self.watermark_ms
         for key, group_facts in facts.items():
             group_facts.sort(key=_cause)  # stable: a retraction stays before its addition
             out.facts.append((key, encode_facts(wm, group_facts)))
         by_agency: dict[str, list[list[Any]]] = {}
-        for (agency, topic, partition), (offset, n, occurred, published) in feeds.items():
-            by_agency.setdefault(agency, []).append([FEED_FACT, topic, partition, offset, n, occurred, published])
+        for (agency, topic, partition), (offset, n, occurred, published, event_id, times) in feeds.items():
+            by_agency.setdefault(agency, []).append(
+                [FEED_FACT, topic, partition, offset, n, occurred, published, event_id, sorted(times)]
+            )
         for agency, feed_facts in by_agency.items():
             out.facts.append((feed_key(agency), encode_facts(wm, feed_facts)))
 
@@ -351,7 +342,7 @@ class JourneyEngine:
         self,
         case_id: str,
         events: list[tuple[InputMessage, dict[str, Any]]],
-        feeds: dict[tuple[str, str, int], list[int]],
+        feeds: dict[tuple[str, str, int], list[Any]],
         now_ms: int,
         out: Outputs,
     ) -> None:
@@ -367,15 +358,7 @@ class JourneyEngine:
             agency = raw["agency"]
             vk = (msg.topic, agency)
             out.valid_events[vk] = out.valid_events.get(vk, 0) + 1
-            fk = (agency, msg.topic, msg.partition)
-            feed = feeds.get(fk)
-            if feed is None:
-                feeds[fk] = [msg.offset, 1, raw["occurred_at"], raw["published_at"]]
-            else:
-                feed[0] = max(feed[0], msg.offset)
-                feed[1] += 1
-                feed[2] = max(feed[2], raw["occurred_at"])
-                feed[3] = max(feed[3], raw["published_at"])
+            _count_feed(feeds, agency, msg, raw, raw["occurred_at"])
 
     # -- outputs ----------------------------------------------------------------------------
     @staticmethod
@@ -429,10 +412,12 @@ class JourneyEngine:
                 alerts.append(self._case_sla(case_id, info, inst, "RESOLVED", max(0, overdue), ended, now_ms))
                 state = RESOLVED
         elif cancelled is not None:
+            overdue = cancelled - started - sla  # a cancelled case waited until its cancel event
+            if state == NO_ALERT and overdue > 0:
+                alerts.append(self._case_sla(case_id, info, inst, "FIRING", overdue, None, now_ms))
+                state = FIRING
             if state == FIRING:
-                alerts.append(self._case_sla(
-                    case_id, info, inst, "RESOLVED", max(0, cancelled - started - sla), cancelled, now_ms
-                ))
+                alerts.append(self._case_sla(case_id, info, inst, "RESOLVED", max(0, overdue), cancelled, now_ms))
                 state = RESOLVED
         elif state == NO_ALERT:
             overdue = now_ms - started - sla
@@ -553,6 +538,24 @@ class JourneyEngine:
         heapq.heapify(deadlines)
         heapq.heapify(evictions)
         self._deadlines, self._evictions, self.watermark_ms = deadlines, evictions, wm
+
+
+def _count_feed(
+    feeds: dict[tuple[str, str, int], list[Any]], agency: str, msg: InputMessage, raw: dict[str, Any], occurred: int
+) -> None:
+    """Per (agency, topic, partition): [max offset, count, newest occurred_at, its published_at,
+    its event_id (ties: the smallest), the set of event times (hop 2 finds silences in them)]."""
+    key = (agency, msg.topic, msg.partition)
+    feed = feeds.get(key)
+    if feed is None:
+        feeds[key] = [msg.offset, 1, occurred, raw["published_at"], raw["event_id"], {occurred}]
+        return
+    if msg.offset > feed[0]:
+        feed[0] = msg.offset
+    feed[1] += 1
+    if occurred > feed[2] or (occurred == feed[2] and raw["event_id"] < feed[4]):
+        feed[2], feed[3], feed[4] = occurred, raw["published_at"], raw["event_id"]
+    feed[5].add(occurred)
 
 
 def _cause(fact: list[Any]) -> tuple[str, int, int]:

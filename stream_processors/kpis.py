@@ -19,8 +19,9 @@ JSON in three kinds of keys:
   counted in its window's ``late_events`` and the row re-emitted: ``{"s": {window_start:
   [version, completions, sla_met, p50, p90, mean, late]}, "src": {...}}``. One key per group
   and window spec, written once per tick that closes windows (not once per window).
-* **feed** ``feed|<agency>``: ``{"src", "lo": last_occurred_at, "lp": last_published_at,
-  "t": topic, "n": events_total, "v": version, "fa": [alert_id, starts_at] | None}``.
+* **feed** ``feed|<agency>``: ``{"src", "lo": last_occurred_at, "lp"/"t"/"eid": published_at,
+  topic and event_id of that newest event, "n": events_total, "v": version, "prev": newest
+  event time used for silence detection, "fa": [alert_id, starts_at, silent_since] | None}``.
 
 Facts are applied only if their source offset is above the key's marker for that source
 topic-partition (checked against the marker as it was before the message), so replaying facts
@@ -212,6 +213,8 @@ class KpiEngine:
             elif fact[0] == BACKLOG_FACT:
                 _apply_backlog(st, fact)
                 backlog_changed[info.key] = info
+        if applied and st["bv"] is None:
+            backlog_changed[info.key] = info  # every group with instances has a backlog row, 0 or not
         src.update(applied)
         if st["d"]:
             self._dirty.add(info.key)
@@ -301,30 +304,44 @@ class KpiEngine:
             self._closed[skey] = expiry
 
     def _apply_feed(self, key: str, st: dict[str, Any], facts: list[list[Any]], now_ms: int, out: Outputs) -> bool:
+        """Fold feed facts; a silence longer than the threshold between the newest known event and
+        the next one fires (if the timer has not already) and resolves FEED_SILENT."""
         src: dict[str, int] = st["src"]
         applied: dict[str, int] = {}
-        changed = False
+        times: set[int] = set()
         for fact in facts:
-            _, topic, partition, offset, n, occurred, published = fact[:7]
+            _, topic, partition, offset, n, occurred, published, event_id, occurred_times = fact
             tp = f"{topic}:{partition}"
             if offset <= src.get(tp, -1):
                 continue
             if offset > applied.get(tp, -1):
                 applied[tp] = offset
-            changed = True
             st["n"] += n
-            if published > (st["lp"] or 0):
-                st["lp"] = published
+            times.update(occurred_times)
             lo = st["lo"]
-            if lo is None or occurred > lo or (occurred == lo and topic > st["t"]):
-                if lo is not None and occurred > lo and st["fa"] is not None:
-                    out.alerts.append(self._feed_alert(key, st, "RESOLVED", occurred, float(occurred - lo), now_ms))
-                    st["fa"] = None
-                st["lo"] = occurred
-                st["t"] = topic
+            if lo is None or occurred > lo or (occurred == lo and event_id < st["eid"]):
+                st["lo"], st["lp"], st["t"], st["eid"] = max(occurred, lo or occurred), published, topic, event_id
+        if not applied:
+            return False
         src.update(applied)
         self._feeds.add(key)
-        return changed
+        agency = key[len(FEED_KEY_PREFIX):]
+        threshold = self.missions.feeds.threshold_ms(agency)
+        previous = st.get("prev")
+        for t in sorted(times):
+            if previous is not None and t <= previous:
+                continue
+            if st["fa"] is not None:  # fired by the timer: the first newer event ends the silence
+                out.alerts.append(self._feed_alert(key, st, "RESOLVED", t, float(t - st["fa"][2]), now_ms))
+                st["fa"] = None
+            elif previous is not None and t - previous > threshold:
+                st["fa"] = [ids.feed_silent_alert_id(agency, previous), previous + threshold, previous]
+                out.alerts.append(self._feed_alert(key, st, "FIRING", None, float(t - previous), now_ms))
+                out.alerts.append(self._feed_alert(key, st, "RESOLVED", t, float(t - previous), now_ms))
+                st["fa"] = None
+            previous = t
+        st["prev"] = previous
+        return True
 
     # -- rows -------------------------------------------------------------------------------
     def _backlog_row(self, info: GroupInfo, st: dict[str, Any], now_ms: int) -> dict[str, Any]:
@@ -437,8 +454,9 @@ class KpiEngine:
                 continue
             agency = key[len(FEED_KEY_PREFIX):]
             silence = now_ms - st["lo"]
-            if st["fa"] is None and silence > self.missions.feeds.threshold_ms(agency):
-                st["fa"] = [ids.feed_silent_alert_id(agency, st["lo"]), st["lo"] + self.missions.feeds.threshold_ms(agency)]
+            threshold = self.missions.feeds.threshold_ms(agency)
+            if st["fa"] is None and silence > threshold:
+                st["fa"] = [ids.feed_silent_alert_id(agency, st["lo"]), st["lo"] + threshold, st["lo"]]
                 out.alerts.append(self._feed_alert(key, st, "FIRING", None, float(silence), now_ms))
                 states[key] = st
         if wm is not None:
@@ -516,12 +534,14 @@ class KpiEngine:
     ) -> None:
         n, met = summary[S_COMPLETIONS], summary[S_MET]
         end = start + spec.size_ms
+        if not n:
+            return
+        compliance = met / n
         for rule in info.targets:
-            if rule.window != spec.name or n < rule.min_completions:
+            if rule.window != spec.name:
                 continue
-            compliance = met / n
             episode = st["kt"].get(rule.id)
-            if compliance < rule.min_sla_compliance and episode is None:
+            if n >= rule.min_completions and compliance < rule.min_sla_compliance and episode is None:
                 alert_id = ids.kpi_target_alert_id(rule.id, info.key, start)
                 st["kt"][rule.id] = [alert_id, end]
                 out.alerts.append(self._target_alert(info, rule, alert_id, "FIRING", end, None, compliance, n, now_ms))
@@ -574,12 +594,12 @@ class KpiEngine:
         self, key: str, st: dict[str, Any], state: str, ends_at: int | None, value: float, now_ms: int
     ) -> dict[str, Any]:
         agency = key[len(FEED_KEY_PREFIX):]
-        alert_id, starts_at = st["fa"]
+        alert_id, starts_at, silent_since = st["fa"]
         threshold = self.missions.feeds.threshold_ms(agency)
         entry = self.registry.agencies.get(agency)
         if state == "FIRING":
             summary = (
-                f"No event from {agency} since {_iso(st['lo'])} ({int(value) // 60_000} min, "
+                f"No event from {agency} since {_iso(silent_since)} ({int(value) // 60_000} min, "
                 f"threshold {threshold // 60_000} min)"
             )
         else:
@@ -599,7 +619,7 @@ class KpiEngine:
             "summary": summary,
             "starts_at": starts_at,
             "ends_at": ends_at,
-            "waiting_since": st["lo"] if state == "FIRING" else None,
+            "waiting_since": silent_since,
             "value": value,
             "threshold": float(threshold),
             "emitted_at": now_ms,
@@ -644,7 +664,7 @@ def _new_group() -> dict[str, Any]:
 
 
 def _new_feed() -> dict[str, Any]:
-    return {"src": {}, "lo": None, "lp": None, "t": "", "n": 0, "v": None, "fa": None}
+    return {"src": {}, "lo": None, "lp": None, "t": "", "eid": "", "n": 0, "v": None, "prev": None, "fa": None}
 
 
 def _apply_backlog(st: dict[str, Any], fact: list[Any]) -> None:

@@ -260,3 +260,14 @@ def test_reprocessing_a_batch_after_a_crash_emits_the_same_facts_and_records() -
     # And a replay over state that already holds the batch is all duplicates: no facts at all.
     c = fresh.process(batch, saved, T0 + 3 * DAY)
     assert c.facts == [] and sum(c.duplicates.values()) == len(batch)
+
+
+def test_a_case_cancelled_after_waiting_past_its_sla_fires_and_resolves_at_the_cancel() -> None:
+    p = Pipeline()
+    out = p.push([(R, event(R, "RBT-1", "FILED", T0)), (R, event(R, "RBT-1", "REJECTED", T0 + 40 * DAY))],
+                 T0 + 40 * DAY)
+    alert_id = sha1("CASE_SLA|" + rid("RBT-1", "rebate_payment", "export_competitiveness", "rebate_claim"))
+    assert [(a["alert_id"], a["state"], a["ends_at"]) for a in case_sla(out.alerts)] == [
+        (alert_id, "FIRING", None), (alert_id, "RESOLVED", T0 + 40 * DAY)]
+    quick = p.push([(R, event(R, "RBT-2", "FILED", T0)), (R, event(R, "RBT-2", "REJECTED", T0 + DAY))], T0 + 40 * DAY)
+    assert case_sla(quick.alerts) == []

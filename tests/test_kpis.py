@@ -229,7 +229,7 @@ def test_feed_freshness_and_feed_silent_fire_once_per_silence_and_resolve_on_a_n
                   (R, event(R, "R2", "FILED", T0 - HOUR, published_at=T0 + 9_000))], T0 + MIN)
     fresh = {f["agency"]: f for f in out.feed_freshness}["FBR-DRAWBACK"]
     assert (fresh["last_occurred_at"], fresh["last_published_at"], fresh["events_total"], fresh["topic"]) == (
-        T0, T0 + 9_000, 2, R)
+        T0, T0 + 5_000, 2, R)  # published_at of the newest event
     threshold = 6 * HOUR  # feeds.silence.FBR-DRAWBACK in config/missions.yaml
     assert [a for a in p.tick(T0 + threshold).alerts if a["kind"] == "FEED_SILENT"] == []
     fired = [a for a in p.tick(T0 + threshold + 1).alerts if a["kind"] == "FEED_SILENT"]
@@ -242,3 +242,25 @@ def test_feed_freshness_and_feed_silent_fire_once_per_silence_and_resolve_on_a_n
         (fired[0]["alert_id"], "RESOLVED", T0 + DAY)]
     again = [a for a in p.tick(T0 + DAY + threshold + 1).alerts if a["kind"] == "FEED_SILENT"]
     assert [a["alert_id"] for a in again] == [sha1(f"FEED_SILENT|FBR-DRAWBACK|{T0 + DAY}")]
+
+
+def test_a_silence_seen_only_in_arriving_event_times_fires_and_resolves_at_once() -> None:
+    p = Pipeline()
+    threshold = 6 * HOUR
+    out = p.push([(R, event(R, "R1", "FILED", T0)), (R, event(R, "R2", "FILED", T0 + HOUR)),
+                  (R, event(R, "R3", "FILED", T0 + HOUR + threshold + 1))], T0 + 8 * HOUR)
+    silent = [(a["alert_id"], a["state"], a["starts_at"], a["ends_at"]) for a in out.alerts if a["kind"] == "FEED_SILENT"]
+    gap_id = sha1(f"FEED_SILENT|FBR-DRAWBACK|{T0 + HOUR}")
+    assert silent == [(gap_id, "FIRING", T0 + HOUR + threshold, None),
+                      (gap_id, "RESOLVED", T0 + HOUR + threshold, T0 + HOUR + threshold + 1)]
+    # A gap of exactly the threshold is not a silence.
+    out = p.push([(R, event(R, "R4", "FILED", T0 + HOUR + 2 * threshold + 1))], T0 + DAY)
+    assert [a for a in out.alerts if a["kind"] == "FEED_SILENT"] == []
+
+
+def test_a_group_whose_instances_closed_before_anyone_saw_them_open_still_has_a_zero_backlog_row() -> None:
+    p = Pipeline()
+    p.push([(C, event(C, "A", "CLEARED", T0 + HOUR))], T0 + HOUR)
+    p.push([(C, event(C, "A", "FILED", T0))], T0 + HOUR)
+    b = p.backlog()[sha1(CUSTOMS_GROUP)]
+    assert (b["open_cases"], b["oldest_started_at"]) == (0, None)
