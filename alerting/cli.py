@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import shutil
 import signal
 import subprocess
@@ -57,6 +58,7 @@ def forward(
 
     settings = settings_or_exit()
     setup_logging(settings.log_level, "alerting")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # no log line per POST
     if settings.embedded_kafka:
         typer.echo("error: BACKBONE_KAFKA_BOOTSTRAP_SERVERS is empty (run it under `backbone up`)", err=True)
         raise typer.Exit(2)

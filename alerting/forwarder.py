@@ -409,7 +409,10 @@ class AlertForwarder:
         self._to_restore = [p for p in self._to_restore if p.partition not in revoked]
         dropped = self.firing.drop_partitions(revoked)
         if dropped:
-            log.info("partitions revoked; another forwarder renews their alerts", extra={"dropped": dropped})
+            log.info(
+                "partitions revoked; their firing alerts are no longer renewed here",
+                extra={"dropped": dropped},
+            )
 
     def _restore_assigned(self) -> None:
         """Replay newly assigned partitions up to the committed offsets into the firing map."""
