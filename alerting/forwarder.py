@@ -265,14 +265,15 @@ class AlertForwarder:
                         _Rejected(d.message, "alertmanager_rejected", f"alert {d.record['alert_id']}: {exc}")
                     )
                 else:
-                    self._count_delivered(d.record)
+                    self._count_delivered(d)
             return rejected
         for d in deliveries:
-            self._count_delivered(d.record)
+            self._count_delivered(d)
         return []
 
-    def _count_delivered(self, record: dict[str, Any]) -> None:
-        self.metrics.alerts_delivered.labels(record["kind"], record["state"]).inc()
+    def _count_delivered(self, delivery: _Delivery) -> None:
+        if delivery.payloads:  # a replayed FIRING of a resolved alert posts nothing
+            self.metrics.alerts_delivered.labels(delivery.record["kind"], delivery.record["state"]).inc()
 
     def _post_until_answered(self, alerts: list[dict[str, Any]]) -> None:
         """Post, retrying while Alertmanager is unavailable; stops only when asked to stop."""
