@@ -174,7 +174,7 @@ def feed_key(agency: str) -> str:
 # One fact is a flat list; the first five items are the kind and the cause:
 #   ["b", topic, partition, offset, sign, started_at, amount_paisa|None]        backlog ±1
 #   ["c", topic, partition, offset, sign, ended_at, duration_ms, sla_met(0|1)]  completion ±1
-#   ["f", topic, partition, offset, count, newest_occurred_at, its published_at, its event_id,
+#   ["f", topic, partition, offset, count, max_occurred_at, max_published_at,
 #    [distinct occurred_at, ascending]]                                          feed (max offset)
 # ``sign`` is +1 (add) or -1 (retract: a correction moved or removed an earlier contribution).
 BACKLOG_FACT = "b"

@@ -331,9 +331,9 @@ class JourneyEngine:
             group_facts.sort(key=_cause)  # stable: a retraction stays before its addition
             out.facts.append((key, encode_facts(wm, group_facts)))
         by_agency: dict[str, list[list[Any]]] = {}
-        for (agency, topic, partition), (offset, n, occurred, published, event_id, times) in feeds.items():
+        for (agency, topic, partition), (offset, n, occurred, published, times) in feeds.items():
             by_agency.setdefault(agency, []).append(
-                [FEED_FACT, topic, partition, offset, n, occurred, published, event_id, sorted(times)]
+                [FEED_FACT, topic, partition, offset, n, occurred, published, sorted(times)]
             )
         for agency, feed_facts in by_agency.items():
             out.facts.append((feed_key(agency), encode_facts(wm, feed_facts)))
@@ -543,19 +543,21 @@ class JourneyEngine:
 def _count_feed(
     feeds: dict[tuple[str, str, int], list[Any]], agency: str, msg: InputMessage, raw: dict[str, Any], occurred: int
 ) -> None:
-    """Per (agency, topic, partition): [max offset, count, newest occurred_at, its published_at,
-    its event_id (ties: the smallest), the set of event times (hop 2 finds silences in them)]."""
+    """Per (agency, topic, partition): [max offset, count, max occurred_at, max published_at, the
+    set of event times (hop 2 finds silences in them)]."""
     key = (agency, msg.topic, msg.partition)
     feed = feeds.get(key)
     if feed is None:
-        feeds[key] = [msg.offset, 1, occurred, raw["published_at"], raw["event_id"], {occurred}]
+        feeds[key] = [msg.offset, 1, occurred, raw["published_at"], {occurred}]
         return
     if msg.offset > feed[0]:
         feed[0] = msg.offset
     feed[1] += 1
-    if occurred > feed[2] or (occurred == feed[2] and raw["event_id"] < feed[4]):
-        feed[2], feed[3], feed[4] = occurred, raw["published_at"], raw["event_id"]
-    feed[5].add(occurred)
+    if occurred > feed[2]:
+        feed[2] = occurred
+    if raw["published_at"] > feed[3]:
+        feed[3] = raw["published_at"]
+    feed[4].add(occurred)
 
 
 def _cause(fact: list[Any]) -> tuple[str, int, int]:

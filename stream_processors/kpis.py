@@ -19,9 +19,9 @@ JSON in three kinds of keys:
   counted in its window's ``late_events`` and the row re-emitted: ``{"s": {window_start:
   [version, completions, sla_met, p50, p90, mean, late]}, "src": {...}}``. One key per group
   and window spec, written once per tick that closes windows (not once per window).
-* **feed** ``feed|<agency>``: ``{"src", "lo": last_occurred_at, "lp"/"t"/"eid": published_at,
-  topic and event_id of that newest event, "n": events_total, "v": version, "prev": newest
-  event time used for silence detection, "fa": [alert_id, starts_at, silent_since] | None}``.
+* **feed** ``feed|<agency>``: ``{"src", "lo": last_occurred_at, "lp": last_published_at (max),
+  "t": topic of the newest event, "n": events_total, "v": version, "prev": newest event time
+  used for silence detection, "fa": [alert_id, starts_at, silent_since] | None}``.
 
 Facts are applied only if their source offset is above the key's marker for that source
 topic-partition (checked against the marker as it was before the message), so replaying facts
@@ -310,7 +310,7 @@ class KpiEngine:
         applied: dict[str, int] = {}
         times: set[int] = set()
         for fact in facts:
-            _, topic, partition, offset, n, occurred, published, event_id, occurred_times = fact
+            _, topic, partition, offset, n, occurred, published, occurred_times = fact
             tp = f"{topic}:{partition}"
             if offset <= src.get(tp, -1):
                 continue
@@ -318,9 +318,11 @@ class KpiEngine:
                 applied[tp] = offset
             st["n"] += n
             times.update(occurred_times)
+            if published > (st["lp"] or 0):
+                st["lp"] = published
             lo = st["lo"]
-            if lo is None or occurred > lo or (occurred == lo and event_id < st["eid"]):
-                st["lo"], st["lp"], st["t"], st["eid"] = max(occurred, lo or occurred), published, topic, event_id
+            if lo is None or occurred > lo or (occurred == lo and topic > st["t"]):
+                st["lo"], st["t"] = occurred, topic
         if not applied:
             return False
         src.update(applied)
@@ -541,7 +543,9 @@ class KpiEngine:
             if rule.window != spec.name:
                 continue
             episode = st["kt"].get(rule.id)
-            if n >= rule.min_completions and compliance < rule.min_sla_compliance and episode is None:
+            if n < rule.min_completions:
+                continue  # too few completions to judge: neither fires nor resolves
+            if compliance < rule.min_sla_compliance and episode is None:
                 alert_id = ids.kpi_target_alert_id(rule.id, info.key, start)
                 st["kt"][rule.id] = [alert_id, end]
                 out.alerts.append(self._target_alert(info, rule, alert_id, "FIRING", end, None, compliance, n, now_ms))
@@ -664,7 +668,7 @@ def _new_group() -> dict[str, Any]:
 
 
 def _new_feed() -> dict[str, Any]:
-    return {"src": {}, "lo": None, "lp": None, "t": "", "eid": "", "n": 0, "v": None, "prev": None, "fa": None}
+    return {"src": {}, "lo": None, "lp": None, "t": "", "n": 0, "v": None, "prev": None, "fa": None}
 
 
 def _apply_backlog(st: dict[str, Any], fact: list[Any]) -> None:

@@ -58,16 +58,16 @@ class WindowSpec:
     def last_closed_start(self, closed_wm: int | None, grace_ms: int) -> int | None:
         """The newest window start that is closed at watermark ``closed_wm``, or ``None``.
 
-        A window is closed once the watermark passes its end + grace: ``watermark > window_end +
+        A window is closed once the watermark reaches its end + grace: ``watermark >= window_end +
         grace`` (SEMANTICS.md, "Late").
         """
         if closed_wm is None:
             return None
-        limit = closed_wm - grace_ms - self.size_ms - 1  # closed iff start <= limit
+        limit = closed_wm - grace_ms - self.size_ms  # closed iff start <= limit
         return limit - limit % self.step_ms
 
     def is_closed(self, window_start: int, closed_wm: int | None, grace_ms: int) -> bool:
-        return closed_wm is not None and closed_wm > window_start + self.size_ms + grace_ms
+        return closed_wm is not None and closed_wm >= window_start + self.size_ms + grace_ms
 
 
 def window_specs(windows: Iterable[Window]) -> tuple[WindowSpec, ...]:

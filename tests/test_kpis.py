@@ -229,7 +229,7 @@ def test_feed_freshness_and_feed_silent_fire_once_per_silence_and_resolve_on_a_n
                   (R, event(R, "R2", "FILED", T0 - HOUR, published_at=T0 + 9_000))], T0 + MIN)
     fresh = {f["agency"]: f for f in out.feed_freshness}["FBR-DRAWBACK"]
     assert (fresh["last_occurred_at"], fresh["last_published_at"], fresh["events_total"], fresh["topic"]) == (
-        T0, T0 + 5_000, 2, R)  # published_at of the newest event
+        T0, T0 + 9_000, 2, R)  # the newest occurred_at, the newest published_at
     threshold = 6 * HOUR  # feeds.silence.FBR-DRAWBACK in config/missions.yaml
     assert [a for a in p.tick(T0 + threshold).alerts if a["kind"] == "FEED_SILENT"] == []
     fired = [a for a in p.tick(T0 + threshold + 1).alerts if a["kind"] == "FEED_SILENT"]

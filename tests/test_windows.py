@@ -28,12 +28,12 @@ def test_windows_of_several_panes_are_distinct_and_sorted() -> None:
     assert HOPPING.windows_of_panes([10 * MIN, 15 * MIN]) == list(range(-45 * MIN, 15 * MIN + 1, 5 * MIN))
 
 
-def test_a_window_closes_when_the_watermark_passes_its_end_plus_grace() -> None:
+def test_a_window_closes_when_the_watermark_reaches_its_end_plus_grace() -> None:
     grace = 10 * MIN
-    assert not TUMBLING.is_closed(0, MIN + grace, grace)
-    assert TUMBLING.is_closed(0, MIN + grace + 1, grace)
+    assert not TUMBLING.is_closed(0, MIN + grace - 1, grace)
+    assert TUMBLING.is_closed(0, MIN + grace, grace)
     assert not TUMBLING.is_closed(0, None, grace)
-    assert TUMBLING.last_closed_start(MIN + grace + 1, grace) == 0
-    assert TUMBLING.last_closed_start(MIN + grace, grace) == -MIN
+    assert TUMBLING.last_closed_start(MIN + grace, grace) == 0
+    assert TUMBLING.last_closed_start(MIN + grace - 1, grace) == -MIN
     assert HOPPING.last_closed_start(60 * MIN + grace + 7 * MIN, grace) == 5 * MIN
-    assert HOPPING.last_closed_start(60 * MIN + grace + 5 * MIN, grace) == 0
+    assert HOPPING.last_closed_start(60 * MIN + grace + 5 * MIN - 1, grace) == 0
