@@ -68,7 +68,10 @@ def missions_check(
 @app.command("up")
 def up(
     simulate: bool = typer.Option(True, help="Run the agency simulator."),
-    rate: float = typer.Option(50.0, help="Simulated events per second."),
+    rate: float = typer.Option(20.0, help="Simulated events per second."),
+    time_scale: float = typer.Option(
+        500.0, help="Demo time: simulated delays and the SLAs are compressed this many times (1 = real time)."
+    ),
     duration: float = typer.Option(0.0, help="Stop after this many seconds (0: until Ctrl-C)."),
     workers: int = typer.Option(1, help="Stream processor workers."),
     seed: int = typer.Option(7, help="Simulator seed."),
@@ -76,7 +79,10 @@ def up(
     """Start the embedded stack (broker, topics, processors, sink, board, alerting) and the simulator."""
     from backbone.runtime import run_up
 
-    sys.exit(run_up(settings_or_exit(), simulate=simulate, rate=rate, duration=duration, workers=workers, seed=seed))
+    sys.exit(run_up(
+        settings_or_exit(), simulate=simulate, rate=rate, duration=duration, workers=workers, seed=seed,
+        time_scale=time_scale,
+    ))
 
 
 def _register_areas() -> None:

@@ -49,7 +49,9 @@ def _has(module: str) -> bool:
     return importlib.util.find_spec(module) is not None
 
 
-def planned_services(settings: Settings, simulate: bool, rate: float, workers: int, seed: int) -> list[Service]:
+def planned_services(
+    settings: Settings, simulate: bool, rate: float, workers: int, seed: int, time_scale: float = 1.0
+) -> list[Service]:
     """The services ``up`` runs, in start order. Areas that are not installed are skipped."""
     services: list[Service] = []
     if _has("sinks.cli"):
@@ -64,7 +66,10 @@ def planned_services(settings: Settings, simulate: bool, rate: float, workers: i
     if _has("alerting.forwarder"):
         services.append(Service("alert-forwarder", _cli("alerting", "forward"), required=False))
     if simulate:
-        services.append(Service("simulator", _cli("simulate", "--rate", str(rate), "--seed", str(seed), "--live")))
+        services.append(Service("simulator", _cli(
+            "simulate", "--live", "--rate", str(rate), "--seed", str(seed),
+            "--delay-scale", f"{1 / time_scale:.6g}", "--warmup", "30m",
+        )))
     return services
 
 
@@ -117,10 +122,18 @@ def _stop(service: Service, timeout_s: float = 15.0) -> None:
         p.wait()
 
 
-def run_up(settings: Settings, simulate: bool, rate: float, duration: float, workers: int, seed: int) -> int:
+def run_up(
+    settings: Settings, simulate: bool, rate: float, duration: float, workers: int, seed: int, time_scale: float = 1.0
+) -> int:
     data_dir = settings.data_dir.resolve()
     log_dir = data_dir / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
+    missions_file = settings.missions_file.resolve()
+    if time_scale != 1.0:
+        from stream_processors.missions import time_scaled
+
+        missions_file = time_scaled(missions_file, time_scale, data_dir / "missions.time-scaled.yaml")
+        print(f"demo time: agency delays and SLAs compressed {time_scale:g}x ({missions_file})", flush=True)
     broker: TansuBroker | None = None
     if settings.embedded_kafka:
         broker = TansuBroker(log_file=log_dir / "broker.log").start()
@@ -131,8 +144,18 @@ def run_up(settings: Settings, simulate: bool, rate: float, duration: float, wor
     created = ensure_topics(settings, bootstrap)
     print(f"topics ready ({len(created)} created, {settings.topic_partitions} partitions each)", flush=True)
 
-    env = {**os.environ, "BACKBONE_KAFKA_BOOTSTRAP_SERVERS": bootstrap, "BACKBONE_DATA_DIR": str(data_dir)}
-    services = planned_services(settings, simulate, rate, workers, seed)
+    env = {
+        **os.environ,
+        "BACKBONE_KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+        "BACKBONE_DATA_DIR": str(data_dir),
+        "BACKBONE_MISSIONS_FILE": str(missions_file),
+    }
+    if simulate and "BACKBONE_CLOCK" not in os.environ:
+        # The simulator backfills a warm-up of history at start; judged by the wall clock, every
+        # stage of it would look overdue until its end event is consumed. Event time is the
+        # truthful clock for a replay; after the warm-up it runs with the wall clock anyway.
+        env["BACKBONE_CLOCK"] = "event"
+    services = planned_services(settings, simulate, rate, workers, seed, time_scale)
     stopping = threading.Event()
 
     def _on_signal(signum: int, _frame: object) -> None:

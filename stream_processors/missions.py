@@ -289,3 +289,30 @@ def missions_from_data(data: Any, path: Path | None = None, registry: Registry |
     except ValueError as exc:
         raise MissionsError(f"{where}: {exc}") from exc
     return Missions(spec, path)
+
+
+def time_scaled(path: Path, factor: float, out: Path) -> Path:
+    """Write a copy of the missions file with every stage SLA divided by ``factor``.
+
+    For demos only: ``backbone up`` compresses the simulated delays between a case's events by
+    the same factor, so a journey of days plays out in minutes while SLA compliance keeps its
+    meaning. Events still arrive in real time, so feed-silence thresholds are not scaled. The
+    original file stays the single definition of the rules; this is a derived copy.
+    """
+    if factor <= 0:
+        raise MissionsError(f"time scale must be positive, got {factor}")
+    data = yaml.safe_load(path.read_text())
+
+    def scale(value: Any) -> int:
+        return max(1, int(parse_duration_ms(value) / factor))
+
+    for mission in data.get("missions", []):
+        for journey in mission.get("journeys", []):
+            for stage in journey.get("stages", []):
+                stage["sla"] = scale(stage["sla"])
+    out.write_text(
+        f"# Derived from {path} with every stage SLA divided by {factor:g} (demo time).\n"
+        + yaml.safe_dump(data, sort_keys=False)
+    )
+    load_missions(out)  # fail here, not in a child process, if the result is invalid
+    return out
