@@ -387,13 +387,10 @@ class BoardsBuilder:
 
     # targets ---------------------------------------------------------------------------------
     def stage_target(self, stages: Sequence[tuple[str, str]]) -> float | None:
-        """The strictest target on any of these stages (None when no target names them)."""
-        values = [t.min_sla_compliance for t in self.facts.targets if (t.mission, t.stage) in set(stages)]
-        return max(values) if values else None
+        return self.facts.strictest_target(stages)
 
     def mission_target(self, mission: str) -> float | None:
-        values = [t.min_sla_compliance for t in self.facts.targets if t.mission == mission]
-        return max(values) if values else None
+        return self.facts.mission_target(mission)
 
     # boards ----------------------------------------------------------------------------------
     def national(self) -> BoardSpec:

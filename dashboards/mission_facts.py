@@ -20,6 +20,7 @@ Definitions the boards rely on (documented in the README):
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -147,6 +148,29 @@ class MissionFacts:
 
     def targets_for_stage(self, mission: str, stage: str) -> tuple[TargetFact, ...]:
         return tuple(t for t in self.targets if t.mission == mission and t.stage == stage)
+
+    def strictest_target(self, stages: Iterable[tuple[str, str]]) -> float | None:
+        """The highest ``min_sla_compliance`` of the targets on these stages (None: no target names them)."""
+        wanted = set(stages)
+        values = [t.min_sla_compliance for t in self.targets if (t.mission, t.stage) in wanted]
+        return max(values) if values else None
+
+    def mission_target(self, mission: str) -> float | None:
+        """The strictest target of a mission: what per-agency compliance is coloured against."""
+        values = [t.min_sla_compliance for t in self.targets if t.mission == mission]
+        return max(values) if values else None
+
+    def thresholds(self) -> dict[str, object]:
+        """Targets the boards colour compliance against (same rules for Grafana and the built-in board)."""
+        return {
+            "mission": {m.id: self.mission_target(m.id) for m in self.missions.spec.missions},
+            "handoff": {
+                m.id: self.strictest_target(k for k in self.handoff_stage_keys if k[0] == m.id)
+                for m in self.missions.spec.missions
+            },
+            "money": self.strictest_target(self.money_stage_keys),
+            "energy": self.strictest_target(self.energy_stage_keys),
+        }
 
     @cached_property
     def agencies(self) -> tuple[str, ...]:

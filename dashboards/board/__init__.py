@@ -1,0 +1,1 @@
+"""The built-in read-only command view (static page + JSON API over the query catalog)."""
