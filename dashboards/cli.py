@@ -15,7 +15,7 @@ def register(app: typer.Typer) -> None:
     def build(
         check: bool = typer.Option(False, "--check", help="Fail (exit 1) if the committed files are stale."),
     ) -> None:
-        """Regenerate dashboards/grafana/**.json and the dashboards provisioning file from the missions file."""
+        """Regenerate dashboards/grafana/**.json and the dashboards provisioning file (missions file)."""
         from backbone.cli import settings_or_exit
         from dashboards.grafana_build import check_files, rendered_files, write_files
         from dashboards.mission_facts import MissionFacts

@@ -410,8 +410,8 @@ class BoardsBuilder:
                             width,
                             5,
                             title=t.name,
-                            description=f"Target {t.min_sla_compliance:.0%} over the last complete {t.window} "
-                            f"window (at least {t.min_completions} completions). "
+                            description=f"Target {t.min_sla_compliance:.0%} over the last complete "
+                            f"{t.window} window (at least {t.min_completions} completions). "
                             f"{self.q('kpi_targets').description}",
                             value_field="sla_compliance",
                             unit="percentunit",
