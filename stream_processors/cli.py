@@ -21,6 +21,11 @@ def register(app: typer.Typer) -> None:
         batch_within: float = typer.Option(
             0.25, "--batch-within", min=0.01, help="Longest wait to fill a batch (s)."
         ),
+        app_id: str = typer.Option(
+            "backbone-processors",
+            "--app-id",
+            help="Faust app id (consumer group and changelog topic prefix).",
+        ),
         metrics_port: int = typer.Option(
             -1,
             "--metrics-port",
@@ -48,6 +53,7 @@ def register(app: typer.Typer) -> None:
                 stock=stock,
                 batch_max=batch_max,
                 batch_within_s=batch_within,
+                app_id=app_id,
                 metrics_port=None if metrics_port < 0 else metrics_port,
             ),
         )

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import logging
 import zlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, NamedTuple
 
 import orjson
@@ -60,8 +60,12 @@ class PartitionedTableStore:
     :meth:`changelog` turns them into records and :meth:`apply` puts them in the local table.
     """
 
-    def __init__(self, table: TableT, num_partitions: int) -> None:
+    def __init__(
+        self, table: TableT, num_partitions: int, base_key: Callable[[str], str] | None = None
+    ) -> None:
         self.table = table
+        self.base_key = base_key
+        """Maps a derived key (e.g. ``<group>@<window>``) to the source key whose partition it shares."""
         self.local = table.data
         """The table's local store: read and written directly (the changelog is produced by us)."""
         self.num_partitions = num_partitions
@@ -84,6 +88,11 @@ class PartitionedTableStore:
             return int(stored[0])
         if key in self._routes:
             return self._routes[key]
+        if self.base_key is not None:
+            base = self.base_key(key)
+            if base != key:
+                if base in self._pending or base in self.local or base in self._routes:
+                    return self._partition_for_write(base)
         # A key no source message named: fall back to librdkafka's default partitioner
         # (CRC32 of the key), which is how this repo's producers spread keys.
         partition = zlib.crc32(key.encode()) % self.num_partitions

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import faust
-from faust.types import EventT
+from faust.types import TP, EventT
 
 from backbone.config import Settings
 from backbone.kafka import client_config, ensure_topics
@@ -135,6 +135,10 @@ class ProcessorRuntime:
         self.ready = False
         """True between a completed rebalance (state recovered) and the next revocation."""
         self.batches = 0
+        self.processed_next: dict[tuple[str, int], int] = {}
+        """Per input topic-partition: the offset after the last message processed."""
+        self.highwater: Callable[[str, int], int | None] = lambda topic, partition: None
+        """The consumer's last-fetched high watermark of a topic-partition (set by the app wiring)."""
         self.events = 0
 
     # -- the one ordered path: compute, deliver, then commit state -----------------------------
@@ -200,6 +204,11 @@ class ProcessorRuntime:
                 await self._isolate(component, engine_call, engine, store, batch)
         self.batches += 1
         self.events += len(batch)
+        processed = self.processed_next
+        for msg in batch:
+            tp = (msg.topic, msg.partition)
+            if msg.offset >= processed.get(tp, 0):
+                processed[tp] = msg.offset + 1
         self.metrics.batch_in(component, batch, time.perf_counter() - started)
 
     async def _isolate(
@@ -234,8 +243,29 @@ class ProcessorRuntime:
     async def on_fact_events(self, events: Sequence[EventT]) -> None:
         await self._batch("kpis", self.kpis.apply, self.kpis, self.kpi_store, self.kpi_lock, events)
 
+    def caught_up(self, topics: Sequence[str]) -> bool:
+        """True when every partition of ``topics`` read so far is processed up to its high watermark."""
+        for (topic, partition), next_offset in self.processed_next.items():
+            if topic in topics:
+                highwater = self.highwater(topic, partition)
+                if highwater is not None and highwater > next_offset:
+                    return False
+        return True
+
+    def _clock_trustworthy(self, topics: Sequence[str]) -> bool:
+        """Whether "now" may be used to judge open cases and windows.
+
+        On the event clock, "now" is the newest ``occurred_at`` seen over all partitions. While a
+        backlog is drained (start, restart, catch-up) partitions are read at different speeds,
+        and a partition read early pushes "now" past events still waiting in the others; a sweep
+        then would fire CASE_SLA for cases whose end event simply has not been read yet, and a
+        tick would close windows before their completions arrive. So on the event clock sweeps
+        and ticks wait until the worker has caught up; on the wall clock they always run.
+        """
+        return not isinstance(self.clock, EventClock) or self.caught_up(topics)
+
     async def sweep(self) -> None:
-        if not self.ready:
+        if not self.ready or not self._clock_trustworthy(contracts.INPUT_TOPICS):
             return
         async with self.journey_lock:
             await self._run(
@@ -243,7 +273,7 @@ class ProcessorRuntime:
             )
 
     async def tick(self) -> None:
-        if not self.ready:
+        if not self.ready or not self._clock_trustworthy((*contracts.INPUT_TOPICS, FACTS_TOPIC)):
             return
         async with self.kpi_lock:
             await self._run("kpis", self.kpi_store, lambda now: self.kpis.tick(self.kpi_store, now))
@@ -302,6 +332,13 @@ def default_kpi_engine(missions: Any, settings: Settings, codec: Any) -> Any:
     return KpiEngine(missions, settings)
 
 
+def kpi_base_key(key: str) -> str:
+    """Hop 2 keeps closed-window summaries under ``<group key>@<window>``: same partition as the group."""
+    from stream_processors.kpis import SUMMARY_SEP
+
+    return key.split(SUMMARY_SEP, 1)[0]
+
+
 def build_worker(
     settings: Settings,
     options: WorkerOptions,
@@ -331,7 +368,7 @@ def build_worker(
         journey_engine(missions, settings, producer.codec),
         kpi_engine(missions, settings, producer.codec),
         PartitionedTableStore(journey_table, partitions),
-        PartitionedTableStore(kpi_table, partitions),
+        PartitionedTableStore(kpi_table, partitions, base_key=kpi_base_key),
         producer,
         WorkerMetrics(metrics or Metrics()),
         make_clock(settings.clock),
@@ -342,6 +379,14 @@ def build_worker(
         from stream_processors.faust_fast import RawSchema
 
         raw = {"schema": RawSchema()}
+
+    def highwater(topic: str, partition: int) -> int | None:
+        try:
+            return app.consumer.highwater(TP(topic, partition))
+        except (KeyError, AssertionError, RuntimeError):  # not fetched yet / consumer not started
+            return None
+
+    runtime.highwater = highwater
     input_topic = app.topic(*contracts.INPUT_TOPICS, **raw)
     facts_topic = app.topic(FACTS_TOPIC, **raw)
 
