@@ -137,8 +137,13 @@ class Outputs:
 
     def __len__(self) -> int:
         return (
-            len(self.stage_records) + len(self.kpi_windows) + len(self.alerts) + len(self.dead_letters)
-            + len(self.backlog) + len(self.feed_freshness) + len(self.facts)
+            len(self.stage_records)
+            + len(self.kpi_windows)
+            + len(self.alerts)
+            + len(self.dead_letters)
+            + len(self.backlog)
+            + len(self.feed_freshness)
+            + len(self.facts)
         )
 
 

@@ -30,13 +30,33 @@ HOUR = 3_600_000
 PROVINCES = ("PK-PB", "PK-SD", "PK-KP", "PK-BA")
 PORTS = ("KPT", "PQA", "GWD")
 PORT_AGENCY = {"KPT": "KPT", "PQA": "PQA", "GWD": "GPA"}
-TRANSPORT = {"PK-PB": "PB-TRANSPORT", "PK-SD": "SD-TRANSPORT", "PK-KP": "KP-TRANSPORT", "PK-BA": "BA-TRANSPORT"}
+TRANSPORT = {
+    "PK-PB": "PB-TRANSPORT",
+    "PK-SD": "SD-TRANSPORT",
+    "PK-KP": "KP-TRANSPORT",
+    "PK-BA": "BA-TRANSPORT",
+}
 
 
-def _event(topic: str, case_id: str, agency: str, province: str, status: str, t: int, rng: random.Random,
-           **extra: Any) -> tuple[str, dict[str, Any]]:
-    rec = {"event_id": str(uuid.UUID(int=rng.getrandbits(128), version=4)), "case_id": case_id, "agency": agency,
-           "province": province, "status": status, "occurred_at": t, "published_at": t + rng.randint(0, 60_000)}
+def _event(
+    topic: str,
+    case_id: str,
+    agency: str,
+    province: str,
+    status: str,
+    t: int,
+    rng: random.Random,
+    **extra: Any,
+) -> tuple[str, dict[str, Any]]:
+    rec = {
+        "event_id": str(uuid.UUID(int=rng.getrandbits(128), version=4)),
+        "case_id": case_id,
+        "agency": agency,
+        "province": province,
+        "status": status,
+        "occurred_at": t,
+        "published_at": t + rng.randint(0, 60_000),
+    }
     rec.update(extra)
     return topic, rec
 
@@ -59,14 +79,30 @@ def generate(n_events: int, seed: int = 7, events_per_day: int = 55_000) -> list
             issued = cleared + int(rng.lognormvariate(2.0, 0.6) * HOUR)
             gate = issued + int(rng.uniform(1, 10) * HOUR)
             loaded = gate + int(rng.lognormvariate(3.0, 0.5) * HOUR)
-            cust = {"port": port, "hs_code": "5205", "declared_value_pkr": rng.randint(10**6, 10**9),
-                    "container_ids": ["MSCU1234565"], "exporter_id": None, "gd_number": None}
+            cust = {
+                "port": port,
+                "hs_code": "5205",
+                "declared_value_pkr": rng.randint(10**6, 10**9),
+                "container_ids": ["MSCU1234565"],
+                "exporter_id": None,
+                "gd_number": None,
+            }
             move = {"port": port, "terminal": "T1", "container_id": "MSCU1234565", "vessel": None}
             out += [
                 _event(contracts.CUSTOMS, cid, "FBR-CUSTOMS", prov, "FILED", t, rng, **cust),
                 _event(contracts.CUSTOMS, cid, "FBR-CUSTOMS", prov, "CLEARED", cleared, rng, **cust),
-                _event(contracts.PERMITS, cid, TRANSPORT[prov], prov, "ISSUED", issued, rng,
-                       from_province=prov, to_province="PK-SD", vehicle_reg="LES-1234"),
+                _event(
+                    contracts.PERMITS,
+                    cid,
+                    TRANSPORT[prov],
+                    prov,
+                    "ISSUED",
+                    issued,
+                    rng,
+                    from_province=prov,
+                    to_province="PK-SD",
+                    vehicle_reg="LES-1234",
+                ),
                 _event(contracts.PORTS, cid, PORT_AGENCY[port], prov, "GATE_IN", gate, rng, **move),
                 _event(contracts.PORTS, cid, PORT_AGENCY[port], prov, "LOADED", loaded, rng, **move),
             ]
@@ -78,8 +114,16 @@ def generate(n_events: int, seed: int = 7, events_per_day: int = 55_000) -> list
             out += [
                 _event(contracts.REBATES, cid, "FBR-DRAWBACK", prov, "FILED", t, rng, **amount),
                 _event(contracts.REBATES, cid, "FBR-DRAWBACK", prov, "AUDIT_STARTED", audit, rng, **amount),
-                _event(contracts.REBATES, cid, "FBR-DRAWBACK", prov, "PAID" if rng.random() < 0.9 else "REJECTED",
-                       end, rng, **amount),
+                _event(
+                    contracts.REBATES,
+                    cid,
+                    "FBR-DRAWBACK",
+                    prov,
+                    "PAID" if rng.random() < 0.9 else "REJECTED",
+                    end,
+                    rng,
+                    **amount,
+                ),
             ]
         else:
             cid = f"NRG-{i}"
@@ -88,17 +132,28 @@ def generate(n_events: int, seed: int = 7, events_per_day: int = 55_000) -> list
             out += [
                 _event(contracts.ENERGY, cid, "NEPRA", "PK-IS", "DETERMINED", t, rng, **extra),
                 _event(contracts.ENERGY, cid, "MOE-POWER", "PK-IS", "NOTIFIED", notified, rng, **extra),
-                _event(contracts.ENERGY, cid, "MOE-POWER", "PK-IS", "EFFECTIVE", notified + 7 * HOUR, rng, **extra),
+                _event(
+                    contracts.ENERGY,
+                    cid,
+                    "MOE-POWER",
+                    "PK-IS",
+                    "EFFECTIVE",
+                    notified + 7 * HOUR,
+                    rng,
+                    **extra,
+                ),
             ]
     out.sort(key=lambda e: e[1]["published_at"])
-    out = out[:n_events - n_events // 100]
+    out = out[: n_events - n_events // 100]
     for _ in range(n_events // 100):  # re-sends arrive a little after the original
         i = rng.randrange(len(out))
         out.insert(min(len(out), i + rng.randint(1, 500)), out[i])
     return out
 
 
-def run(n_events: int = 200_000, batch_size: int = 2000, partitions: int = 6, tick_every: int = 8) -> dict[str, Any]:
+def run(
+    n_events: int = 200_000, batch_size: int = 2000, partitions: int = 6, tick_every: int = 8
+) -> dict[str, Any]:
     missions = load_missions(DEFAULT_MISSIONS_FILE)
     settings = Settings(grace_ms=HOUR)
     codec = Codec()
@@ -118,8 +173,8 @@ def run(n_events: int = 200_000, batch_size: int = 2000, partitions: int = 6, ti
     hop1_s = hop2_s = timers_s = 0.0
     started = time.perf_counter()
     for b, i in enumerate(range(0, len(msgs), batch_size)):
-        batch = msgs[i:i + batch_size]
-        now = max(raw["published_at"] for _, raw in events[i:i + batch_size])
+        batch = msgs[i : i + batch_size]
+        now = max(raw["published_at"] for _, raw in events[i : i + batch_size])
         t0 = time.perf_counter()
         out1 = journeys.process(batch, case_states, now)
         t1 = time.perf_counter()

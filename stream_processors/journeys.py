@@ -23,19 +23,20 @@ a completion between windows or groups exactly.
 **Eviction.** A case whose instances are all CLOSED or CANCELLED (and that holds no end or
 cancel waiting for its start) is *complete*. Once the engine's watermark (newest occurred_at
 seen) passes the case's newest event time + ``case_retention_ms``, its state is replaced by a
-tombstone: the bare integer watermark at eviction. Events for a tombstoned case are not folded
-in: one that marks a stage boundary goes to the dead letters with reason ``evicted_case`` (so
-it cannot re-open a finished case, and nothing is lost); any other event only counts for its
-feed's freshness. Tombstones are deleted ``tombstone_retention_ms`` later, so state stays
+tombstone ``{"x": watermark at eviction, "h": [first 8 hex digits of each event_id]}``. Events
+for a tombstoned case are not folded in: a re-sent one (its id prefix is in ``h``) is a
+duplicate; a new one that marks a stage boundary goes to the dead letters with reason
+``evicted_case`` (so it cannot re-open a finished case, and nothing is lost); any other new
+event only counts for its feed's freshness. Tombstones are deleted ``tombstone_retention_ms`` later, so state stays
 bounded by the traffic of the retention periods, not by history.
 """
 
 from __future__ import annotations
 
 import heapq
-from hashlib import sha1
 from collections.abc import Sequence
 from dataclasses import dataclass
+from hashlib import sha1
 from typing import Any
 
 from backbone.config import Settings
@@ -108,9 +109,17 @@ def stage_infos(missions: Missions) -> dict[str, StageInfo]:
             raise ValueError(f"stage ids of {m}|{j}|{s} and {out[key].group_prefix} collide; rename one")
         start_fields = contracts.current(stage.start.topic).field_names
         out[key] = StageInfo(
-            key=key, group_prefix=f"{m}|{j}|{s}|", mission=m, journey=j, stage=s, name=stage.name,
-            sla_ms=stage.sla_ms, has_port="port" in start_fields, money_field=stage.money_field,
-            owner_by_port=dict(stage.owner_by_port), owner_by_province=dict(stage.owner_by_province),
+            key=key,
+            group_prefix=f"{m}|{j}|{s}|",
+            mission=m,
+            journey=j,
+            stage=s,
+            name=stage.name,
+            sla_ms=stage.sla_ms,
+            has_port="port" in start_fields,
+            money_field=stage.money_field,
+            owner_by_port=dict(stage.owner_by_port),
+            owner_by_province=dict(stage.owner_by_province),
             default_owner=stage.owner,
         )
     return out
@@ -154,7 +163,8 @@ class JourneyEngine:
         self.registry = registry or default_registry()
         self.max_future_skew_ms = settings.max_future_skew_ms
         self.case_retention_ms = (
-            case_retention_ms if case_retention_ms is not None
+            case_retention_ms
+            if case_retention_ms is not None
             else max(2 * settings.grace_ms, DEFAULT_MIN_CASE_RETENTION_MS)
         )
         self.tombstone_retention_ms = tombstone_retention_ms
@@ -179,8 +189,9 @@ class JourneyEngine:
         batch_max = self.watermark_ms
         for case_id, events in by_case.items():
             state = states.get(case_id)
-            if isinstance(state, int):
-                self._tombstoned(case_id, events, feeds, now_ms, out)
+            if state is not None and "x" in state:
+                self._tombstoned(case_id, state, events, feeds, now_ms, out)
+                states[case_id] = state
                 continue
             if state is None:
                 state = {"e": [], "i": {}, "lt": 0}
@@ -243,15 +254,20 @@ class JourneyEngine:
             try:
                 validate_event(msg.topic, raw, now_ms if ts is None or ts < now_ms else ts, registry, skew)
             except InvalidRecord as exc:
-                out.dead_letters.append(dead_letter(msg, "invalid_record", f"{exc.field}: {exc.reason}", now_ms))
+                out.dead_letters.append(
+                    dead_letter(msg, "invalid_record", f"{exc.field}: {exc.reason}", now_ms)
+                )
                 continue
             case_id: str = raw["case_id"]
             if msg.key is None or msg.key != case_id.encode():
-                out.dead_letters.append(dead_letter(
-                    msg, "case_id_key_mismatch",
-                    f"message key {msg.key!r:.80} differs from case_id {case_id!r}; events must be keyed by case_id",
-                    now_ms,
-                ))
+                out.dead_letters.append(
+                    dead_letter(
+                        msg,
+                        "case_id_key_mismatch",
+                        f"message key {msg.key!r:.80} differs from case_id {case_id!r}; events must be keyed by case_id",
+                        now_ms,
+                    )
+                )
                 continue
             events = by_case.get(case_id)
             if events is None:
@@ -279,7 +295,9 @@ class JourneyEngine:
         old = self._contribution(info, inst)
         if kind == START:
             started = inst[STARTED]
-            if started is not None and (occurred > started or (occurred == started and event_id >= inst[START_EID])):
+            if started is not None and (
+                occurred > started or (occurred == started and event_id >= inst[START_EID])
+            ):
                 return False
             inst[STARTED] = occurred
             inst[START_EID] = event_id
@@ -316,8 +334,11 @@ class JourneyEngine:
         if ended is not None:
             duration = ended - started if ended > started else 0
             return (
-                info.group_key(inst[PROVINCE], inst[PORT]), COMPLETION_FACT,
-                ended, duration, 1 if duration <= info.sla_ms else 0,
+                info.group_key(inst[PROVINCE], inst[PORT]),
+                COMPLETION_FACT,
+                ended,
+                duration,
+                1 if duration <= info.sla_ms else 0,
             )
         if inst[CANCELLED] is not None:
             return None
@@ -341,19 +362,29 @@ class JourneyEngine:
     def _tombstoned(
         self,
         case_id: str,
+        tombstone: dict[str, Any],
         events: list[tuple[InputMessage, dict[str, Any]]],
         feeds: dict[tuple[str, str, int], list[Any]],
         now_ms: int,
         out: Outputs,
     ) -> None:
+        seen: list[str] = tombstone["h"]
         for msg, raw in events:
+            prefix = raw["event_id"][:8]
+            if prefix in seen:
+                out.duplicates[msg.topic] = out.duplicates.get(msg.topic, 0) + 1
+                continue
+            seen.append(prefix)
             if self.boundaries.get((msg.topic, raw["status"])):
-                out.dead_letters.append(dead_letter(
-                    msg, EVICTED_CASE,
-                    f"case {case_id!r} completed and was evicted; a late {raw['status']} event "
-                    f"(event_id {raw['event_id']}) is parked here instead of re-opening it",
-                    now_ms,
-                ))
+                out.dead_letters.append(
+                    dead_letter(
+                        msg,
+                        EVICTED_CASE,
+                        f"case {case_id!r} completed and was evicted; a late {raw['status']} event "
+                        f"(event_id {raw['event_id']}) is parked here instead of re-opening it",
+                        now_ms,
+                    )
+                )
                 continue
             agency = raw["agency"]
             vk = (msg.topic, agency)
@@ -417,7 +448,9 @@ class JourneyEngine:
                 alerts.append(self._case_sla(case_id, info, inst, "FIRING", overdue, None, now_ms))
                 state = FIRING
             if state == FIRING:
-                alerts.append(self._case_sla(case_id, info, inst, "RESOLVED", max(0, overdue), cancelled, now_ms))
+                alerts.append(
+                    self._case_sla(case_id, info, inst, "RESOLVED", max(0, overdue), cancelled, now_ms)
+                )
                 state = RESOLVED
         elif state == NO_ALERT:
             overdue = now_ms - started - sla
@@ -433,7 +466,13 @@ class JourneyEngine:
 
     @staticmethod
     def _case_sla(
-        case_id: str, info: StageInfo, inst: list[Any], state: str, overdue: int, ends_at: int | None, now_ms: int
+        case_id: str,
+        info: StageInfo,
+        inst: list[Any],
+        state: str,
+        overdue: int,
+        ends_at: int | None,
+        now_ms: int,
     ) -> dict[str, Any]:
         started = inst[STARTED]
         province, port = inst[PROVINCE], inst[PORT]
@@ -445,7 +484,9 @@ class JourneyEngine:
                 f" at '{info.name}' ({owner}): {_fmt_duration(overdue)} past its {_fmt_duration(info.sla_ms)} SLA"
             )
         else:
-            summary = f"Case {case_id} left '{info.name}' ({owner}) after {_fmt_duration((ends_at or 0) - started)}"
+            summary = (
+                f"Case {case_id} left '{info.name}' ({owner}) after {_fmt_duration((ends_at or 0) - started)}"
+            )
         return {
             "alert_id": ids.case_sla_alert_id(rid),
             "kind": "CASE_SLA",
@@ -476,7 +517,7 @@ class JourneyEngine:
         while heap and heap[0][0] < now_ms:
             _, case_id, stage_key = heapq.heappop(heap)
             state = changed.get(case_id) or states.get(case_id)
-            if not isinstance(state, dict):
+            if not isinstance(state, dict) or "i" not in state:  # gone, or a tombstone
                 continue
             inst = state["i"].get(stage_key)
             info = self.stages.get(stage_key)
@@ -500,8 +541,8 @@ class JourneyEngine:
         while heap and heap[0][0] <= wm:
             _, case_id = heapq.heappop(heap)
             state = states.get(case_id)
-            if isinstance(state, int):
-                if state + self.tombstone_retention_ms <= wm:
+            if state is not None and "x" in state:
+                if state["x"] + self.tombstone_retention_ms <= wm:
                     del states[case_id]
                 continue
             if state is None or not is_complete(state):
@@ -510,7 +551,7 @@ class JourneyEngine:
             if due > wm or (exclude is not None and case_id in exclude):
                 deferred.append((max(due, wm + 1), case_id))
                 continue
-            states[case_id] = wm
+            states[case_id] = {"x": wm, "h": [event_id[:8] for event_id in state["e"]]}
             deferred.append((wm + self.tombstone_retention_ms, case_id))
         for entry in deferred:
             heapq.heappush(heap, entry)
@@ -521,8 +562,8 @@ class JourneyEngine:
         evictions: list[tuple[int, str]] = []
         wm = self.watermark_ms
         for case_id, state in list(states.items()):
-            if isinstance(state, int):
-                evictions.append((state + self.tombstone_retention_ms, case_id))
+            if isinstance(state, dict) and "x" in state:
+                evictions.append((state["x"] + self.tombstone_retention_ms, case_id))
                 continue
             if not isinstance(state, dict):
                 continue
@@ -530,8 +571,13 @@ class JourneyEngine:
                 wm = state["lt"]
             for key, inst in state["i"].items():
                 info = self.stages.get(key)
-                if (info is not None and inst[STARTED] is not None and inst[ALERT] == NO_ALERT
-                        and inst[ENDED] is None and inst[CANCELLED] is None):
+                if (
+                    info is not None
+                    and inst[STARTED] is not None
+                    and inst[ALERT] == NO_ALERT
+                    and inst[ENDED] is None
+                    and inst[CANCELLED] is None
+                ):
                     deadlines.append((inst[STARTED] + info.sla_ms, case_id, key))
             if is_complete(state):
                 evictions.append((state["lt"] + self.case_retention_ms, case_id))
@@ -541,7 +587,11 @@ class JourneyEngine:
 
 
 def _count_feed(
-    feeds: dict[tuple[str, str, int], list[Any]], agency: str, msg: InputMessage, raw: dict[str, Any], occurred: int
+    feeds: dict[tuple[str, str, int], list[Any]],
+    agency: str,
+    msg: InputMessage,
+    raw: dict[str, Any],
+    occurred: int,
 ) -> None:
     """Per (agency, topic, partition): [max offset, count, max occurred_at, max published_at, the
     set of event times (hop 2 finds silences in them)]."""

@@ -109,9 +109,11 @@ class KpiEngine:
         self._stages = {"|".join(ref.key): ref for ref in missions.stages}
         targets: dict[tuple[str, str], list[TargetRule]] = {}
         for mission, target, ref in missions.targets:
-            targets.setdefault((mission.id, ref.stage.id), []).append(TargetRule(
-                target.id, target.name, target.window, target.min_sla_compliance, target.min_completions
-            ))
+            targets.setdefault((mission.id, ref.stage.id), []).append(
+                TargetRule(
+                    target.id, target.name, target.window, target.min_sla_compliance, target.min_completions
+                )
+            )
         self._targets = {k: tuple(v) for k, v in targets.items()}
         self._groups: dict[str, GroupInfo | None] = {}
         self.watermark_ms: int | None = None
@@ -140,8 +142,15 @@ class KpiEngine:
             ref = self._stages.get(f"{g.mission}|{g.journey}|{g.stage}")
             if ref is not None:
                 info = GroupInfo(
-                    key, g.mission, g.journey, g.stage, g.owner_agency, g.province, g.port,
-                    ref.stage.money_field is not None, self._targets.get((g.mission, g.stage), ()),
+                    key,
+                    g.mission,
+                    g.journey,
+                    g.stage,
+                    g.owner_agency,
+                    g.province,
+                    g.port,
+                    ref.stage.money_field is not None,
+                    self._targets.get((g.mission, g.stage), ()),
                 )
         self._groups[key] = info
         return info
@@ -158,7 +167,9 @@ class KpiEngine:
             except ValueError as exc:
                 out.dead_letters.append(dead_letter(msg, "undecodable", str(exc), now_ms))
                 continue
-            if fb.watermark_ms is not None and (self.watermark_ms is None or fb.watermark_ms > self.watermark_ms):
+            if fb.watermark_ms is not None and (
+                self.watermark_ms is None or fb.watermark_ms > self.watermark_ms
+            ):
                 self.watermark_ms = fb.watermark_ms
             if key.startswith(FEED_KEY_PREFIX):
                 st = loaded.get(key) or states.get(key) or _new_feed()
@@ -168,9 +179,11 @@ class KpiEngine:
                 continue
             info = self.group(key)
             if info is None:
-                out.dead_letters.append(dead_letter(
-                    msg, "unknown_group", f"facts key {key!r} names no stage of the missions file", now_ms
-                ))
+                out.dead_letters.append(
+                    dead_letter(
+                        msg, "unknown_group", f"facts key {key!r} names no stage of the missions file", now_ms
+                    )
+                )
                 continue
             st = loaded.get(key) or states.get(key) or _new_group()
             loaded[key] = st
@@ -303,7 +316,9 @@ class KpiEngine:
         if prev is None or expiry < prev:
             self._closed[skey] = expiry
 
-    def _apply_feed(self, key: str, st: dict[str, Any], facts: list[list[Any]], now_ms: int, out: Outputs) -> bool:
+    def _apply_feed(
+        self, key: str, st: dict[str, Any], facts: list[list[Any]], now_ms: int, out: Outputs
+    ) -> bool:
         """Fold feed facts; a silence longer than the threshold between the newest known event and
         the next one fires (if the timer has not already) and resolves FEED_SILENT."""
         src: dict[str, int] = st["src"]
@@ -327,7 +342,7 @@ class KpiEngine:
             return False
         src.update(applied)
         self._feeds.add(key)
-        agency = key[len(FEED_KEY_PREFIX):]
+        agency = key[len(FEED_KEY_PREFIX) :]
         threshold = self.missions.feeds.threshold_ms(agency)
         previous = st.get("prev")
         for t in sorted(times):
@@ -367,7 +382,7 @@ class KpiEngine:
     def _feed_row(self, key: str, st: dict[str, Any], now_ms: int) -> dict[str, Any]:
         st["v"] = version = ids.next_version(st["v"], now_ms)
         return {
-            "agency": key[len(FEED_KEY_PREFIX):],
+            "agency": key[len(FEED_KEY_PREFIX) :],
             "topic": st["t"],
             "last_occurred_at": st["lo"],
             "last_published_at": st["lp"],
@@ -454,7 +469,7 @@ class KpiEngine:
             if not isinstance(st, dict):
                 self._feeds.discard(key)
                 continue
-            agency = key[len(FEED_KEY_PREFIX):]
+            agency = key[len(FEED_KEY_PREFIX) :]
             silence = now_ms - st["lo"]
             threshold = self.missions.feeds.threshold_ms(agency)
             if st["fa"] is None and silence > threshold:
@@ -486,7 +501,13 @@ class KpiEngine:
                 del self._closed[skey]
 
     def _close_and_emit(
-        self, info: GroupInfo, st: dict[str, Any], wm: int | None, states: StateStore, now_ms: int, out: Outputs
+        self,
+        info: GroupInfo,
+        st: dict[str, Any],
+        wm: int | None,
+        states: StateStore,
+        now_ms: int,
+        out: Outputs,
     ) -> None:
         dirty: dict[str, dict[str, int]] = st["d"]
         for spec in self.specs:
@@ -497,8 +518,12 @@ class KpiEngine:
             closing: list[int] = []
             if last_closed is not None and panes:
                 pane_starts = [int(p) for p in panes]
-                candidates = spec.windows_of_panes(p for p in pane_starts if p - spec.size_ms + spec.step_ms <= last_closed)
-                closing = [s for s in candidates if s <= last_closed and (prev_closed is None or s > prev_closed)]
+                candidates = spec.windows_of_panes(
+                    p for p in pane_starts if p - spec.size_ms + spec.step_ms <= last_closed
+                )
+                closing = [
+                    s for s in candidates if s <= last_closed and (prev_closed is None or s > prev_closed)
+                ]
             if closing:
                 skey = f"{info.key}{SUMMARY_SEP}{spec.name}"
                 closed = states.get(skey) or {"s": {}, "src": {}}
@@ -507,7 +532,9 @@ class KpiEngine:
                     out.kpi_windows.append(row)
                     closed["s"][str(start)] = summary
                     self._evaluate_targets(info, spec, start, summary, st, now_ms, out)
-                self._note_closed(skey, closing[0] + spec.size_ms + self.grace_ms + self.closed_window_retention_ms)
+                self._note_closed(
+                    skey, closing[0] + spec.size_ms + self.grace_ms + self.closed_window_retention_ms
+                )
                 states[skey] = closed
             if changed:
                 emit = [s for s in spec.windows_of_panes(changed) if last_closed is None or s > last_closed]
@@ -548,12 +575,16 @@ class KpiEngine:
             if compliance < rule.min_sla_compliance and episode is None:
                 alert_id = ids.kpi_target_alert_id(rule.id, info.key, start)
                 st["kt"][rule.id] = [alert_id, end]
-                out.alerts.append(self._target_alert(info, rule, alert_id, "FIRING", end, None, compliance, n, now_ms))
+                out.alerts.append(
+                    self._target_alert(info, rule, alert_id, "FIRING", end, None, compliance, n, now_ms)
+                )
             elif compliance >= rule.min_sla_compliance and episode is not None:
                 del st["kt"][rule.id]
-                out.alerts.append(self._target_alert(
-                    info, rule, episode[0], "RESOLVED", episode[1], end, compliance, n, now_ms
-                ))
+                out.alerts.append(
+                    self._target_alert(
+                        info, rule, episode[0], "RESOLVED", episode[1], end, compliance, n, now_ms
+                    )
+                )
 
     @staticmethod
     def _target_alert(
@@ -597,7 +628,7 @@ class KpiEngine:
     def _feed_alert(
         self, key: str, st: dict[str, Any], state: str, ends_at: int | None, value: float, now_ms: int
     ) -> dict[str, Any]:
-        agency = key[len(FEED_KEY_PREFIX):]
+        agency = key[len(FEED_KEY_PREFIX) :]
         alert_id, starts_at, silent_since = st["fa"]
         threshold = self.missions.feeds.threshold_ms(agency)
         entry = self.registry.agencies.get(agency)

@@ -63,8 +63,14 @@ def event(
         "published_at": published_at if published_at is not None else occurred_at,
     }
     if topic == contracts.CUSTOMS:
-        rec.update(port=port, hs_code="5205", declared_value_pkr=amount, container_ids=["MSCU1234565"],
-                   exporter_id="1234567-8", gd_number=None)
+        rec.update(
+            port=port,
+            hs_code="5205",
+            declared_value_pkr=amount,
+            container_ids=["MSCU1234565"],
+            exporter_id="1234567-8",
+            gd_number=None,
+        )
     elif topic == contracts.PERMITS:
         rec.update(from_province=province, to_province="PK-SD", vehicle_reg="LES-1234")
     elif topic == contracts.PORTS:
@@ -154,11 +160,25 @@ def latest(rows: list[dict[str, Any]], id_field: str) -> dict[str, dict[str, Any
     return out
 
 
-C, P, PORTS, R, E = (contracts.CUSTOMS, contracts.PERMITS, contracts.PORTS, contracts.REBATES, contracts.ENERGY)
+C, P, PORTS, R, E = (
+    contracts.CUSTOMS,
+    contracts.PERMITS,
+    contracts.PORTS,
+    contracts.REBATES,
+    contracts.ENERGY,
+)
 
 
-def export_case(case_id: str, t: int, *, province: str = "PK-PB", port: str = "KPT",
-                customs_h: float = 10, handoff_h: float = 5, port_h: float = 20) -> list[tuple[str, dict[str, Any]]]:
+def export_case(
+    case_id: str,
+    t: int,
+    *,
+    province: str = "PK-PB",
+    port: str = "KPT",
+    customs_h: float = 10,
+    handoff_h: float = 5,
+    port_h: float = 20,
+) -> list[tuple[str, dict[str, Any]]]:
     """FILED → CLEARED → ISSUED → GATE_IN → LOADED with the given stage durations (hours)."""
     cleared = t + int(customs_h * HOUR)
     issued = cleared + int(handoff_h * HOUR)

@@ -23,6 +23,7 @@ from engine_fixtures import (
     event,
     export_case,
 )
+
 from stream_processors.api import InputMessage
 
 EXPORT = ("export_competitiveness", "export_shipment")
@@ -43,15 +44,27 @@ def case_sla(alerts: list[dict]) -> list[dict]:
 def view(p: Pipeline) -> dict[str, tuple]:
     """Latest records without versions: what must not depend on arrival order."""
     return {
-        k: (r["state"], r["started_at"], r["ended_at"], r["duration_ms"], r["sla_met"], r["owner_agency"],
-            r["province"], r["port"], r["amount_pkr"])
+        k: (
+            r["state"],
+            r["started_at"],
+            r["ended_at"],
+            r["duration_ms"],
+            r["sla_met"],
+            r["owner_agency"],
+            r["province"],
+            r["port"],
+            r["amount_pkr"],
+        )
         for k, r in p.records().items()
     }
 
 
 def test_an_export_case_in_order_gives_one_record_per_stage_with_owner_duration_and_sla() -> None:
     p = Pipeline()
-    p.push(export_case("EXP-1", T0, province="PK-SD", port="PQA", customs_h=10, handoff_h=13, port_h=20), T0 + 3 * DAY)
+    p.push(
+        export_case("EXP-1", T0, province="PK-SD", port="PQA", customs_h=10, handoff_h=13, port_h=20),
+        T0 + 3 * DAY,
+    )
     recs = p.records()
     cleared, issued = T0 + 10 * HOUR, T0 + 23 * HOUR
     gate_in, loaded = issued + HOUR, issued + 21 * HOUR
@@ -72,8 +85,13 @@ def test_an_export_case_in_order_gives_one_record_per_stage_with_owner_duration_
 def test_arrival_order_and_batching_do_not_change_the_records() -> None:
     events = []
     for i in range(30):
-        events += export_case(f"EXP-{i}", T0 + i * HOUR, province=random.Random(i).choice(["PK-PB", "PK-SD"]),
-                              customs_h=5 + i, handoff_h=1 + i % 7)
+        events += export_case(
+            f"EXP-{i}",
+            T0 + i * HOUR,
+            province=random.Random(i).choice(["PK-PB", "PK-SD"]),
+            customs_h=5 + i,
+            handoff_h=1 + i % 7,
+        )
     in_order = Pipeline()
     in_order.push(events, T0 + 10 * DAY)
     for seed in range(3):
@@ -81,7 +99,7 @@ def test_arrival_order_and_batching_do_not_change_the_records() -> None:
         random.Random(seed).shuffle(shuffled)
         p = Pipeline()
         for i in range(0, len(shuffled), 17):
-            p.push(shuffled[i:i + 17], T0 + 10 * DAY)
+            p.push(shuffled[i : i + 17], T0 + 10 * DAY)
         assert view(p) == view(in_order)
 
 
@@ -105,20 +123,31 @@ def test_duplicates_are_counted_once_within_and_across_batches() -> None:
     assert p.out.duplicates == {C: 3}
     assert p.out.valid_events == {(C, "FBR-CUSTOMS"): 2}
     p.tick(T0 + 3 * HOUR)
-    one_minute = [w for w in p.windows().values() if w["window"] == "1m" and w["stage"] == "customs_clearance"]
+    one_minute = [
+        w for w in p.windows().values() if w["window"] == "1m" and w["stage"] == "customs_clearance"
+    ]
     assert [w["completions"] for w in one_minute] == [1]
 
 
 def test_an_earlier_start_arriving_later_corrects_the_record_and_its_owner() -> None:
     p = Pipeline()
-    p.push([(C, event(C, "EXP-1", "CLEARED", T0 + 10 * HOUR, province="PK-PB")),
-            (P, event(P, "EXP-1", "ISSUED", T0 + 12 * HOUR))], T0 + 13 * HOUR)
+    p.push(
+        [
+            (C, event(C, "EXP-1", "CLEARED", T0 + 10 * HOUR, province="PK-PB")),
+            (P, event(P, "EXP-1", "ISSUED", T0 + 12 * HOUR)),
+        ],
+        T0 + 13 * HOUR,
+    )
     before = p.records()[rid("EXP-1", "permit_handoff")]
     assert before["owner_agency"] == "PB-TRANSPORT" and before["duration_ms"] == 2 * HOUR
     # A CLEARED event re-sent with a different id and an earlier time, from Sindh: the earliest start wins.
     out = p.push([(C, event(C, "EXP-1", "CLEARED", T0 + 9 * HOUR, province="PK-SD"))], T0 + 13 * HOUR)
     after = p.records()[rid("EXP-1", "permit_handoff")]
-    assert (after["owner_agency"], after["province"], after["duration_ms"]) == ("SD-TRANSPORT", "PK-SD", 3 * HOUR)
+    assert (after["owner_agency"], after["province"], after["duration_ms"]) == (
+        "SD-TRANSPORT",
+        "PK-SD",
+        3 * HOUR,
+    )
     assert after["version"] > before["version"]
     # A later start changes nothing and emits nothing for that stage.
     out = p.push([(C, event(C, "EXP-1", "CLEARED", T0 + 11 * HOUR, province="PK-KP"))], T0 + 13 * HOUR)
@@ -161,8 +190,14 @@ def test_undecodable_invalid_and_mis_keyed_messages_go_to_dead_letters_with_a_re
     msgs.append(InputMessage(C, wrong_key.partition, 102, b"OTHER", wrong_key.value, None))
     out = p.push_messages(msgs, T0 + HOUR)
     reasons = {(d["offset"], d["reason"]) for d in out.dead_letters}
-    assert {r for _, r in reasons} == {"invalid_record", "undecodable", "bad_framing", "empty", "unknown_schema",
-                                       "case_id_key_mismatch"}
+    assert {r for _, r in reasons} == {
+        "invalid_record",
+        "undecodable",
+        "bad_framing",
+        "empty",
+        "unknown_schema",
+        "case_id_key_mismatch",
+    }
     details = {d["reason"]: d["detail"] for d in out.dead_letters if d["reason"] == "invalid_record"}
     assert "province" in details["invalid_record"] or "occurred_at" in details["invalid_record"]
     assert sum(1 for d in out.dead_letters if d["reason"] == "invalid_record") == 2
@@ -183,7 +218,12 @@ def test_a_stalled_case_fires_once_from_the_sweep_and_resolves_once_when_it_ends
     assert [(a["alert_id"], a["state"], a["case_id"]) for a in fired] == [(alert_id, "FIRING", "EXP-1")]
     a = fired[0]
     assert (a["starts_at"], a["waiting_since"], a["agency"], a["value"], a["threshold"]) == (
-        T0 + 24 * HOUR, T0, "FBR-CUSTOMS", 1.0, 24.0 * HOUR)
+        T0 + 24 * HOUR,
+        T0,
+        "FBR-CUSTOMS",
+        1.0,
+        24.0 * HOUR,
+    )
     assert a["severity"] == "warning"
     assert case_sla(p.tick(T0 + 30 * HOUR).alerts) == [] and case_sla(p.tick(T0 + 60 * HOUR).alerts) == []
     out = p.push([(C, event(C, "EXP-1", "CLEARED", T0 + 50 * HOUR))], T0 + 61 * HOUR)
@@ -208,10 +248,14 @@ def test_a_never_completing_case_is_critical_once_overdue_by_twice_its_sla_and_s
 
 def test_a_stage_that_completed_late_before_any_sweep_fires_and_resolves_in_one_go() -> None:
     p = Pipeline()
-    out = p.push([(C, event(C, "EXP-1", "FILED", T0)), (C, event(C, "EXP-1", "CLEARED", T0 + 30 * HOUR))],
-                 T0 + 31 * HOUR)
+    out = p.push(
+        [(C, event(C, "EXP-1", "FILED", T0)), (C, event(C, "EXP-1", "CLEARED", T0 + 30 * HOUR))],
+        T0 + 31 * HOUR,
+    )
     alert_id = sha1("CASE_SLA|" + rid("EXP-1", "customs_clearance"))
-    states = [(a["alert_id"], a["state"], a["value"]) for a in out.alerts if a["stage"] == "customs_clearance"]
+    states = [
+        (a["alert_id"], a["state"], a["value"]) for a in out.alerts if a["stage"] == "customs_clearance"
+    ]
     assert states == [(alert_id, "FIRING", 6.0 * HOUR), (alert_id, "RESOLVED", 6.0 * HOUR)]
     assert [a for a in case_sla(p.tick(T0 + 40 * HOUR).alerts) if a["stage"] == "customs_clearance"] == []
 
@@ -235,11 +279,19 @@ def test_completed_cases_are_evicted_so_state_stays_bounded_and_late_events_cann
         sizes.append(len(p.case_states))
     # Live cases are at most a day's worth, plus a day of tombstones: bounded, not growing with history.
     assert len(set(sizes[1:])) == 1 and sizes[-1] <= 2 * 40, sizes
-    tombstoned = next(k for k, v in p.case_states.items() if isinstance(v, int))
+    tombstoned = next(k for k, v in p.case_states.items() if "x" in v)
     out = p.push([(PORTS, event(PORTS, tombstoned, "LOADED", T0 + 6 * DAY))], T0 + 6 * DAY)
     assert [d["reason"] for d in out.dead_letters] == ["evicted_case"]
     assert out.stage_records == [] and out.facts == []
-    assert isinstance(p.case_states[tombstoned], int)
+    assert "x" in p.case_states[tombstoned]
+    # A re-sent event of an evicted case is still recognised as a duplicate.
+    p2 = Pipeline(case_retention_ms=HOUR)
+    case = export_case("EXP-A", T0, customs_h=1, handoff_h=1, port_h=1)
+    p2.push(case, T0 + 4 * HOUR)
+    p2.push(export_case("EXP-B", T0 + DAY), T0 + DAY)
+    assert "x" in p2.case_states["EXP-A"]
+    out = p2.push(case[:2], T0 + 2 * DAY)
+    assert out.duplicates == {C: 2} and out.dead_letters == [] and out.stage_records == []
 
 
 def test_reprocessing_a_batch_after_a_crash_emits_the_same_facts_and_records() -> None:
@@ -264,10 +316,16 @@ def test_reprocessing_a_batch_after_a_crash_emits_the_same_facts_and_records() -
 
 def test_a_case_cancelled_after_waiting_past_its_sla_fires_and_resolves_at_the_cancel() -> None:
     p = Pipeline()
-    out = p.push([(R, event(R, "RBT-1", "FILED", T0)), (R, event(R, "RBT-1", "REJECTED", T0 + 40 * DAY))],
-                 T0 + 40 * DAY)
+    out = p.push(
+        [(R, event(R, "RBT-1", "FILED", T0)), (R, event(R, "RBT-1", "REJECTED", T0 + 40 * DAY))],
+        T0 + 40 * DAY,
+    )
     alert_id = sha1("CASE_SLA|" + rid("RBT-1", "rebate_payment", "export_competitiveness", "rebate_claim"))
     assert [(a["alert_id"], a["state"], a["ends_at"]) for a in case_sla(out.alerts)] == [
-        (alert_id, "FIRING", None), (alert_id, "RESOLVED", T0 + 40 * DAY)]
-    quick = p.push([(R, event(R, "RBT-2", "FILED", T0)), (R, event(R, "RBT-2", "REJECTED", T0 + DAY))], T0 + 40 * DAY)
+        (alert_id, "FIRING", None),
+        (alert_id, "RESOLVED", T0 + 40 * DAY),
+    ]
+    quick = p.push(
+        [(R, event(R, "RBT-2", "FILED", T0)), (R, event(R, "RBT-2", "REJECTED", T0 + DAY))], T0 + 40 * DAY
+    )
     assert case_sla(quick.alerts) == []

@@ -12,7 +12,9 @@ import math
 from collections import defaultdict
 from typing import Any
 
+import pytest
 from engine_fixtures import DAY, HOUR, MIN, T0, C, Pipeline, R, event, export_case
+
 from stream_processors.kpis import KpiEngine
 
 CUSTOMS_GROUP = "export_competitiveness|export_shipment|customs_clearance|FBR-CUSTOMS|PK-PB|KPT"
@@ -47,8 +49,11 @@ def expected_windows(completions: list[tuple[int, int, int]]) -> dict[tuple[str,
 
 
 def windows_of(p: Pipeline, stage: str = "customs_clearance") -> dict[tuple[str, int], dict[str, Any]]:
-    return {(w["window"], w["window_start"]): w for w in p.windows().values()
-            if w["stage"] == stage and w["completions"] > 0}
+    return {
+        (w["window"], w["window_start"]): w
+        for w in p.windows().values()
+        if w["stage"] == stage and w["completions"] > 0
+    }
 
 
 def assert_windows_match(p: Pipeline, completions: list[tuple[int, int, int]]) -> None:
@@ -59,10 +64,14 @@ def assert_windows_match(p: Pipeline, completions: list[tuple[int, int, int]]) -
         g = got[key]
         assert (g["completions"], g["sla_met"]) == (w["completions"], w["sla_met"]), key
         assert math.isclose(g["mean_ms"], w["mean_ms"])
-        assert abs(g["p50_ms"] - w["p50"]) <= 0.01 * w["p50"] and abs(g["p90_ms"] - w["p90"]) <= 0.01 * w["p90"]
+        assert (
+            abs(g["p50_ms"] - w["p50"]) <= 0.01 * w["p50"] and abs(g["p90_ms"] - w["p90"]) <= 0.01 * w["p90"]
+        )
         assert g["sla_compliance"] == w["sla_met"] / w["completions"]
         assert math.isclose(g["throughput_per_h"], w["completions"] / (WINDOWS[key[0]][0] / HOUR))
-        group = "|".join((g["mission"], g["journey"], g["stage"], g["owner_agency"], g["province"], g["port"]))
+        group = "|".join(
+            (g["mission"], g["journey"], g["stage"], g["owner_agency"], g["province"], g["port"])
+        )
         assert g["kpi_id"] == sha1(f"{key[0]}|{key[1]}|{group}")
         assert g["window_end"] == key[1] + WINDOWS[key[0]][0]
 
@@ -75,7 +84,10 @@ def customs_cases(n: int, seed: int = 1) -> tuple[list[tuple[str, dict]], list[t
     for i in range(n):
         filed = T0 + rng.randint(0, 6 * HOUR)
         duration = rng.choice([0, rng.randint(1, 40 * HOUR)])
-        events += [(C, event(C, f"EXP-{i}", "FILED", filed)), (C, event(C, f"EXP-{i}", "CLEARED", filed + duration))]
+        events += [
+            (C, event(C, f"EXP-{i}", "FILED", filed)),
+            (C, event(C, f"EXP-{i}", "CLEARED", filed + duration)),
+        ]
         completions.append((filed + duration, duration, 24 * HOUR))
     return events, completions
 
@@ -88,7 +100,7 @@ def test_windows_equal_a_brute_force_computation_whatever_the_arrival_order() ->
     p = Pipeline()  # grace 1h, while the shuffle spreads events over ~46 h: use a huge grace instead
     p = Pipeline(settings=p.settings.model_copy(update={"grace_ms": 100 * DAY}))
     for i in range(0, len(events), 25):
-        p.push(events[i:i + 25], T0 + 3 * DAY)
+        p.push(events[i : i + 25], T0 + 3 * DAY)
         p.tick(T0 + 3 * DAY)
     assert_windows_match(p, completions)
     assert sum(p.out.late_events.values()) == 0
@@ -98,8 +110,14 @@ def test_closed_windows_are_final_and_later_completions_are_counted_as_late() ->
     p = Pipeline()  # grace 1 hour
     p.push([(C, event(C, "A", "FILED", T0)), (C, event(C, "A", "CLEARED", T0 + 10 * MIN))], T0 + 10 * MIN)
     # Within the grace an out-of-order completion for the same minute is folded in.
-    p.push([(C, event(C, "B", "FILED", T0 + 5 * MIN)), (C, event(C, "B", "CLEARED", T0 + 10 * MIN + 30_000)),
-            (C, event(C, "X", "FILED", T0 + 70 * MIN))], T0 + 70 * MIN)
+    p.push(
+        [
+            (C, event(C, "B", "FILED", T0 + 5 * MIN)),
+            (C, event(C, "B", "CLEARED", T0 + 10 * MIN + 30_000)),
+            (C, event(C, "X", "FILED", T0 + 70 * MIN)),
+        ],
+        T0 + 70 * MIN,
+    )
     p.tick(T0 + 70 * MIN)
     minute = windows_of(p)[("1m", T0 + 10 * MIN)]
     assert (minute["completions"], minute["late_events"]) == (2, 0)
@@ -107,8 +125,9 @@ def test_closed_windows_are_final_and_later_completions_are_counted_as_late() ->
     p.push([(C, event(C, "Y", "FILED", T0 + 3 * HOUR))], T0 + 3 * HOUR)
     closed = p.tick(T0 + 3 * HOUR)
     assert any(w["window"] == "1m" and w["window_start"] == T0 + 10 * MIN for w in closed.kpi_windows)
-    out = p.push([(C, event(C, "C", "FILED", T0)), (C, event(C, "C", "CLEARED", T0 + 10 * MIN + 1))],
-                 T0 + 3 * HOUR)
+    out = p.push(
+        [(C, event(C, "C", "FILED", T0)), (C, event(C, "C", "CLEARED", T0 + 10 * MIN + 1))], T0 + 3 * HOUR
+    )
     minute = windows_of(p)[("1m", T0 + 10 * MIN)]
     assert (minute["completions"], minute["late_events"]) == (2, 1)  # re-emitted, not folded in
     assert out.late_events == {("export_competitiveness", "customs_clearance"): 1}
@@ -134,8 +153,14 @@ def test_a_correction_moves_a_completion_between_windows() -> None:
 
 def test_backlog_counts_open_cases_their_oldest_start_and_money_locked() -> None:
     p = Pipeline()
-    p.push([(R, event(R, "R1", "FILED", T0, amount=100_00)), (R, event(R, "R2", "FILED", T0 + HOUR, amount=250_50)),
-            (R, event(R, "R3", "FILED", T0 + 2 * HOUR, amount=1_00))], T0 + 2 * HOUR)
+    p.push(
+        [
+            (R, event(R, "R1", "FILED", T0, amount=100_00)),
+            (R, event(R, "R2", "FILED", T0 + HOUR, amount=250_50)),
+            (R, event(R, "R3", "FILED", T0 + 2 * HOUR, amount=1_00)),
+        ],
+        T0 + 2 * HOUR,
+    )
     rebate_group = "export_competitiveness|rebate_claim|rebate_payment|FBR-DRAWBACK|PK-PB|"
     b = p.backlog()[sha1(rebate_group)]
     assert (b["open_cases"], b["oldest_started_at"], b["amount_pkr_open"]) == (3, T0, 351_50)
@@ -168,14 +193,14 @@ def test_replaying_facts_after_a_crash_leaves_the_kpi_state_unchanged() -> None:
     events += [(R, event(R, "R1", "FILED", T0)), (R, event(R, "R1", "PAID", T0 + 10 * HOUR))]
     p = Pipeline()
     for i in range(0, len(events), 9):
-        p.push(events[i:i + 9], T0 + 3 * DAY)
+        p.push(events[i : i + 9], T0 + 3 * DAY)
     uninterrupted = kpi_snapshot(p.kpi_states)
     # A worker that crashed after applying the facts but before committing re-reads them from an
     # earlier offset: every fact it had applied is skipped.
     restarted = KpiEngine(p.missions, p.settings)
     restarted.rebuild_index(p.kpi_states)
     msgs = p.fact_messages
-    restarted.apply(msgs[len(msgs) // 3:], p.kpi_states, T0 + 3 * DAY)
+    restarted.apply(msgs[len(msgs) // 3 :], p.kpi_states, T0 + 3 * DAY)
     restarted.apply(msgs, p.kpi_states, T0 + 3 * DAY)
     assert kpi_snapshot(p.kpi_states) == uninterrupted
     # The same holds for windows closed by ticks in between.
@@ -193,7 +218,10 @@ def test_kpi_target_fires_on_the_first_breached_window_and_resolves_on_the_next_
     ends = [T0 - 20 * HOUR + i * MIN for i in range(6)]
     for i, cleared in enumerate(ends):
         duration = 30 * HOUR if i < 2 else 2 * HOUR
-        events += [(C, event(C, f"A{i}", "FILED", cleared - duration)), (C, event(C, f"A{i}", "CLEARED", cleared))]
+        events += [
+            (C, event(C, f"A{i}", "FILED", cleared - duration)),
+            (C, event(C, f"A{i}", "CLEARED", cleared)),
+        ]
     p.push(events, T0)
     target = "customs_within_24h"
     fired = []
@@ -212,34 +240,49 @@ def test_kpi_target_fires_on_the_first_breached_window_and_resolves_on_the_next_
     # Now a good day: 5 fast clearances; the next closed window meeting the target resolves it.
     good = []
     for i in range(5):
-        good += [(C, event(C, f"G{i}", "FILED", T0 + 60 * HOUR + i * MIN)),
-                 (C, event(C, f"G{i}", "CLEARED", T0 + 61 * HOUR + i * MIN))]
+        good += [
+            (C, event(C, f"G{i}", "FILED", T0 + 60 * HOUR + i * MIN)),
+            (C, event(C, f"G{i}", "CLEARED", T0 + 61 * HOUR + i * MIN)),
+        ]
     p.push(good, T0 + 62 * HOUR)
     resolved = []
     for hour in range(62, 110):
         p.push([(C, event(C, f"t{hour}", "FILED", T0 + hour * HOUR))], T0 + hour * HOUR)
         resolved += [a for a in p.tick(T0 + hour * HOUR).alerts if a["kind"] == "KPI_TARGET"]
     assert [(a["alert_id"], a["state"]) for a in resolved] == [(first_bad["alert_id"], "RESOLVED")]
-    assert resolved[0]["starts_at"] == first_bad["starts_at"] and resolved[0]["ends_at"] > first_bad["starts_at"]
+    assert (
+        resolved[0]["starts_at"] == first_bad["starts_at"] and resolved[0]["ends_at"] > first_bad["starts_at"]
+    )
 
 
 def test_feed_freshness_and_feed_silent_fire_once_per_silence_and_resolve_on_a_new_event() -> None:
     p = Pipeline()
-    out = p.push([(R, event(R, "R1", "FILED", T0, published_at=T0 + 5_000)),
-                  (R, event(R, "R2", "FILED", T0 - HOUR, published_at=T0 + 9_000))], T0 + MIN)
+    out = p.push(
+        [
+            (R, event(R, "R1", "FILED", T0, published_at=T0 + 5_000)),
+            (R, event(R, "R2", "FILED", T0 - HOUR, published_at=T0 + 9_000)),
+        ],
+        T0 + MIN,
+    )
     fresh = {f["agency"]: f for f in out.feed_freshness}["FBR-DRAWBACK"]
     assert (fresh["last_occurred_at"], fresh["last_published_at"], fresh["events_total"], fresh["topic"]) == (
-        T0, T0 + 9_000, 2, R)  # the newest occurred_at, the newest published_at
+        T0,
+        T0 + 9_000,
+        2,
+        R,
+    )  # the newest occurred_at, the newest published_at
     threshold = 6 * HOUR  # feeds.silence.FBR-DRAWBACK in config/missions.yaml
     assert [a for a in p.tick(T0 + threshold).alerts if a["kind"] == "FEED_SILENT"] == []
     fired = [a for a in p.tick(T0 + threshold + 1).alerts if a["kind"] == "FEED_SILENT"]
     assert [(a["alert_id"], a["state"], a["agency"]) for a in fired] == [
-        (sha1(f"FEED_SILENT|FBR-DRAWBACK|{T0}"), "FIRING", "FBR-DRAWBACK")]
+        (sha1(f"FEED_SILENT|FBR-DRAWBACK|{T0}"), "FIRING", "FBR-DRAWBACK")
+    ]
     assert fired[0]["starts_at"] == T0 + threshold
     assert [a for a in p.tick(T0 + 2 * threshold).alerts if a["kind"] == "FEED_SILENT"] == []
     out = p.push([(R, event(R, "R3", "FILED", T0 + DAY))], T0 + DAY)
     assert [(a["alert_id"], a["state"], a["ends_at"]) for a in out.alerts if a["kind"] == "FEED_SILENT"] == [
-        (fired[0]["alert_id"], "RESOLVED", T0 + DAY)]
+        (fired[0]["alert_id"], "RESOLVED", T0 + DAY)
+    ]
     again = [a for a in p.tick(T0 + DAY + threshold + 1).alerts if a["kind"] == "FEED_SILENT"]
     assert [a["alert_id"] for a in again] == [sha1(f"FEED_SILENT|FBR-DRAWBACK|{T0 + DAY}")]
 
@@ -247,12 +290,24 @@ def test_feed_freshness_and_feed_silent_fire_once_per_silence_and_resolve_on_a_n
 def test_a_silence_seen_only_in_arriving_event_times_fires_and_resolves_at_once() -> None:
     p = Pipeline()
     threshold = 6 * HOUR
-    out = p.push([(R, event(R, "R1", "FILED", T0)), (R, event(R, "R2", "FILED", T0 + HOUR)),
-                  (R, event(R, "R3", "FILED", T0 + HOUR + threshold + 1))], T0 + 8 * HOUR)
-    silent = [(a["alert_id"], a["state"], a["starts_at"], a["ends_at"]) for a in out.alerts if a["kind"] == "FEED_SILENT"]
+    out = p.push(
+        [
+            (R, event(R, "R1", "FILED", T0)),
+            (R, event(R, "R2", "FILED", T0 + HOUR)),
+            (R, event(R, "R3", "FILED", T0 + HOUR + threshold + 1)),
+        ],
+        T0 + 8 * HOUR,
+    )
+    silent = [
+        (a["alert_id"], a["state"], a["starts_at"], a["ends_at"])
+        for a in out.alerts
+        if a["kind"] == "FEED_SILENT"
+    ]
     gap_id = sha1(f"FEED_SILENT|FBR-DRAWBACK|{T0 + HOUR}")
-    assert silent == [(gap_id, "FIRING", T0 + HOUR + threshold, None),
-                      (gap_id, "RESOLVED", T0 + HOUR + threshold, T0 + HOUR + threshold + 1)]
+    assert silent == [
+        (gap_id, "FIRING", T0 + HOUR + threshold, None),
+        (gap_id, "RESOLVED", T0 + HOUR + threshold, T0 + HOUR + threshold + 1),
+    ]
     # A gap of exactly the threshold is not a silence.
     out = p.push([(R, event(R, "R4", "FILED", T0 + HOUR + 2 * threshold + 1))], T0 + DAY)
     assert [a for a in out.alerts if a["kind"] == "FEED_SILENT"] == []
@@ -264,3 +319,256 @@ def test_a_group_whose_instances_closed_before_anyone_saw_them_open_still_has_a_
     p.push([(C, event(C, "A", "FILED", T0))], T0 + HOUR)
     b = p.backlog()[sha1(CUSTOMS_GROUP)]
     assert (b["open_cases"], b["oldest_started_at"]) == (0, None)
+
+
+# -- both engines against the independent oracle on seeded simulated traffic ------------------------
+
+
+def interleave(msgs_by_tp: dict[tuple[str, int], list], rng: Any) -> list:
+    """One consumer's view: each topic-partition in order, partitions interleaved in random chunks."""
+    queues = {tp: list(q) for tp, q in msgs_by_tp.items() if q}
+    out = []
+    while queues:
+        tp = rng.choice(sorted(queues))
+        q = queues[tp]
+        take = rng.randint(1, 10)
+        out += q[:take]
+        del q[:take]
+        if not q:
+            del queues[tp]
+    return out
+
+
+@pytest.mark.parametrize("interleaved", [False, True], ids=["delivery-order", "partitions-interleaved"])
+def test_both_engines_equal_the_oracle_on_a_seeded_simulated_stream(interleaved: bool) -> None:
+    import random
+    import zlib
+
+    import oracle
+
+    from producers.simulator import NO_CUTOFF, SimulationConfig, generate
+    from schemas.codec import Codec
+    from stream_processors.api import FACTS_TOPIC, InputMessage, Outputs
+    from stream_processors.journeys import JourneyEngine
+
+    config = SimulationConfig(
+        start_ms=T0,
+        seed=11,
+        cases=250,
+        span_ms=3 * DAY,
+        until_ms=NO_CUTOFF,
+        duplicate_share=0.05,
+        out_of_order_share=0.1,
+        invalid_share=0.02,
+        energy_share=0.05,
+    )
+    events = list(generate(config))
+    codec, partitions, rng = Codec(), 4, random.Random(3)
+    by_tp: dict[tuple[str, int], list[InputMessage]] = defaultdict(list)
+    for e in sorted(events, key=lambda e: e.deliver_at):
+        p = zlib.crc32(e.raw["case_id"].encode()) % partitions
+        q = by_tp[(e.topic, p)]
+        q.append(
+            InputMessage(
+                e.topic, p, len(q), e.raw["case_id"].encode(), codec.encode(e.topic, e.raw), e.deliver_at
+            )
+        )
+    # Deliveries in time order, but each batch's partitions interleaved at random (as a consumer
+    # that fetches several partitions would see them).
+    stream = sorted((m for q in by_tp.values() for m in q), key=lambda m: m.timestamp_ms)
+    settings = Pipeline().settings.model_copy(update={"grace_ms": 2 * DAY})
+    missions = Pipeline().missions
+    journeys, kpis = JourneyEngine(missions, settings), KpiEngine(missions, settings)
+    case_states: dict[str, Any] = {}
+    kpi_states: dict[str, Any] = {}
+    out = Outputs()
+    fact_offsets: dict[int, int] = defaultdict(int)
+    clock = 0
+    last_check: dict[tuple[str, int, int], int] = {}  # message → clock of the last alert check before it
+    processing: list[tuple[str, Any]] = []  # ("batch", messages) and ("tick", clock), in order
+    for i in range(0, len(stream), 60):
+        window = stream[i : i + 60]
+        chunk_by_tp: dict[tuple[str, int], list] = defaultdict(list)
+        for m in window:
+            chunk_by_tp[(m.topic, m.partition)].append(m)
+        shuffled = interleave(chunk_by_tp, rng) if interleaved else window
+        for j in range(0, len(shuffled), 25):
+            batch = shuffled[j : j + 25]
+            for m in batch:
+                last_check[(m.topic, m.partition, m.offset)] = clock
+            clock = max(clock, max(m.timestamp_ms for m in batch))
+            processing.append(("batch", batch))
+            hop1 = journeys.process(batch, case_states, clock)
+            facts = []
+            for key, value in hop1.facts:
+                p = zlib.crc32(key.encode()) % partitions
+                facts.append(InputMessage(FACTS_TOPIC, p, fact_offsets[p], key.encode(), value, None))
+                fact_offsets[p] += 1
+            out.extend(hop1)
+            out.extend(kpis.apply(facts, kpi_states, clock))
+        processing.append(("tick", clock))
+        out.extend(journeys.sweep(case_states, clock))
+        out.extend(kpis.tick(kpi_states, clock))
+    now = clock + HOUR
+    processing.append(("tick", now))
+    out.extend(journeys.sweep(case_states, now))
+    out.extend(kpis.tick(kpi_states, now))
+    want = oracle.compute(
+        [(e.topic, e.raw) for e in events], now_ms=now, validation_now_ms=now, grace_ms=settings.grace_ms
+    )
+
+    def na(v: Any) -> Any:
+        return None if oracle._is_na(v) else v
+
+    from engine_fixtures import latest
+
+    records = latest(out.stage_records, "record_id")
+    expected = oracle.as_mapping(want.stage_records, "record_id")
+    assert set(records) == set(expected) and len(records) > 1000
+    for rid_, exp in expected.items():
+        assert {c: records[rid_][c] for c in oracle.STAGE_COLUMNS} == {
+            c: na(exp[c]) for c in oracle.STAGE_COLUMNS
+        }
+    assert sum(1 for d in out.dead_letters if d["reason"] == "invalid_record") == len(want.invalid)
+    assert collections_counter(out.dead_letters) == {"invalid_record": len(want.invalid)}
+    assert sum(out.duplicates.values()) == want.duplicates
+    assert sum(out.late_events.values()) == 0  # a 2-day grace: nothing in this run is late
+
+    windows = {k: w for k, w in latest(out.kpi_windows, "kpi_id").items() if w["completions"] > 0}
+    expected = oracle.as_mapping(want.kpi_windows, "kpi_id")
+    assert set(windows) == set(expected)
+    for k, exp in expected.items():
+        got = windows[k]
+        assert (got["completions"], got["sla_met"], got["window_start"], got["window_end"]) == (
+            exp["completions"],
+            exp["sla_met"],
+            exp["window_start"],
+            exp["window_end"],
+        )
+        assert math.isclose(got["mean_ms"], exp["mean_ms"])
+        for q in ("p50_ms", "p90_ms"):
+            assert abs(got[q] - exp[q]) <= 0.01 * exp[q]
+
+    backlog = latest(out.backlog, "backlog_id")
+    expected = oracle.as_mapping(want.backlog, "backlog_id")
+    assert set(backlog) == set(expected)
+    for k, exp in expected.items():
+        got = backlog[k]
+        assert (got["open_cases"], got["oldest_started_at"], got["amount_pkr_open"]) == (
+            exp["open_cases"],
+            na(exp["oldest_started_at"]),
+            na(exp["amount_pkr_open"]),
+        )
+
+    feeds: dict[str, dict[str, Any]] = {}
+    for f in out.feed_freshness:
+        if f["agency"] not in feeds or f["version"] > feeds[f["agency"]]["version"]:
+            feeds[f["agency"]] = f
+    for agency, exp in oracle.as_mapping(want.feed_freshness, "agency").items():
+        got = feeds[agency]
+        assert (got["last_occurred_at"], got["last_published_at"], got["topic"], got["events_total"]) == (
+            exp["last_occurred_at"],
+            exp["last_published_at"],
+            exp["topic"],
+            exp["events_total"],
+        )
+
+    for kind in ("CASE_SLA", "KPI_TARGET", "FEED_SILENT"):
+        transitions = [(a["alert_id"], a["state"]) for a in out.alerts if a["kind"] == kind]
+        assert len(transitions) == len(set(transitions)), f"{kind}: an alert fired or resolved twice"
+        firing = {a for a, s in transitions if s == "FIRING"}
+        resolved = {a for a, s in transitions if s == "RESOLVED"}
+        extra = firing - want.firing_ids(kind)
+        if kind == "CASE_SLA":
+            # SEMANTICS.md's one arrival-dependent exception: the end was processed only after a
+            # check whose clock had passed started_at + SLA. Verify each extra is exactly that.
+            extra -= delayed_end_alerts(extra, want, missions, stream, last_check)
+        if kind == "FEED_SILENT":
+            # Silences are judged on event times as they arrive: with partitions interleaved (or
+            # the simulator's out-of-order deliveries) an agency can look silent for a while, and
+            # an out-of-order event can hide a gap (SEMANTICS.md). Check the engine against a
+            # plain model of exactly that, and that most true silences are the same episodes.
+            assert firing == arrival_silences(processing, want, missions), kind
+            if not interleaved:
+                assert len(firing & want.firing_ids(kind)) >= 0.9 * len(want.firing_ids(kind)), kind
+            continue
+        assert extra == set(), kind
+        assert want.firing_ids(kind) <= firing, kind
+        assert resolved - (firing - want.firing_ids(kind)) == want.resolved_ids(kind), kind
+        assert firing, kind
+
+
+def delayed_end_alerts(
+    alert_ids: set[str], want: Any, missions: Any, stream: list, last_check: dict
+) -> set[str]:
+    """The CASE_SLA ids among ``alert_ids`` whose stage closed within its SLA but whose end event
+    was processed after an alert check whose clock had passed the deadline."""
+    ends = {
+        (ref.mission.id, ref.journey.id, ref.stage.id): (ref.stage.end.topic, ref.stage.end.status)
+        for ref in missions.stages
+    }
+    from schemas.codec import Codec
+
+    codec = Codec()
+    first_end_check: dict[tuple[str, str, str], int] = {}
+    for m in stream:
+        raw = codec.decode(m.topic, m.value)
+        for key, (topic, status) in ends.items():
+            if (m.topic, raw["status"]) == (topic, status):
+                first_end_check.setdefault(
+                    (raw["case_id"], *key[2:]), last_check[(m.topic, m.partition, m.offset)]
+                )
+    explained = set()
+    for rec in want.stage_records.itertuples():
+        alert_id = sha1(f"CASE_SLA|{rec.record_id}")
+        if alert_id not in alert_ids or rec.state != "CLOSED" or rec.duration_ms > rec.sla_ms:
+            continue
+        if first_end_check.get((rec.case_id, rec.stage), 0) > rec.started_at + rec.sla_ms:
+            explained.add(alert_id)
+    return explained
+
+
+def collections_counter(dead_letters: list[dict[str, Any]]) -> dict[str, int]:
+    from collections import Counter
+
+    return dict(Counter(d["reason"] for d in dead_letters))
+
+
+def arrival_silences(processing: list[tuple[str, Any]], want: Any, missions: Any) -> set[str]:
+    """FEED_SILENT ids a processor sees: per batch, an agency's new event times (above the newest
+    known) in order, a gap longer than the threshold is a silence; at each timer check, so is
+    ``clock - newest > threshold`` (one episode per newest time)."""
+    from schemas.codec import Codec
+
+    codec = Codec()
+    valid = set(want.events["event_id"])
+    seen: set[str] = set()
+    newest: dict[str, int] = {}
+    episodes: set[str] = set()
+    open_: dict[str, bool] = {}
+    for kind, item in processing:
+        if kind == "tick":
+            for agency, last in newest.items():
+                if not open_.get(agency) and item - last > missions.feeds.threshold_ms(agency):
+                    episodes.add(sha1(f"FEED_SILENT|{agency}|{last}"))
+                    open_[agency] = True
+            continue
+        times: dict[str, set[int]] = defaultdict(set)
+        for m in item:
+            raw = codec.decode(m.topic, m.value)
+            if raw["event_id"] not in valid or raw["event_id"] in seen:
+                continue
+            seen.add(raw["event_id"])
+            times[raw["agency"]].add(raw["occurred_at"])
+        for agency, ts in times.items():
+            last = newest.get(agency)
+            for t in sorted(ts):
+                if last is not None and t <= last:
+                    continue
+                if open_.get(agency):
+                    open_[agency] = False
+                elif last is not None and t - last > missions.feeds.threshold_ms(agency):
+                    episodes.add(sha1(f"FEED_SILENT|{agency}|{last}"))
+                last = t
+            newest[agency] = last
+    return episodes

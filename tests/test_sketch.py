@@ -54,7 +54,9 @@ def test_merged_panes_equal_one_sketch_of_all_values(panes: list[list[int]]) -> 
 
 @settings(max_examples=200, deadline=None)
 @given(st.lists(durations, min_size=1, max_size=200), st.data())
-def test_retraction_restores_the_sketch_of_the_remaining_values(values: list[int], data: st.DataObject) -> None:
+def test_retraction_restores_the_sketch_of_the_remaining_values(
+    values: list[int], data: st.DataObject
+) -> None:
     removed = data.draw(st.lists(st.sampled_from(values), max_size=len(values), unique_by=id))
     s = DDSketch()
     for v in values:

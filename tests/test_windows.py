@@ -17,8 +17,11 @@ def test_a_time_is_in_exactly_the_windows_whose_range_holds_it(t: int) -> None:
     for spec in (HOPPING, TUMBLING, WindowSpec("24h", 24 * 60 * MIN, 60 * MIN)):
         pane = spec.pane_start(t)
         starts = list(spec.windows_of_pane(pane))
-        brute = [s for s in range((t // spec.step_ms - spec.panes_per_window) * spec.step_ms,
-                                  t + 1, spec.step_ms) if s <= t < s + spec.size_ms]
+        brute = [
+            s
+            for s in range((t // spec.step_ms - spec.panes_per_window) * spec.step_ms, t + 1, spec.step_ms)
+            if s <= t < s + spec.size_ms
+        ]
         assert starts == brute
         for s in starts:
             assert pane in spec.panes_of_window(s)
