@@ -27,7 +27,8 @@ tombstone ``{"x": watermark at eviction, "h": [first 8 hex digits of each event_
 for a tombstoned case are not folded in: a re-sent one (its id prefix is in ``h``) is a
 duplicate; a new one that marks a stage boundary goes to the dead letters with reason
 ``evicted_case`` (so it cannot re-open a finished case, and nothing is lost); any other new
-event only counts for its feed's freshness. Tombstones are deleted ``tombstone_retention_ms`` later, so state stays
+event only counts for its feed's freshness. Tombstones are deleted ``tombstone_retention_ms``
+later, so state stays
 bounded by the traffic of the retention periods, not by history.
 """
 
@@ -264,7 +265,8 @@ class JourneyEngine:
                     dead_letter(
                         msg,
                         "case_id_key_mismatch",
-                        f"message key {msg.key!r:.80} differs from case_id {case_id!r}; events must be keyed by case_id",
+                        f"message key {msg.key!r:.80} differs from case_id {case_id!r}; "
+                        "events must be keyed by case_id",
                         now_ms,
                     )
                 )
@@ -480,8 +482,9 @@ class JourneyEngine:
         rid = ids.record_id(case_id, info.mission, info.journey, info.stage)
         if state == "FIRING":
             summary = (
-                f"Case {case_id} has waited {_fmt_duration(now_ms - started if ends_at is None else overdue + info.sla_ms)}"
-                f" at '{info.name}' ({owner}): {_fmt_duration(overdue)} past its {_fmt_duration(info.sla_ms)} SLA"
+                f"Case {case_id} has waited {_fmt_duration(overdue + info.sla_ms)} at '{info.name}' "
+                f"({owner}): "
+                f"{_fmt_duration(overdue)} past its {_fmt_duration(info.sla_ms)} SLA"
             )
         else:
             summary = (

@@ -613,7 +613,8 @@ class KpiEngine:
             "port": info.port,
             "case_id": None,
             "summary": (
-                f"{rule.name} ({info.owner_agency}, {where}): {compliance:.0%} of {completions} completions met "
+                f"{rule.name} ({info.owner_agency}, {where}): "
+                f"{compliance:.0%} of {completions} completions met "
                 f"the SLA in the {rule.window} window ending {_iso(ends_at or starts_at)}, {verb} the "
                 f"{rule.min_sla_compliance:.0%} target"
             ),

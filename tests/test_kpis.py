@@ -231,7 +231,7 @@ def test_kpi_target_fires_on_the_first_breached_window_and_resolves_on_the_next_
     firing = [a for a in fired if a["state"] == "FIRING"]
     assert len(firing) == 1
     first_bad = firing[0]
-    # The first 24h window (1h hop) that holds all six: the one starting at the hour before the first end - 1 day.
+    # The first 24h window (1h hop) that holds all six starts at the hour after (first end - 1 day).
     first_start = (ends[0] - DAY) - (ends[0] - DAY) % HOUR + HOUR
     assert first_bad["alert_id"] == sha1(f"KPI_TARGET|{target}|{CUSTOMS_GROUP}|{first_start}")
     assert first_bad["starts_at"] == first_start + DAY
