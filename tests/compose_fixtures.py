@@ -51,7 +51,8 @@ def variable_names(node: Any) -> set[str]:
     if isinstance(node, list):
         return set().union(*(variable_names(v) for v in node)) if node else set()
     if isinstance(node, str):
-        return {m.group("braced") or m.group("plain") for m in _REFERENCE.finditer(node) if not m.group("escaped")}
+        found = (m for m in _REFERENCE.finditer(node) if not m.group("escaped"))
+        return {m.group("braced") or m.group("plain") for m in found}
     return set()
 
 

@@ -43,6 +43,7 @@ PROJECT_IMAGE_COMMANDS = {
     "alert-forwarder": ["alerting", "forward"],
     "migrate": ["db", "migrate"],
     "simulator": ["simulate", "--live"],
+    "board": ["dashboards", "serve"],
 }
 THIRD_PARTY = {"kafka", "schema-registry", "clickhouse", "prometheus", "alertmanager", "grafana"}
 

@@ -538,8 +538,21 @@ def test_services_use_the_clickhouse_user_their_role_needs() -> None:
     services = raw_compose()["services"]
     assert "backbone_migrator:" in services["migrate"]["environment"]["BACKBONE_CLICKHOUSE_URL"]
     assert "backbone_writer:" in services["sink"]["environment"]["BACKBONE_CLICKHOUSE_URL"]
+    assert "backbone_reader:" in services["board"]["environment"]["BACKBONE_CLICKHOUSE_URL"]
     grafana = loaded_compose()["services"]["grafana"]["environment"]
-    assert grafana["CLICKHOUSE_READER_USER"] == "backbone_reader"
+    assert grafana["CLICKHOUSE_READONLY_USER"] == "backbone_reader"
+    # Every $VARIABLE the provisioning files expand is given to Grafana, and the data source uses them.
+    provisioning = REPO / "dashboards" / "provisioning"
+    referenced = set()
+    for path in provisioning.rglob("*.y*ml"):
+        text = "\n".join(line.split("#", 1)[0] for line in path.read_text().splitlines())
+        referenced |= set(re.findall(r"\$\{?([A-Z][A-Z0-9_]*)", text))
+    assert referenced, "the ClickHouse data source should take its credentials from the environment"
+    assert referenced <= set(grafana), f"not in grafana's environment: {sorted(referenced - set(grafana))}"
+    assert (
+        grafana["CLICKHOUSE_READONLY_PASSWORD"]
+        == loaded_compose()["services"]["clickhouse"]["environment"]["CLICKHOUSE_READER_PASSWORD"]
+    )
 
 
 # -- Grafana ----------------------------------------------------------------------------------------------
