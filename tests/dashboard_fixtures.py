@@ -185,11 +185,13 @@ class _Builder:
                 self.out.stage_rows.append(dict(final))
 
     # journeys -------------------------------------------------------------------------------
-    def export_case(self, i: int, filed_ago: int | None = None, clearance_ms: int | None = None) -> None:
+    def export_case(
+        self, i: int, filed_ago: int | None = None, clearance_ms: int | None = None, port: str | None = None
+    ) -> None:
         r = self.rng
         case = f"EXP-{i:04d}"
         province = r.choice(["PK-PB", "PK-PB", "PK-SD", "PK-BA"])  # PK-KP's feed is the silent one
-        port = r.choice(["KPT", "KPT", "PQA", "GWD"])
+        port = port or r.choice(["KPT", "KPT", "PQA", "GWD"])
         filed = self.now - (filed_ago or r.randrange(HOUR, 8 * DAY))
         cleared = filed + (clearance_ms or r.randrange(HOUR, 40 * HOUR))
         issued = cleared + r.randrange(HOUR // 2, 20 * HOUR)
@@ -492,9 +494,8 @@ def build_seed(now_ms: int, missions: Missions | None = None, seed: int = 11) ->
     for i in range(80):
         b.export_case(i)
     b.export_case(80, filed_ago=5 * 60_000)  # customs' feed is fresh
-    b.export_case(
-        81, filed_ago=3 * HOUR, clearance_ms=3 * HOUR - 60_000
-    )  # a completion today, whatever the hour
+    # a completion today, whatever the hour (unless the test runs in the first minute of a UTC day)
+    b.export_case(81, filed_ago=3 * HOUR, clearance_ms=3 * HOUR - 60_000, port="KPT")
     for i in range(40):
         b.rebate_case(i)
     for i in range(10):

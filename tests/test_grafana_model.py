@@ -1,4 +1,4 @@
-"""The generated Grafana boards are valid dashboard models, fresh, consistent with the catalog and the targets.
+"""The generated Grafana boards: valid dashboard models, fresh, consistent with the catalog and targets.
 
 Checked against the SDK's own model (every board decodes with ``Dashboard.from_json`` and encodes
 back to the same JSON, so no field is unknown to Grafana 11.6's schema), against a JSON Schema of
@@ -229,7 +229,7 @@ def test_boards_have_the_required_variables() -> None:
 
 # -- deploy, against a stub of Grafana's HTTP API ----------------------------------------------------
 class StubGrafana:
-    """Just enough of Grafana's HTTP API (frontend settings, search, folders, dashboards/db) with token auth."""
+    """Enough of Grafana's HTTP API (frontend settings, search, folders, dashboards/db), token auth."""
 
     def __init__(self, version: str = "11.6.0", tokens: dict[str, str] | None = None) -> None:
         self.version = version

@@ -20,8 +20,8 @@ const PAGES = {
   journey: {
     controls: ["mission", "agency", "province", "port", "range"],
     panels: [
-      { q: "stage_funnel", w: 6, render: renderFunnel },
-      { q: "stage_time_by_agency", w: 6, render: (d) => renderTable(d, { hide: ["mission", "stage", "stage_order", "mean_ms"], bar: "time_share", compliance: "mission" }) },
+      { q: "stage_funnel", w: 12, render: renderFunnel },
+      { q: "stage_time_by_agency", w: 12, render: (d) => renderTable(d, { hide: ["mission", "stage", "stage_order", "mean_ms"], bar: "time_share", compliance: "mission" }) },
       { q: "hand_over_gaps", w: 12, render: (d) => renderTable(d, { hide: ["mission"] }) },
       { q: "stage_time_by_port_province", w: 12, render: (d) => renderTable(d, { hide: ["mission", "stage", "stage_order"], compliance: "mission" }) },
     ],
