@@ -800,11 +800,11 @@ ORDER BY mission, stage_order""",
         detail = (
             "arrayStringConcat(arrayFilter(x -> x != '', ["
             "hs_code, "
-            "if(declared_value_pkr IS NULL, '', concat('declared PKR ', toString(declared_value_pkr))), "
+            "if(declared_value_pkr IS NULL, '', concat('declared PKR ', toDecimalString(assumeNotNull(declared_value_pkr), 2))), "
             "ifNull(gd_number, ''), "
             "if(from_province = '' AND to_province = '', '', concat(from_province, ' → ', to_province)), "
             "vehicle_reg, terminal, container_id, ifNull(vessel, ''), "
-            "if(amount_pkr IS NULL, '', concat('PKR ', toString(amount_pkr))), "
+            "if(amount_pkr IS NULL, '', concat('PKR ', toDecimalString(assumeNotNull(amount_pkr), 2))), "
             "regulator, instrument, sector]), ' · ')"
         )
         return Query(
