@@ -1,0 +1,327 @@
+"""Processor throughput per worker: the full KPI job against its ceiling and two peers, one run.
+
+One fresh Tansu broker; the five agency topics are filled once with ``opts.events`` seeded
+simulated events over ``opts.partitions`` partitions. Then, one after the other, each reads
+them all from offset 0 with its own consumer group:
+
+1. **ceiling**: bare confluent-kafka consume + one Avro decode per event (through
+   :class:`schemas.codec.Codec`, and with plain ``fastavro.schemaless_reader``);
+2. **our job, tuned Faust path**: ``backbone process`` (journeys → facts → KPIs, alerts,
+   backlog, feeds), a child process with its own app id;
+3. **our job, stock Faust classes**: ``backbone process --stock``;
+4. **naive Faust**: :mod:`backbone.bench_peers.naive_faust` (one agent, per-event state);
+5. **Quix Streams**: :mod:`backbone.bench_peers.quix_job` (its own state, group-by, windows).
+
+A job's time runs from its first input read to its last delivered output
+(:mod:`backbone.bench_peers.jobs`). Then the KPI windows of our job, the naive peer and the Quix
+peer are read back and compared (:mod:`backbone.bench_peers.kpi_compare`): the section fails
+loudly when they differ.
+
+Every job uses the event clock (``BACKBONE_CLOCK=event``: a replay, "now" is the newest event
+time) and the same grace (:data:`BENCH_GRACE_MS`).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from confluent_kafka import Producer
+
+from backbone.bench import BenchOptions, BenchRow, format_table
+from backbone.bench_data import EncodedEvents, simulated_events
+from backbone.bench_peers import kpi_compare, naive_faust, peer_topic, quix_job
+from backbone.bench_peers.ceiling import codec_decoder, consume_and_decode, plain_fastavro_decoder
+from backbone.bench_peers.jobs import Counters, JobProcess, JobRun
+from backbone.config import DEFAULT_MISSIONS_FILE, load_settings
+from backbone.embedded.broker import TansuBroker
+from backbone.kafka import ensure_topics
+from schemas import contracts
+from schemas.codec import Codec
+from stream_processors.api import FACTS_TOPIC
+from stream_processors.missions import load_missions
+
+SECTION = "processor"
+BENCH_GRACE_MS = 3_600_000
+"""Grace of every job's windows (the production default: 1 h)."""
+TARGET_EVENTS_PER_S = 15_000
+STRETCH_EVENTS_PER_S = 50_000
+JOB_TIMEOUT_S = 1800.0
+WINDOWS = load_missions(DEFAULT_MISSIONS_FILE).windows
+WATCHED = ("backbone_events_in_total", "backbone_records_out_total", "backbone_batch_size")
+
+
+def publish(bootstrap: str, messages: Sequence[tuple[str, bytes, bytes]]) -> None:
+    """Fill the input topics once (idempotent, acks=all); raises if anything is undelivered."""
+    producer = Producer(
+        {
+            "bootstrap.servers": bootstrap,
+            "enable.idempotence": True,
+            "acks": "all",
+            "linger.ms": 20,
+            "log_level": 0,
+        }
+    )
+    for topic, key, value in messages:
+        while True:
+            try:
+                producer.produce(topic, value, key)
+                break
+            except BufferError:
+                producer.poll(0.05)
+        producer.poll(0)
+    remaining = producer.flush(120)
+    if remaining:
+        raise RuntimeError(f"bench inputs: {remaining} of {len(messages)} messages undelivered")
+
+
+def job_env(bootstrap: str, data_dir: Path, partitions: int, **extra: str) -> dict[str, str]:
+    """A job's environment: our BACKBONE_* settings only (nothing inherited from the caller's)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BACKBONE_")}
+    env.update(
+        {
+            "BACKBONE_KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+            "BACKBONE_DATA_DIR": str(data_dir),
+            "BACKBONE_CLOCK": "event",
+            "BACKBONE_GRACE_MS": str(BENCH_GRACE_MS),
+            "BACKBONE_TOPIC_PARTITIONS": str(partitions),
+            "BACKBONE_LOG_LEVEL": "WARNING",
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    env.update(extra)
+    return env
+
+
+def our_job_drained(c: Counters) -> bool:
+    """Hop 2 has consumed every fact hop 1 delivered (and hop 1 delivered some)."""
+    facts = c.total("backbone_records_out_total", topic=FACTS_TOPIC)
+    return facts > 0 and c.total("backbone_batch_size_sum", component="kpis") >= facts
+
+
+@dataclass
+class Workspace:
+    bootstrap: str
+    root: Path
+    partitions: int
+    events: int
+
+    def run_job(
+        self, name: str, argv: list[str], drained: Callable[[Counters], bool], budget_s: float | None = None
+    ) -> JobRun:
+        job = JobProcess(
+            name,
+            argv,
+            job_env(self.bootstrap, self.root / name, self.partitions),
+            self.root / "logs" / f"{name}.log",
+        )
+        job.start()
+        try:
+            run = job.run_until_done(self.events, drained, WATCHED, JOB_TIMEOUT_S, budget_s=budget_s)
+        finally:
+            job.stop()
+        (self.root / "logs" / f"{name}.counters.txt").write_text(
+            "\n".join(f"{n}{dict(labels)} {v}" for (n, labels), v in sorted(run.counters.samples.items()))
+            + "\n"
+        )
+        return run
+
+
+def our_job_argv(app_id: str, stock: bool) -> list[str]:
+    argv = [sys.executable, "-m", "backbone", "process", "--app-id", app_id, "--metrics-port", "0"]
+    return [*argv, "--stock"] if stock else argv
+
+
+def read_our_windows(
+    bootstrap: str, run: JobRun, start: dict[int, int] | None = None
+) -> tuple[dict[kpi_compare.WindowKey, kpi_compare.WindowFigures], dict[int, int]]:
+    codec = Codec()
+    count = int(run.counters.total("backbone_records_out_total", topic=contracts.KPI_WINDOWS))
+    rows, offsets = kpi_compare.read_rows(
+        bootstrap, contracts.KPI_WINDOWS, count, lambda v: codec.decode(contracts.KPI_WINDOWS, v), start
+    )
+    return kpi_compare.latest_windows(rows), offsets
+
+
+def read_peer_windows(
+    bootstrap: str, run: JobRun, topic: str, decode: Callable[[bytes], Mapping[str, Any]]
+) -> dict[kpi_compare.WindowKey, kpi_compare.WindowFigures]:
+    count = int(run.counters.total("backbone_records_out_total", topic=contracts.KPI_WINDOWS))
+    rows, _ = kpi_compare.read_rows(bootstrap, topic, count, decode)
+    return kpi_compare.latest_windows(rows)
+
+
+class OutputsDiffer(RuntimeError):
+    """The jobs' KPI windows differ: the throughput figures compare different work."""
+
+
+def run(opts: BenchOptions) -> list[BenchRow]:
+    events = simulated_events(opts.events, opts.seed)
+    messages = EncodedEvents.from_events(events).messages
+    n = len(messages)
+    root = (opts.out / "processor").resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    rows: list[BenchRow] = []
+    codec = Codec()
+    with TansuBroker(log_file=root / "tansu.log") as broker:
+        bootstrap = broker.bootstrap
+        settings = load_settings(kafka_bootstrap_servers=bootstrap, topic_partitions=opts.partitions)
+        ensure_topics(
+            settings,
+            bootstrap,
+            (
+                *contracts.INPUT_TOPICS,
+                *contracts.OUTPUT_TOPICS,
+                FACTS_TOPIC,
+                *naive_faust.output_topics().values(),
+                quix_job.STAGE_RECORDS_TOPIC,
+                quix_job.KPI_WINDOWS_TOPIC,
+            ),
+            partitions=opts.partitions,
+        )
+        started = time.monotonic()
+        publish(bootstrap, messages)
+        log(f"{n:,} events published in {time.monotonic() - started:.1f} s")
+        ceiling = consume_and_decode(bootstrap, contracts.INPUT_TOPICS, n, codec_decoder())
+        ceiling_plain = consume_and_decode(bootstrap, contracts.INPUT_TOPICS, n, plain_fastavro_decoder())
+        log(f"ceiling {ceiling:,.0f} ev/s (plain fastavro {ceiling_plain:,.0f})")
+        ws = Workspace(bootstrap, root, opts.partitions, n)
+        fast = ws.run_job("our-job-fast", our_job_argv("bench-fast", stock=False), our_job_drained)
+        log(f"our job {fast.events_per_s:,.0f} ev/s")
+        ours, _offsets = read_our_windows(bootstrap, fast)
+        stock = ws.run_job("our-job-stock", our_job_argv("bench-stock", stock=True), our_job_drained)
+        log(f"our job on stock Faust {stock.events_per_s:,.0f} ev/s")
+        naive = ws.run_job(
+            "naive-faust",
+            [
+                sys.executable,
+                "-m",
+                "backbone.bench_peers.naive_faust",
+                "--app-id",
+                "bench-naive",
+                "--metrics-port",
+                "0",
+            ],
+            lambda _c: True,
+        )
+        log(f"naive Faust {naive.events_per_s:,.0f} ev/s")
+        naive_windows = read_peer_windows(
+            bootstrap,
+            naive,
+            peer_topic(naive_faust.PEER, contracts.KPI_WINDOWS),
+            lambda v: codec.decode(contracts.KPI_WINDOWS, v),
+        )
+        quix = ws.run_job(
+            "quix-streams",
+            [
+                sys.executable,
+                "-m",
+                "backbone.bench_peers.quix_job",
+                "--app-id",
+                "bench-quix",
+                "--metrics-port",
+                "0",
+            ],
+            our_job_drained,
+        )
+        log(f"Quix Streams {quix.events_per_s:,.0f} ev/s")
+        quix_windows = read_peer_windows(bootstrap, quix, quix_job.KPI_WINDOWS_TOPIC, kpi_compare.json_rows)
+
+    checks = {
+        "naive Faust": [kpi_compare.agree(ours, naive_windows, w.name) for w in WINDOWS],
+        "Quix": [kpi_compare.agree(ours, quix_windows, w.name) for w in WINDOWS],
+    }
+    one_minute_equal = all(a[0].equal for a in checks.values())
+    equality = "; ".join(
+        f"vs {peer}: " + ", ".join(a.summary() for a in agreements) for peer, agreements in checks.items()
+    )
+    late = fast.counters.total("backbone_late_events_total")
+    ceiling_name = "bare consume + Codec.decode"
+    rows += [
+        BenchRow(
+            SECTION,
+            "ceiling: bare consume + Codec.decode",
+            ceiling,
+            "ev/s",
+            notes=f"{n:,} events, {opts.partitions} partitions x 5 topics",
+        ),
+        BenchRow(
+            SECTION, "ceiling: bare consume + plain fastavro", ceiling_plain, "ev/s", ceiling_name, ceiling
+        ),
+        BenchRow(
+            SECTION,
+            "our KPI job, tuned Faust path (1 worker)",
+            fast.events_per_s,
+            "ev/s",
+            ceiling_name,
+            ceiling,
+            target=f">= {TARGET_EVENTS_PER_S:,} ev/s (stretch {STRETCH_EVENTS_PER_S:,})",
+            notes=f"{fast.seconds:.1f} s; {ratio(fast, naive):.1f}x naive (target >= 10x), "
+            f"{ratio(fast, quix):.1f}x Quix (target > 1x); late completions {late:,.0f}",
+            extra={"seconds": fast.seconds, "peak_rss_mb": fast.peak_rss_bytes / 2**20},
+        ),
+        BenchRow(
+            SECTION,
+            "our KPI job, stock Faust classes (--stock)",
+            stock.events_per_s,
+            "ev/s",
+            ceiling_name,
+            ceiling,
+            notes=f"{stock.seconds:.1f} s; tuned = {ratio(fast, stock):.1f}x stock",
+            extra={"seconds": stock.seconds, "peak_rss_mb": stock.peak_rss_bytes / 2**20},
+        ),
+        BenchRow(
+            SECTION,
+            "naive Faust (1 agent, per-event state)",
+            naive.events_per_s,
+            "ev/s",
+            ceiling_name,
+            ceiling,
+            notes=f"{naive.seconds:.1f} s",
+            extra={"seconds": naive.seconds, "peak_rss_mb": naive.peak_rss_bytes / 2**20},
+        ),
+        BenchRow(
+            SECTION,
+            "Quix Streams (state, group_by, windows)",
+            quix.events_per_s,
+            "ev/s",
+            ceiling_name,
+            ceiling,
+            notes=f"{quix.seconds:.1f} s; no backlog/feeds/alerts (less work than ours)",
+            extra={"seconds": quix.seconds, "peak_rss_mb": quix.peak_rss_bytes / 2**20},
+        ),
+        BenchRow(
+            SECTION,
+            "KPI windows compared (1m, ours vs peers)",
+            float(sum(a[0].compared for a in checks.values())),
+            "win",
+            notes=f"outputs equal: {'yes' if one_minute_equal else 'no'}; {equality}",
+        ),
+    ]
+    (root / "comparison.txt").write_text(
+        "\n\n".join(
+            f"ours vs {peer}\n"
+            + "\n".join(f"{a.summary()}\n" + "\n".join(a.mismatches[:50]) for a in agreements)
+            for peer, agreements in checks.items()
+        )
+        + "\n"
+    )
+    if not one_minute_equal:
+        print(format_table(rows), file=sys.stderr)
+        raise OutputsDiffer(
+            f"processor bench: KPI outputs differ between the jobs ({equality}); details in {root / 'comparison.txt'}"
+        )
+    return rows
+
+
+def ratio(a: JobRun, b: JobRun) -> float:
+    return a.events_per_s / b.events_per_s if b.events_per_s else float("inf")
+
+
+def log(text: str) -> None:
+    print(f"bench processor: {text}", file=sys.stderr, flush=True)
