@@ -12,6 +12,8 @@ import pytest
 from backbone.config import Settings, load_settings
 from backbone.embedded.broker import TansuBroker
 
+pytest_plugins = ["reliability_summary"]  # the reliability suite's summary table
+
 REPO = Path(__file__).resolve().parent.parent
 ARTIFACTS = REPO / "test-artifacts"
 
