@@ -11,9 +11,11 @@ Two shapes of the same record:
 from __future__ import annotations
 
 import io
+import struct
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
+from functools import cache
 from typing import Any
 
 import fastavro
@@ -22,6 +24,7 @@ from fastavro.read import SchemaResolutionError
 
 from schemas import contracts
 from schemas.contracts import SchemaVersion
+from schemas.fast_reader import Malformed, Reader, Unsupported, compile_reader
 from schemas.wire import (
     CONFLUENT_MAGIC,
     SINGLE_OBJECT_MAGIC,
@@ -48,6 +51,28 @@ class DecodeError(ValueError):
 
 # What fastavro raises on corrupt or truncated bodies.
 _AVRO_ERRORS = (EOFError, ValueError, IndexError, KeyError, TypeError, OverflowError, SchemaResolutionError)
+
+
+_FAST_READ_ERRORS = (Malformed, IndexError, UnicodeDecodeError, struct.error)
+"""What a generated reader raises on a body it cannot decode with certainty (see ``fast_reader``)."""
+
+
+@cache
+def fast_readers() -> dict[bytes, tuple[str, Reader]]:
+    """Fingerprint → (topic, generated reader) for each topic's *current* schema.
+
+    Only current versions: a body written with an older version needs schema resolution, which
+    the reference decoder (fastavro) does.
+    """
+    out: dict[bytes, tuple[str, Reader]] = {}
+    for topic in contracts.all_versions():
+        sv = contracts.current(topic)
+        try:
+            reader = compile_reader(contracts.strip_logical_types(sv.schema), sv.money_fields)
+        except Unsupported:
+            continue
+        out[sv.fingerprint] = (topic, reader)
+    return out
 
 
 def paisa_to_bytes(paisa: int) -> bytes:
@@ -122,6 +147,7 @@ class Codec:
             wire if isinstance(wire, RegistryFormat) else None
         )
         self.max_message_bytes = max_message_bytes
+        self._fast = fast_readers()
 
     # -- encoding ------------------------------------------------------------------------
     def encode(self, topic: str, raw: dict[str, Any]) -> bytes:
@@ -154,7 +180,38 @@ class Codec:
         raise BadFraming(f"unknown framing header {value[:2].hex()}")
 
     def decode(self, topic: str, value: bytes | None) -> dict[str, Any]:
-        """Decode ``value`` read from ``topic`` into the raw shape of the topic's current schema."""
+        """Decode ``value`` read from ``topic`` into the raw shape of the topic's current schema.
+
+        Fast path: a body written with the topic's current schema is read by a reader generated
+        for that schema (:mod:`schemas.fast_reader`, about twice as fast). Anything else, and
+        anything the fast reader is unsure about, goes through :meth:`decode_reference`, which
+        decides the result and every :class:`DecodeError` reason.
+        """
+        if value is not None and len(value) <= self.max_message_bytes:
+            fp: bytes | None = None
+            start = 10
+            if value[:2] == SINGLE_OBJECT_MAGIC:
+                fp = value[2:10]
+            elif value[:1] == b"\x00" and self._registry is not None:
+                try:
+                    writer, start = self._registry.writer_schema(value)
+                except (UnknownSchema, BadFraming):
+                    pass
+                else:
+                    fp = writer.fingerprint
+            fast = self._fast.get(fp) if fp is not None else None
+            if fast is not None and fast[0] == topic:
+                try:
+                    rec, end = fast[1](value, start)
+                except _FAST_READ_ERRORS:
+                    pass
+                else:
+                    if end == len(value):
+                        return rec
+        return self.decode_reference(topic, value)
+
+    def decode_reference(self, topic: str, value: bytes | None) -> dict[str, Any]:
+        """:meth:`decode` through fastavro's generic reader: the reference the fast path must equal."""
         if value is None:
             raise DecodeError("empty", "message has no value (tombstone)")
         if len(value) > self.max_message_bytes:
