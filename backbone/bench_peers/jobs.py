@@ -120,7 +120,8 @@ class JobProcess:
         assert self.process is not None
         if self.process.poll() is not None:
             raise JobFailed(
-                f"{self.name} exited with code {self.process.returncode}; log {self.log_path}:\n{self.log_tail()}"
+                f"{self.name} exited with code {self.process.returncode}; "
+                f"log {self.log_path}:\n{self.log_tail()}"
             )
 
     def wait_port(self, timeout_s: float = 90.0) -> int:
@@ -133,6 +134,20 @@ class JobProcess:
                 return self.port
             time.sleep(0.1)
         raise JobFailed(f"{self.name} printed no metrics port within {timeout_s:.0f} s:\n{self.log_tail()}")
+
+    def wait_for_http(self, timeout_s: float = 90.0) -> None:
+        """Wait until the metrics endpoint on :attr:`port` answers (jobs that print no port line)."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            self._check_alive()
+            try:
+                self.scrape()
+                return
+            except OSError:
+                time.sleep(0.2)
+        raise JobFailed(
+            f"{self.name}: no metrics on port {self.port} within {timeout_s:.0f} s:\n{self.log_tail()}"
+        )
 
     def scrape(self) -> Counters:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=10) as resp:
@@ -166,12 +181,15 @@ class JobProcess:
         timeout_s: float,
         quiet_s: float = 3.0,
         budget_s: float | None = None,
+        consumed_by: Callable[[Counters], float] | None = None,
     ) -> JobRun:
         """Scrape until the job is done (module docstring); raises :class:`JobFailed` on timeout.
 
         ``budget_s``: a job too slow to read everything in a short benchmark is measured over its
         first ``budget_s`` seconds instead (events read / time); the run is marked incomplete.
+        ``consumed_by``: how many inputs the job has taken in (default ``backbone_events_in_total``).
         """
+        consumed_of = consumed_by or (lambda c: c.total("backbone_events_in_total"))
         if self.port is None:
             self.wait_port()
         deadline = time.monotonic() + timeout_s
@@ -183,7 +201,7 @@ class JobProcess:
             self._check_alive()
             now = time.monotonic()
             counters = self.scrape()
-            consumed = counters.total("backbone_events_in_total")
+            consumed = consumed_of(counters)
             if first_input is None and consumed > 0:
                 first_input = now
             current = counters.watched(watched)
@@ -206,7 +224,7 @@ class JobProcess:
             self.sample_rss()
             time.sleep(POLL_S)
         raise JobFailed(
-            f"{self.name} not done within {timeout_s:.0f} s: read {counters.total('backbone_events_in_total'):,.0f}"
+            f"{self.name} not done within {timeout_s:.0f} s: read {consumed_of(counters):,.0f}"
             f" of {events:,} events; log {self.log_path}:\n{self.log_tail()}"
         )
 
