@@ -236,6 +236,7 @@ def run(opts: BenchOptions) -> list[BenchRow]:
         equality = f"our job emitted no KPI window rows; {equality}"
     if not checks:
         equality += " peers stopped at their time budget, not compared (use a smaller --events)"
+    verdict = "yes" if equal else "no" if (checks or not ours) else "not checked"
     late = fast.counters.total("backbone_late_events_total")
     ceiling_name = "bare consume + Codec.decode"
 
@@ -287,7 +288,7 @@ def run(opts: BenchOptions) -> list[BenchRow]:
             "KPI windows of our job (latest per window)",
             float(len(ours)),
             "win",
-            notes=f"outputs equal: {'yes' if equal else 'no' if ours and checks else 'not checked'}; {equality}",
+            notes=f"outputs equal: {verdict}; {equality}",
         ),
     ]
     (root / "comparison.txt").write_text(
