@@ -23,7 +23,7 @@ import asyncio
 import logging
 import time
 import traceback
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -136,6 +136,15 @@ class ProcessorRuntime:
         """True between a completed rebalance (state recovered) and the next revocation."""
         self.batches = 0
         self.processed_next: dict[tuple[str, int], int] = {}
+        self.assigned: frozenset[tuple[str, int]] = frozenset()
+        self.assigned_at = time.monotonic()
+        self.idle_partition_s = 60.0
+        self.last_batch_at = 0.0
+        self.quiet_s = 1.0
+        self.start_offsets: dict[tuple[str, int], int] = {}
+        """Committed offsets of the assigned partitions at the assignment (where reading resumed)."""
+        self.committed: Callable[[frozenset[tuple[str, int]]], dict[tuple[str, int], int]] = lambda tps: {}
+        """Reads the group's committed offsets (set by the app wiring)."""
         """Per input topic-partition: the offset after the last message processed."""
         self.highwater: Callable[[str, int], int | None] = lambda topic, partition: None
         """The consumer's last-fetched high watermark of a topic-partition (set by the app wiring)."""
@@ -164,10 +173,29 @@ class ProcessorRuntime:
         if isinstance(self.clock, EventClock):
             self.clock.observe(outputs.max_occurred_at)
 
+    def judging_now_ms(self) -> int:
+        """The "now" against which sweeps and ticks judge open cases and silent feeds.
+
+        On the wall clock, the time. On the event clock, the newest ``occurred_at`` seen minus
+        ``grace_ms``: events may arrive out of order by up to the grace (across topics and
+        partitions a case's end event can be read after later events of other cases), so an
+        event-time "now" is only safe that far behind the newest event (a bounded-out-of-order
+        watermark). Without it a sweep fires CASE_SLA for a case whose end, before its deadline,
+        is still in flight.
+        """
+        now = self.clock.now_ms()
+        if isinstance(self.clock, EventClock):
+            return max(0, now - self.settings.grace_ms)
+        return now
+
     async def _run(
-        self, component: str, store: PartitionedTableStore, call: Callable[[int], Outputs]
+        self,
+        component: str,
+        store: PartitionedTableStore,
+        call: Callable[[int], Outputs],
+        now_ms: int | None = None,
     ) -> Outputs:
-        now_ms = self.clock.now_ms()
+        now_ms = self.clock.now_ms() if now_ms is None else now_ms
         outputs = call(now_ms)
         changelog = store.changelog()
         delivered = await self._deliver(outputs, changelog) if len(outputs) or changelog else {}
@@ -204,6 +232,7 @@ class ProcessorRuntime:
                 await self._isolate(component, engine_call, engine, store, batch)
         self.batches += 1
         self.events += len(batch)
+        self.last_batch_at = time.monotonic()
         processed = self.processed_next
         for msg in batch:
             tp = (msg.topic, msg.partition)
@@ -244,12 +273,27 @@ class ProcessorRuntime:
         await self._batch("kpis", self.kpis.apply, self.kpis, self.kpi_store, self.kpi_lock, events)
 
     def caught_up(self, topics: Sequence[str]) -> bool:
-        """True when every partition of ``topics`` read so far is processed up to its high watermark."""
-        for (topic, partition), next_offset in self.processed_next.items():
-            if topic in topics:
-                highwater = self.highwater(topic, partition)
-                if highwater is not None and highwater > next_offset:
+        """True when every assigned partition of ``topics`` is processed up to its high watermark.
+
+        A partition not processed since the assignment counts from its committed offset (where
+        consumption restarted). A partition whose high watermark is still unknown (no fetch
+        answered yet) blocks, except after :attr:`idle_partition_s` (a broker that never answers
+        for it must not stop the sweeps forever).
+        """
+        waited = time.monotonic() - self.assigned_at >= self.idle_partition_s
+        for topic, partition in self.assigned:
+            if topic not in topics:
+                continue
+            highwater = self.highwater(topic, partition)
+            if highwater is None:
+                if not waited:
                     return False
+                continue
+            next_offset = self.processed_next.get(
+                (topic, partition), self.start_offsets.get((topic, partition), 0)
+            )
+            if highwater > next_offset:
+                return False
         return True
 
     def _clock_trustworthy(self, topics: Sequence[str]) -> bool:
@@ -260,29 +304,45 @@ class ProcessorRuntime:
         and a partition read early pushes "now" past events still waiting in the others; a sweep
         then would fire CASE_SLA for cases whose end event simply has not been read yet, and a
         tick would close windows before their completions arrive. So on the event clock sweeps
-        and ticks wait until the worker has caught up; on the wall clock they always run.
+        and ticks wait until the input has been quiet for a timer interval and every assigned
+        partition is processed to its high watermark; on the wall clock they always run. (The
+        event clock is for replays and tests; live operation uses the wall clock.)
         """
-        return not isinstance(self.clock, EventClock) or self.caught_up(topics)
+        if not isinstance(self.clock, EventClock):
+            return True
+        quiet = time.monotonic() - self.last_batch_at >= self.quiet_s
+        return quiet and self.caught_up(topics)
 
     async def sweep(self) -> None:
         if not self.ready or not self._clock_trustworthy(contracts.INPUT_TOPICS):
             return
         async with self.journey_lock:
             await self._run(
-                "journeys", self.journey_store, lambda now: self.journeys.sweep(self.journey_store, now)
+                "journeys",
+                self.journey_store,
+                lambda now: self.journeys.sweep(self.journey_store, now),
+                self.judging_now_ms(),
             )
 
     async def tick(self) -> None:
         if not self.ready or not self._clock_trustworthy((*contracts.INPUT_TOPICS, FACTS_TOPIC)):
             return
         async with self.kpi_lock:
-            await self._run("kpis", self.kpi_store, lambda now: self.kpis.tick(self.kpi_store, now))
+            await self._run(
+                "kpis", self.kpi_store, lambda now: self.kpis.tick(self.kpi_store, now), self.judging_now_ms()
+            )
         self.metrics.refresh_backlog_age(self.clock.now_ms())
 
     # -- rebalances --------------------------------------------------------------------------
     async def on_assigned(self, assignment: set[tuple[str, int]]) -> None:
         """State for the new assignment is recovered: restrict the stores and rebuild indexes."""
         async with self.journey_lock, self.kpi_lock:
+            self.assigned = frozenset(assignment)
+            self.assigned_at = time.monotonic()
+            self.start_offsets = await asyncio.get_running_loop().run_in_executor(
+                None, self.committed, self.assigned
+            )
+            self.processed_next = {tp: n for tp, n in self.processed_next.items() if tp in self.assigned}
             self.journey_store.owned = frozenset(p for t, p in assignment if t in contracts.INPUT_TOPICS)
             self.kpi_store.owned = frozenset(p for t, p in assignment if t == FACTS_TOPIC)
             self.journeys.rebuild_index(self.journey_store)
@@ -293,11 +353,36 @@ class ProcessorRuntime:
             extra={
                 "journey_partitions": sorted(self.journey_store.owned),
                 "kpi_partitions": sorted(self.kpi_store.owned),
+                "journey_keys": len(self.journey_store),
+                "kpi_keys": len(self.kpi_store),
             },
         )
 
     def on_revoked(self) -> None:
         self.ready = False
+
+
+def committed_offsets(
+    settings: Settings, group: str, tps: Iterable[tuple[str, int]]
+) -> dict[tuple[str, int], int]:
+    """The consumer group's committed offsets (partitions without one are left out)."""
+    from confluent_kafka import Consumer, KafkaException, TopicPartition
+
+    wanted = [TopicPartition(t, p) for t, p in tps]
+    if not wanted:
+        return {}
+    consumer = Consumer({**client_config(settings), "group.id": group, "enable.auto.commit": False})
+    try:
+        return {
+            (tp.topic, tp.partition): tp.offset
+            for tp in consumer.committed(wanted, timeout=10)
+            if tp.offset >= 0
+        }
+    except KafkaException as exc:
+        log.warning("committed offsets unavailable", extra={"error": str(exc)})
+        return {}
+    finally:
+        consumer.close()
 
 
 def check_partitions(settings: Settings, bootstrap: str) -> None:
@@ -387,6 +472,7 @@ def build_worker(
             return None
 
     runtime.highwater = highwater
+    runtime.committed = lambda tps: committed_offsets(settings, options.app_id, tps)
     input_topic = app.topic(*contracts.INPUT_TOPICS, **raw)
     facts_topic = app.topic(FACTS_TOPIC, **raw)
 

@@ -257,12 +257,19 @@ def simulated_events(
     return [(ev.topic, ev.raw) for ev in generate(config)]
 
 
+GRACE_MS = 3_600_000  # Settings.grace_ms default
+
+
 def oracle_for(events: Sequence[tuple[str, dict[str, Any]]]) -> Any:
-    """The independent oracle's result; "now" = the newest event time (the worker's event clock)."""
+    """The independent oracle's result for a worker on the event clock.
+
+    Open cases are judged at the newest event time minus the grace (the worker's sweeps judge
+    at that bounded-out-of-order watermark); windows close at the newest event time + grace.
+    """
     import oracle
 
     newest = max(raw["occurred_at"] for _, raw in events)
-    return oracle.compute(events, now_ms=newest)
+    return oracle.compute(events, now_ms=newest - GRACE_MS, watermark_ms=newest)
 
 
 STAGE_FIELDS = (
