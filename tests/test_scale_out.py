@@ -123,6 +123,35 @@ def wait_for(
     raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}\n{logs}")
 
 
+def case_sla_problems(reader: OutputReader, expected: oracle.OracleResult) -> list[str]:
+    """CASE_SLA alerts against the oracle, allowing exactly SEMANTICS.md's one arrival-dependent case:
+    an instance seen overdue before its end arrived fires and resolves although its final duration
+    met the SLA (publishing while a worker is caught up makes that legitimately happen)."""
+    alerts = [a for a in reader.records[contracts.ALERTS] if a["kind"] == "CASE_SLA"]
+    got = {state: {a["alert_id"] for a in alerts if a["state"] == state} for state in ("FIRING", "RESOLVED")}
+    want = {"FIRING": expected.firing_ids("CASE_SLA"), "RESOLVED": expected.resolved_ids("CASE_SLA")}
+    records = expected.stage_records
+    met = records.loc[(records["state"] == "CLOSED") & (records["sla_met"] == True), "record_id"]  # noqa: E712
+    seen_overdue_then_met = {oracle.sha1(f"CASE_SLA|{rid}") for rid in met}
+    problems = []
+    for state in ("FIRING", "RESOLVED"):
+        missing = want[state] - got[state]
+        unexplained = {
+            a
+            for a in got[state] - want[state]
+            if a not in seen_overdue_then_met or a not in got["FIRING"] or a not in got["RESOLVED"]
+        }
+        if missing or unexplained:
+            problems.append(f"CASE_SLA {state}: {len(missing)} missing, {len(unexplained)} unexplained")
+    return problems
+
+
+def all_problems(reader: OutputReader, expected: oracle.OracleResult) -> list[str]:
+    """Stage records, KPI windows and backlog exactly as the oracle; CASE_SLA as above."""
+    problems = [p for p in differences(reader, expected, limit=20) if not p.startswith("CASE_SLA")]
+    return problems + case_sla_problems(reader, expected)
+
+
 def test_two_workers_share_partitions_and_the_survivor_takes_over_with_no_loss(
     module_broker: TansuBroker,  # noqa: F811 - the fixture imported above
     tmp_path: Path,
@@ -202,8 +231,8 @@ def test_two_workers_share_partitions_and_the_survivor_takes_over_with_no_loss(
         assert not publisher.is_alive(), "publishing the rest of the traffic did not finish"
 
         # 3. Nothing lost, nothing double counted: the latest outputs equal the oracle.
-        ok = wait_until(reader, lambda: not differences(reader, expected), timeout_s=180, workers=[first])
-        problems = differences(reader, expected, limit=20)
+        ok = wait_until(reader, lambda: not all_problems(reader, expected), timeout_s=180, workers=[first])
+        problems = all_problems(reader, expected)
         assert ok and not problems, (
             "outputs differ from the oracle after the takeover:\n"
             + "\n".join(problems)
