@@ -68,7 +68,7 @@ def forward(
     metrics = Metrics()
     _publish_missions(metrics, settings.missions_file)
     if metrics_port >= 0:
-        port = serve(metrics, metrics_port)
+        port = serve(metrics, metrics_port, settings.metrics_address)
         typer.echo(f"forwarder metrics on http://127.0.0.1:{port}/metrics")
     url = alertmanager_url or alertmanager_url_for(settings, alertmanager_port)
     forwarder = AlertForwarder(

@@ -40,7 +40,20 @@ def show_config(markdown: bool = typer.Option(False, help="Print the reference t
         return
     settings = settings_or_exit()
     for name, value in settings.model_dump().items():
-        typer.echo(f"BACKBONE_{name.upper()}={value}")
+        typer.echo(f"BACKBONE_{name.upper()}={_mask_url_password(value)}")
+
+
+def _mask_url_password(value: object) -> object:
+    """Hide a password embedded in a URL (``http://user:secret@host``) when printing settings."""
+    if not isinstance(value, str) or "://" not in value or "@" not in value:
+        return value
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(value)
+    if parts.password is None:
+        return value
+    netloc = f"{parts.username}:**********@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 @missions_app.command("check")

@@ -60,6 +60,8 @@ class Settings(BaseSettings):
         "", description="ClickHouse HTTP(S) URL, e.g. http://user:pass@host:8123/backbone. Empty: chdb under data_dir."
     )
     clickhouse_database: str = Field("backbone", description="ClickHouse database for all tables.")
+    clickhouse_username: str = Field("", description="ClickHouse user (keeps credentials out of the URL).")
+    clickhouse_password: SecretStr = Field(SecretStr(""), description="ClickHouse password (secret; never logged).")
 
     # -- Embedded runtime ---------------------------------------------------------------
     data_dir: Path = Field(Path(".backbone-data"), description="Folder for the embedded chdb database and run files.")

@@ -85,6 +85,9 @@ class Metrics:
 
 
 def serve(metrics: Metrics, port: int, addr: str = "127.0.0.1") -> int:
-    """Serve ``/metrics`` on ``addr:port`` (port 0: a free one); returns the bound port."""
+    """Serve ``/metrics`` on ``addr:port`` (port 0: a free one); returns the bound port.
+
+    ``addr`` is ``settings.metrics_address``: loopback by default, ``0.0.0.0`` in containers.
+    """
     server, _thread = start_http_server(port, addr=addr, registry=metrics.registry)
     return int(server.server_address[1])

@@ -94,7 +94,7 @@ def register(app: typer.Typer) -> None:
         from sinks.client import LockedQuery, open_client
 
         settings = settings_or_exit()
-        query = LockedQuery(open_client(settings))
+        query = LockedQuery(open_client(settings, create_database=False))  # read-only user
         handle = start_board(query, settings.board_port if port is None else port, settings, host=host)
         typer.echo(f"command view on {handle.url}  (Ctrl-C to stop)")
         try:

@@ -5,7 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(prometheus prometheus-alertmanager chromium chromium-driver kcat)
+# openssl + a JRE (keytool): the deployment tests build the dev TLS material like deploy/bootstrap.sh
+APT_PACKAGES=(prometheus prometheus-alertmanager chromium chromium-driver kcat openssl default-jre-headless)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -88,7 +88,7 @@ def sink_run(
     client = open_client(settings)
     migrate(client)
     metrics = Metrics()
-    port = serve(metrics, settings.sink_metrics_port)
+    port = serve(metrics, settings.sink_metrics_port, settings.metrics_address)
     config = SinkConfig(group_id=group, batch_rows=batch_rows, max_batch_age_s=max_batch_age)
     sink = Sink(settings, client, metrics, config)
     stop = threading.Event()

@@ -38,7 +38,13 @@ def open_client(settings: Settings, database: str | None = None, create_database
     The database is created first when missing, so a fresh chdb path or server works at once.
     """
     db = database or settings.clickhouse_database
-    client = clickhouse_connect.get_client(dsn=client_dsn(settings))
+    credentials: dict[str, str] = {}
+    if settings.clickhouse_username and not settings.embedded_clickhouse:
+        credentials = {
+            "username": settings.clickhouse_username,
+            "password": settings.clickhouse_password.get_secret_value(),
+        }
+    client = clickhouse_connect.get_client(dsn=client_dsn(settings), **credentials)
     try:
         if create_database:
             client.command(f"CREATE DATABASE IF NOT EXISTS {quote_identifier(db)}")

@@ -84,3 +84,36 @@ def test_cli_masks_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
     result = CliRunner().invoke(app, ["config"])
     assert result.exit_code == 0
     assert "hunter2" not in result.output
+
+
+def test_cli_masks_passwords_inside_urls(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BACKBONE_CLICKHOUSE_URL", "http://writer:pa55word@clickhouse:8123/backbone")
+    monkeypatch.setenv("BACKBONE_CLICKHOUSE_PASSWORD", "other-secret")
+    result = CliRunner().invoke(app, ["config"])
+    assert result.exit_code == 0
+    assert "pa55word" not in result.output and "other-secret" not in result.output
+    assert "http://writer:**********@clickhouse:8123/backbone" in result.output
+
+
+def test_clickhouse_credentials_from_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Credentials given as settings reach clickhouse-connect without living in the URL."""
+    import clickhouse_connect
+
+    from sinks.client import open_client
+
+    seen: dict[str, object] = {}
+
+    class Refused(Exception):
+        pass
+
+    def fake_get_client(**kwargs: object) -> None:
+        seen.update(kwargs)
+        raise Refused
+
+    monkeypatch.setattr(clickhouse_connect, "get_client", fake_get_client)
+    monkeypatch.setenv("BACKBONE_CLICKHOUSE_URL", "http://clickhouse:8123")
+    monkeypatch.setenv("BACKBONE_CLICKHOUSE_USERNAME", "writer")
+    monkeypatch.setenv("BACKBONE_CLICKHOUSE_PASSWORD", "s3cret")
+    with pytest.raises(Refused):
+        open_client(load_settings())
+    assert seen == {"dsn": "http://clickhouse:8123", "username": "writer", "password": "s3cret"}
