@@ -536,9 +536,15 @@ def test_clickhouse_grants_are_as_narrow_as_documented(users_xml: ET.Element) ->
 
 def test_services_use_the_clickhouse_user_their_role_needs() -> None:
     services = raw_compose()["services"]
-    assert "backbone_migrator:" in services["migrate"]["environment"]["BACKBONE_CLICKHOUSE_URL"]
-    assert "backbone_writer:" in services["sink"]["environment"]["BACKBONE_CLICKHOUSE_URL"]
-    assert "backbone_reader:" in services["board"]["environment"]["BACKBONE_CLICKHOUSE_URL"]
+    for service, user, password in (
+        ("migrate", "backbone_migrator", "CLICKHOUSE_MIGRATOR_PASSWORD"),
+        ("sink", "backbone_writer", "CLICKHOUSE_WRITER_PASSWORD"),
+        ("board", "backbone_reader", "CLICKHOUSE_READER_PASSWORD"),
+    ):
+        env = services[service]["environment"]
+        assert env["BACKBONE_CLICKHOUSE_USERNAME"] == user
+        assert password in env["BACKBONE_CLICKHOUSE_PASSWORD"]
+        assert "@" not in env["BACKBONE_CLICKHOUSE_URL"], "credentials belong in the secret settings, not the URL"
     grafana = loaded_compose()["services"]["grafana"]["environment"]
     assert grafana["CLICKHOUSE_READONLY_USER"] == "backbone_reader"
     # Every $VARIABLE the provisioning files expand is given to Grafana, and the data source uses them.
