@@ -38,6 +38,24 @@ from schemas.codec import Codec
 pytestmark = pytest.mark.integration
 
 
+def scrape_metrics(worker: WorkerProcess) -> dict[tuple[str, str], float]:
+    """The worker's /metrics, summed by (metric, first interesting label): topic, reason or kind."""
+    import re
+    import urllib.request
+
+    port = int(re.search(r"metrics on 127\.0\.0\.1:(\d+)", worker.log_path.read_text()).group(1))
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    out: dict[tuple[str, str], float] = {}
+    for line in text.splitlines():
+        m = re.match(r"^(backbone_\w+)\{(.*)\} ([0-9.e+-]+)$", line)
+        if not m:
+            continue
+        labels = dict(re.findall(r'(\w+)="([^"]*)"', m.group(2)))
+        label = labels.get("reason") or labels.get("kind") or labels.get("topic") or ""
+        out[(m.group(1), label)] = out.get((m.group(1), label), 0.0) + float(m.group(3))
+    return out
+
+
 def poison_messages(events: list[tuple[str, dict]]) -> list[tuple[str, bytes | None, bytes | None, str]]:
     """(topic, key, value, expected dead-letter reason) for messages no agency should send."""
     codec = Codec()
@@ -106,6 +124,13 @@ def test_simulated_traffic_equals_oracle_and_poison_is_dead_lettered(
         invalid_reasons = Counter(d["reason"] for d in dead if d["key"] not in {k for _, k, _, _ in poison})
         assert sum(invalid_reasons.values()) == len(expected.invalid), invalid_reasons
         assert worker.alive, worker.log_tail()
+
+        metrics = scrape_metrics(worker)
+        assert metrics.get(("backbone_events_in_total", contracts.CUSTOMS), 0) > 0, metrics
+        assert metrics.get(("backbone_dead_letters_total", "bad_framing"), 0) >= 1, metrics
+        assert metrics.get(("backbone_alerts_emitted_total", "CASE_SLA"), 0) >= len(expected.firing_ids()), (
+            metrics
+        )
     finally:
         reader.close()
         code = worker.stop()
