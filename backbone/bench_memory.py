@@ -81,7 +81,8 @@ def case_state_size(bootstrap: str, run: JobRun) -> dict[str, int]:
                     read += 1
     finally:
         consumer.close()
-    values = [json.loads(v) if v else None for v in latest.values()]
+    # The table's changelog value is ``[partition, state]`` (stream_processors.state); None = deleted.
+    values = [json.loads(v)[1] if v else None for v in latest.values()]
     return {
         "keys": sum(1 for v in values if v is not None),
         "live_cases": sum(1 for v in values if isinstance(v, dict)),
