@@ -3,7 +3,8 @@
 Implements the "Stage instances" and "CASE_SLA" rules of ``SEMANTICS.md`` over batches of raw
 agency messages. Everything a case needs lives in one state value keyed by its ``case_id``:
 
-``{"e": [event_id, ...], "i": {stage_id: instance}, "lt": newest occurred_at of the case}``
+``{"e": [event_id, ...], "i": {stage_id: instance}, "lt": newest occurred_at of the case,
+"p": input partition index}``
 
 where ``stage_id`` is the first 8 hex digits of ``sha1("mission|journey|stage")`` (short, and
 stable when stages are added to the missions file) and an instance is a list (compact JSON)::
@@ -30,6 +31,12 @@ duplicate; a new one that marks a stage boundary goes to the dead letters with r
 event only counts for its feed's freshness. Tombstones are deleted ``tombstone_retention_ms``
 later, so state stays
 bounded by the traffic of the retention periods, not by history.
+
+**Overdue checks.** Open instances are judged against :class:`~stream_processors.watermarks.CatchUpClock`'s
+judge time of their partition, ``min(now, low watermark)``, not against "now" alone, so a
+catch-up does not fire CASE_SLA for stages whose end event is still waiting to be read (the
+``p`` in the case state says which partition index; states written before it existed are
+judged against the lowest judge time of all partitions).
 """
 
 from __future__ import annotations
@@ -57,7 +64,9 @@ from stream_processors.api import (
     encode_facts,
     feed_key,
 )
+from stream_processors.clock import Clock, WallClock
 from stream_processors.missions import Missions
+from stream_processors.watermarks import DEFAULT_PARTITION_IDLE_MS, CatchUpClock
 
 # Instance list slots.
 STARTED, START_EID, PROVINCE, PORT, AMOUNT, ENDED, CANCELLED, VERSION, ALERT = range(9)
@@ -69,6 +78,7 @@ EVICTED_CASE = "evicted_case"
 
 DEFAULT_MIN_CASE_RETENTION_MS = 3_600_000
 DEFAULT_TOMBSTONE_RETENTION_MS = 24 * 3_600_000
+_ID_CACHE_SIZE = 200_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,14 +99,24 @@ class StageInfo:
     owner_by_port: dict[str, str]
     owner_by_province: dict[str, str]
     default_owner: str
+    places: dict[tuple[str, str], tuple[str, str]]
+    """(province, port) → (KPI group key, owner agency), filled as places are met (hot path)."""
+
+    def place(self, province: str, port: str) -> tuple[str, str]:
+        """(group key, owner) of an instance started in ``province`` / ``port``."""
+        try:
+            return self.places[(province, port)]
+        except KeyError:
+            owner = self.owner_by_port.get(port) or self.owner_by_province.get(province) or self.default_owner
+            found = self.places[(province, port)] = (f"{self.group_prefix}{owner}|{province}|{port}", owner)
+            return found
 
     def owner(self, province: str, port: str) -> str:
-        """``Stage.owner_for`` with plain dicts (hot path)."""
-        return self.owner_by_port.get(port) or self.owner_by_province.get(province) or self.default_owner
+        """``Stage.owner_for`` with plain dicts."""
+        return self.place(province, port)[1]
 
     def group_key(self, province: str, port: str) -> str:
-        owner = self.owner_by_port.get(port) or self.owner_by_province.get(province) or self.default_owner
-        return f"{self.group_prefix}{owner}|{province}|{port}"
+        return self.place(province, port)[0]
 
 
 def stage_infos(missions: Missions) -> dict[str, StageInfo]:
@@ -122,6 +142,7 @@ def stage_infos(missions: Missions) -> dict[str, StageInfo]:
             owner_by_port=dict(stage.owner_by_port),
             owner_by_province=dict(stage.owner_by_province),
             default_owner=stage.owner,
+            places={},
         )
     return out
 
@@ -158,6 +179,8 @@ class JourneyEngine:
         *,
         case_retention_ms: int | None = None,
         tombstone_retention_ms: int = DEFAULT_TOMBSTONE_RETENTION_MS,
+        partition_idle_ms: int | None = None,
+        wall_clock: Clock | None = None,
     ) -> None:
         self.missions = missions
         self.codec = codec or Codec()
@@ -177,8 +200,16 @@ class JourneyEngine:
         }
         self.watermark_ms: int | None = None
         """Newest occurred_at seen (valid, distinct events): drives eviction; sent with the facts."""
-        self._deadlines: list[tuple[int, str, str]] = []  # (started_at + sla, case_id, stage_key)
+        idle = partition_idle_ms
+        if idle is None:
+            idle = getattr(settings, "partition_idle_ms", DEFAULT_PARTITION_IDLE_MS)
+        self.catch_up = CatchUpClock(contracts.INPUT_TOPICS, idle, wall_clock or WallClock())
+        """Judge time of overdue checks per partition (see :mod:`stream_processors.watermarks`)."""
+        # Per input partition index (None: states from before "p" existed): a heap of
+        # (started_at + sla, case_id, stage_key) for open instances not yet alerted.
+        self._deadlines: dict[int | None, list[tuple[int, str, str]]] = {}
         self._evictions: list[tuple[int, str]] = []  # (watermark at which to look again, case_id)
+        self._record_ids: dict[tuple[str, str], str] = {}
 
     # -- hot path ---------------------------------------------------------------------------
     def process(self, batch: Sequence[InputMessage], states: StateStore, now_ms: int) -> Outputs:
@@ -187,81 +218,113 @@ class JourneyEngine:
         facts: dict[str, list[list[Any]]] = {}
         feeds: dict[tuple[str, str, int], list[Any]] = {}  # see _count_feed
         valid = out.valid_events
+        duplicates = out.duplicates
+        records = out.stage_records
+        boundaries = self.boundaries
+        apply_boundary = self._apply_boundary
         batch_max = self.watermark_ms
+        judge_times: dict[int | None, int] = {}
+        evictions = self._evictions
+        retention = self.case_retention_ms
         for case_id, events in by_case.items():
             state = states.get(case_id)
-            if state is not None and "x" in state:
+            if state is None:
+                state = {"e": [], "i": {}, "lt": 0, "p": events[0][0].partition}
+            elif "x" in state:
                 self._tombstoned(case_id, state, events, feeds, now_ms, out)
                 states[case_id] = state
                 continue
-            if state is None:
-                state = {"e": [], "i": {}, "lt": 0}
             seen: list[str] = state["e"]
             insts: dict[str, list[Any]] = state["i"]
-            touched: dict[str, StageInfo] = {}
+            latest = state["lt"]
+            touched: dict[str, StageInfo] | None = None
             fresh = False
             for msg, raw in events:
                 event_id = raw["event_id"]
+                topic = msg.topic
                 if event_id in seen:
-                    out.duplicates[msg.topic] = out.duplicates.get(msg.topic, 0) + 1
+                    duplicates[topic] = duplicates.get(topic, 0) + 1
                     continue
                 seen.append(event_id)
                 fresh = True
                 occurred = raw["occurred_at"]
-                if occurred > state["lt"]:
-                    state["lt"] = occurred
-                if batch_max is None or occurred > batch_max:
-                    batch_max = occurred
+                if occurred > latest:
+                    latest = occurred
                 agency = raw["agency"]
-                vk = (msg.topic, agency)
-                valid[vk] = valid.get(vk, 0) + 1
-                _count_feed(feeds, agency, msg, raw, occurred)
-                bounds = self.boundaries.get((msg.topic, raw["status"]))
+                counted = (topic, agency)
+                valid[counted] = valid.get(counted, 0) + 1
+                feed_at = (agency, topic, msg.partition)
+                feed = feeds.get(feed_at)
+                if feed is None:
+                    feeds[feed_at] = [msg.offset, 1, occurred, raw["published_at"], {occurred}]
+                else:
+                    _fold_feed(feed, msg.offset, occurred, raw["published_at"])
+                bounds = boundaries.get((topic, raw["status"]))
                 if bounds:
                     for info, kind in bounds:
-                        if self._apply_boundary(info, kind, insts, msg, raw, occurred, event_id, facts):
-                            touched[info.key] = info
+                        if apply_boundary(info, kind, insts, msg, raw, occurred, event_id, facts):
+                            if touched is None:
+                                touched = {info.key: info}
+                            else:
+                                touched[info.key] = info
             if not fresh:
                 continue
+            state["lt"] = latest
+            if batch_max is None or latest > batch_max:
+                batch_max = latest
+            states[case_id] = state
+            if touched is None:
+                continue
+            partition = state.get("p")
+            judge = judge_times.get(partition)
+            if judge is None:
+                judge = judge_times[partition] = self._judge_time(now_ms, partition)
             for info in touched.values():
                 inst = insts[info.key]
                 if inst[STARTED] is not None:
-                    out.stage_records.append(self._stage_record(case_id, info, inst, now_ms))
-                    self._case_alert(case_id, info, inst, now_ms, out.alerts)
-            states[case_id] = state
+                    records.append(self._stage_record(case_id, info, inst, now_ms))
+                    self._case_alert(case_id, info, inst, now_ms, judge, partition, out.alerts)
             if is_complete(state):
-                heapq.heappush(self._evictions, (state["lt"] + self.case_retention_ms, case_id))
+                heapq.heappush(evictions, (latest + retention, case_id))
         self.watermark_ms = batch_max
         out.max_occurred_at = batch_max if by_case else None
         self._emit_facts(facts, feeds, out)
         self._evict(states, exclude=by_case)
         return out
 
+    def _judge_time(self, now_ms: int, partition: int | None) -> int:
+        """When open instances of ``partition`` (None: unknown, the lowest of all) are judged overdue."""
+        return self.catch_up.judge_time(now_ms, partition)
+
     def _decode_batch(
         self, batch: Sequence[InputMessage], now_ms: int, out: Outputs
     ) -> dict[str, list[tuple[InputMessage, dict[str, Any]]]]:
-        """Decode and validate; group the valid events by case, keeping arrival order."""
+        """Decode and validate; group the valid events by case, keeping arrival order.
+
+        Also tells the catch-up clock how far each input topic-partition has been read.
+        """
         by_case: dict[str, list[tuple[InputMessage, dict[str, Any]]]] = {}
         decode = self.codec.decode
         registry = self.registry
         skew = self.max_future_skew_ms
+        dead_letters = out.dead_letters
+        newest: dict[tuple[str, int], int] = {}
         for msg in batch:
+            topic = msg.topic
             try:
-                raw = decode(msg.topic, msg.value)
+                raw = decode(topic, msg.value)
             except DecodeError as exc:
-                out.dead_letters.append(dead_letter(msg, exc.reason, exc.detail, now_ms))
+                dead_letters.append(dead_letter(msg, exc.reason, exc.detail, now_ms))
                 continue
             ts = msg.timestamp_ms
             try:
-                validate_event(msg.topic, raw, now_ms if ts is None or ts < now_ms else ts, registry, skew)
+                validate_event(topic, raw, now_ms if ts is None or ts < now_ms else ts, registry, skew)
             except InvalidRecord as exc:
-                out.dead_letters.append(
-                    dead_letter(msg, "invalid_record", f"{exc.field}: {exc.reason}", now_ms)
-                )
+                dead_letters.append(dead_letter(msg, "invalid_record", f"{exc.field}: {exc.reason}", now_ms))
                 continue
             case_id: str = raw["case_id"]
             if msg.key is None or msg.key != case_id.encode():
-                out.dead_letters.append(
+                dead_letters.append(
                     dead_letter(
                         msg,
                         "case_id_key_mismatch",
@@ -271,11 +334,20 @@ class JourneyEngine:
                     )
                 )
                 continue
+            tp = (topic, msg.partition)
+            occurred = raw["occurred_at"]
+            if occurred > newest.get(tp, occurred - 1):
+                newest[tp] = occurred
             events = by_case.get(case_id)
             if events is None:
                 by_case[case_id] = [(msg, raw)]
             else:
                 events.append((msg, raw))
+        if newest:
+            catch_up = self.catch_up
+            wall_ms = catch_up.wall_ms()
+            for (topic, partition), occurred in newest.items():
+                catch_up.observe(topic, partition, occurred, wall_ms)
         return by_case
 
     def _apply_boundary(
@@ -294,13 +366,23 @@ class JourneyEngine:
         if inst is None:
             inst = [None, None, None, None, None, None, None, None, NO_ALERT]
             insts[info.key] = inst
-        old = self._contribution(info, inst)
-        if kind == START:
+            old = None
+        elif kind == START:
             started = inst[STARTED]
             if started is not None and (
                 occurred > started or (occurred == started and event_id >= inst[START_EID])
             ):
                 return False
+            old = _contribution(info, inst)
+        elif kind == END:
+            if inst[ENDED] is not None and occurred >= inst[ENDED]:
+                return False
+            old = _contribution(info, inst)
+        else:
+            if inst[CANCELLED] is not None and occurred >= inst[CANCELLED]:
+                return False
+            old = _contribution(info, inst)
+        if kind == START:
             inst[STARTED] = occurred
             inst[START_EID] = event_id
             inst[PROVINCE] = raw["province"]
@@ -308,43 +390,25 @@ class JourneyEngine:
             inst[AMOUNT] = raw[info.money_field] if info.money_field else None
             visible = True
         elif kind == END:
-            if inst[ENDED] is not None and occurred >= inst[ENDED]:
-                return False
             inst[ENDED] = occurred
             visible = inst[STARTED] is not None
         else:
-            if inst[CANCELLED] is not None and occurred >= inst[CANCELLED]:
-                return False
             inst[CANCELLED] = occurred
             visible = inst[STARTED] is not None and inst[ENDED] is None
-        new = self._contribution(info, inst)
+        new = _contribution(info, inst)
         if new != old:
-            cause = (msg.topic, msg.partition, msg.offset)
+            topic, partition, offset = msg.topic, msg.partition, msg.offset
             if old is not None:
-                facts.setdefault(old[0], []).append([old[1], *cause, -1, *old[2:]])
+                group_facts = facts.get(old[0])
+                if group_facts is None:
+                    group_facts = facts[old[0]] = []
+                group_facts.append([old[1], topic, partition, offset, -1, *old[2:]])
             if new is not None:
-                facts.setdefault(new[0], []).append([new[1], *cause, 1, *new[2:]])
+                group_facts = facts.get(new[0])
+                if group_facts is None:
+                    group_facts = facts[new[0]] = []
+                group_facts.append([new[1], topic, partition, offset, 1, *new[2:]])
         return visible
-
-    @staticmethod
-    def _contribution(info: StageInfo, inst: list[Any]) -> tuple[Any, ...] | None:
-        """(group key, fact kind, payload...) this instance adds to hop 2, or None."""
-        started = inst[STARTED]
-        if started is None:
-            return None
-        ended = inst[ENDED]
-        if ended is not None:
-            duration = ended - started if ended > started else 0
-            return (
-                info.group_key(inst[PROVINCE], inst[PORT]),
-                COMPLETION_FACT,
-                ended,
-                duration,
-                1 if duration <= info.sla_ms else 0,
-            )
-        if inst[CANCELLED] is not None:
-            return None
-        return (info.group_key(inst[PROVINCE], inst[PORT]), BACKLOG_FACT, started, inst[AMOUNT])
 
     def _emit_facts(
         self, facts: dict[str, list[list[Any]]], feeds: dict[tuple[str, str, int], list[Any]], out: Outputs
@@ -394,8 +458,17 @@ class JourneyEngine:
             _count_feed(feeds, agency, msg, raw, raw["occurred_at"])
 
     # -- outputs ----------------------------------------------------------------------------
-    @staticmethod
-    def _stage_record(case_id: str, info: StageInfo, inst: list[Any], now_ms: int) -> dict[str, Any]:
+    def _record_id(self, case_id: str, info: StageInfo) -> str:
+        """``ids.record_id``, memoised: an instance is emitted at least twice (OPEN, then CLOSED)."""
+        key = (case_id, info.key)
+        record_id = self._record_ids.get(key)
+        if record_id is None:
+            if len(self._record_ids) >= _ID_CACHE_SIZE:
+                self._record_ids.clear()
+            record_id = self._record_ids[key] = ids.record_id(case_id, info.mission, info.journey, info.stage)
+        return record_id
+
+    def _stage_record(self, case_id: str, info: StageInfo, inst: list[Any], now_ms: int) -> dict[str, Any]:
         started, ended = inst[STARTED], inst[ENDED]
         duration: int | None = None
         sla_met: bool | None = None
@@ -407,16 +480,18 @@ class JourneyEngine:
             state = "CANCELLED"
         else:
             state = "OPEN"
-        version = ids.next_version(inst[VERSION], now_ms)
-        inst[VERSION] = version
+        previous = inst[VERSION]
+        version = inst[VERSION] = (
+            now_ms if previous is None or now_ms > previous else previous + 1
+        )  # ids.next_version, inlined
         province, port = inst[PROVINCE], inst[PORT]
         return {
-            "record_id": ids.record_id(case_id, info.mission, info.journey, info.stage),
+            "record_id": self._record_id(case_id, info),
             "case_id": case_id,
             "mission": info.mission,
             "journey": info.journey,
             "stage": info.stage,
-            "owner_agency": info.owner(province, port),
+            "owner_agency": info.place(province, port)[1],
             "province": province,
             "port": port,
             "state": state,
@@ -430,13 +505,26 @@ class JourneyEngine:
         }
 
     def _case_alert(
-        self, case_id: str, info: StageInfo, inst: list[Any], now_ms: int, alerts: list[dict[str, Any]]
+        self,
+        case_id: str,
+        info: StageInfo,
+        inst: list[Any],
+        now_ms: int,
+        judge_ms: int,
+        partition: int | None,
+        alerts: list[dict[str, Any]],
     ) -> bool:
-        """Apply the CASE_SLA rule to one instance; True if its alert state changed."""
+        """Apply the CASE_SLA rule to one instance; True if its alert state changed.
+
+        A closed or cancelled instance is judged on its own times; an open one at ``judge_ms``
+        (``min(now, low watermark)`` of its partition), else its deadline goes on the heap.
+        """
         started, ended, cancelled = inst[STARTED], inst[ENDED], inst[CANCELLED]
         sla = info.sla_ms
         state = inst[ALERT]
         if ended is not None:
+            if state == RESOLVED:
+                return False
             overdue = ended - started - sla
             if state == NO_ALERT and overdue > 0:
                 alerts.append(self._case_sla(case_id, info, inst, "FIRING", overdue, None, now_ms))
@@ -445,6 +533,8 @@ class JourneyEngine:
                 alerts.append(self._case_sla(case_id, info, inst, "RESOLVED", max(0, overdue), ended, now_ms))
                 state = RESOLVED
         elif cancelled is not None:
+            if state == RESOLVED:
+                return False
             overdue = cancelled - started - sla  # a cancelled case waited until its cancel event
             if state == NO_ALERT and overdue > 0:
                 alerts.append(self._case_sla(case_id, info, inst, "FIRING", overdue, None, now_ms))
@@ -455,19 +545,22 @@ class JourneyEngine:
                 )
                 state = RESOLVED
         elif state == NO_ALERT:
-            overdue = now_ms - started - sla
+            overdue = judge_ms - started - sla
             if overdue > 0:
                 alerts.append(self._case_sla(case_id, info, inst, "FIRING", overdue, None, now_ms))
                 state = FIRING
             else:
-                heapq.heappush(self._deadlines, (started + sla, case_id, info.key))
+                heap = self._deadlines.get(partition)
+                if heap is None:
+                    heap = self._deadlines[partition] = []
+                heapq.heappush(heap, (started + sla, case_id, info.key))
         if state != inst[ALERT]:
             inst[ALERT] = state
             return True
         return False
 
-    @staticmethod
     def _case_sla(
+        self,
         case_id: str,
         info: StageInfo,
         inst: list[Any],
@@ -479,7 +572,7 @@ class JourneyEngine:
         started = inst[STARTED]
         province, port = inst[PROVINCE], inst[PORT]
         owner = info.owner(province, port)
-        rid = ids.record_id(case_id, info.mission, info.journey, info.stage)
+        rid = self._record_id(case_id, info)
         if state == "FIRING":
             summary = (
                 f"Case {case_id} has waited {_fmt_duration(overdue + info.sla_ms)} at '{info.name}' "
@@ -513,23 +606,31 @@ class JourneyEngine:
 
     # -- timers -----------------------------------------------------------------------------
     def sweep(self, states: StateStore, now_ms: int) -> Outputs:
-        """CASE_SLA FIRING for open instances past their deadline; evict complete cases."""
+        """CASE_SLA FIRING for open instances past their deadline at their partition's judge time
+        (``min(now, low watermark)``, see :mod:`stream_processors.watermarks`); evict complete cases.
+
+        O(instances due): each partition's deadlines are a heap, popped only while due.
+        """
         out = Outputs()
         changed: dict[str, dict[str, Any]] = {}
-        heap = self._deadlines
-        while heap and heap[0][0] < now_ms:
-            _, case_id, stage_key = heapq.heappop(heap)
-            state = changed.get(case_id) or states.get(case_id)
-            if not isinstance(state, dict) or "i" not in state:  # gone, or a tombstone
+        wall_ms = self.catch_up.wall_ms()
+        for partition, heap in self._deadlines.items():
+            if not heap:
                 continue
-            inst = state["i"].get(stage_key)
-            info = self.stages.get(stage_key)
-            if inst is None or info is None or inst[STARTED] is None or inst[ALERT] != NO_ALERT:
-                continue
-            if inst[ENDED] is not None or inst[CANCELLED] is not None:
-                continue
-            if self._case_alert(case_id, info, inst, now_ms, out.alerts):
-                changed[case_id] = state
+            judge = self.catch_up.judge_time(now_ms, partition, wall_ms)
+            while heap and heap[0][0] < judge:
+                _, case_id, stage_key = heapq.heappop(heap)
+                state = changed.get(case_id) or states.get(case_id)
+                if not isinstance(state, dict) or "i" not in state:  # gone, or a tombstone
+                    continue
+                inst = state["i"].get(stage_key)
+                info = self.stages.get(stage_key)
+                if inst is None or info is None or inst[STARTED] is None or inst[ALERT] != NO_ALERT:
+                    continue
+                if inst[ENDED] is not None or inst[CANCELLED] is not None:
+                    continue
+                if self._case_alert(case_id, info, inst, now_ms, judge, partition, out.alerts):
+                    changed[case_id] = state
         for case_id, state in changed.items():
             states[case_id] = state
         self._evict(states)
@@ -560,9 +661,15 @@ class JourneyEngine:
             heapq.heappush(heap, entry)
 
     def rebuild_index(self, states: StateStore) -> None:
-        """Rebuild deadlines, evictions and the watermark from the state store."""
-        deadlines: list[tuple[int, str, str]] = []
+        """Rebuild deadlines, evictions and the watermark from the state store.
+
+        Also restarts the catch-up clock: the partitions that hold cases are expected, so open
+        instances are not judged until those partitions are read again (or have been idle for
+        the idle time), whatever "now" says.
+        """
+        deadlines: dict[int | None, list[tuple[int, str, str]]] = {}
         evictions: list[tuple[int, str]] = []
+        partitions: set[int] = set()
         wm = self.watermark_ms
         for case_id, state in list(states.items()):
             if isinstance(state, dict) and "x" in state:
@@ -572,6 +679,9 @@ class JourneyEngine:
                 continue
             if wm is None or state["lt"] > wm:
                 wm = state["lt"]
+            partition = state.get("p")
+            if partition is not None:
+                partitions.add(partition)
             for key, inst in state["i"].items():
                 info = self.stages.get(key)
                 if (
@@ -581,12 +691,35 @@ class JourneyEngine:
                     and inst[ENDED] is None
                     and inst[CANCELLED] is None
                 ):
-                    deadlines.append((inst[STARTED] + info.sla_ms, case_id, key))
+                    deadlines.setdefault(partition, []).append((inst[STARTED] + info.sla_ms, case_id, key))
             if is_complete(state):
                 evictions.append((state["lt"] + self.case_retention_ms, case_id))
-        heapq.heapify(deadlines)
+        for heap in deadlines.values():
+            heapq.heapify(heap)
         heapq.heapify(evictions)
         self._deadlines, self._evictions, self.watermark_ms = deadlines, evictions, wm
+        self.catch_up.forget()
+        self.catch_up.expect(partitions)
+
+
+def _contribution(info: StageInfo, inst: list[Any]) -> tuple[Any, ...] | None:
+    """(group key, fact kind, payload...) this instance adds to hop 2, or None."""
+    started = inst[STARTED]
+    if started is None:
+        return None
+    ended = inst[ENDED]
+    if ended is not None:
+        duration = ended - started if ended > started else 0
+        return (
+            info.place(inst[PROVINCE], inst[PORT])[0],
+            COMPLETION_FACT,
+            ended,
+            duration,
+            1 if duration <= info.sla_ms else 0,
+        )
+    if inst[CANCELLED] is not None:
+        return None
+    return (info.place(inst[PROVINCE], inst[PORT])[0], BACKLOG_FACT, started, inst[AMOUNT])
 
 
 def _count_feed(
@@ -602,14 +735,18 @@ def _count_feed(
     feed = feeds.get(key)
     if feed is None:
         feeds[key] = [msg.offset, 1, occurred, raw["published_at"], {occurred}]
-        return
-    if msg.offset > feed[0]:
-        feed[0] = msg.offset
+    else:
+        _fold_feed(feed, msg.offset, occurred, raw["published_at"])
+
+
+def _fold_feed(feed: list[Any], offset: int, occurred: int, published: int) -> None:
+    if offset > feed[0]:
+        feed[0] = offset
     feed[1] += 1
     if occurred > feed[2]:
         feed[2] = occurred
-    if raw["published_at"] > feed[3]:
-        feed[3] = raw["published_at"]
+    if published > feed[3]:
+        feed[3] = published
     feed[4].add(occurred)
 
 

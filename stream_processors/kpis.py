@@ -32,12 +32,13 @@ after a crash changes nothing. Windows are closed, and changed windows emitted, 
 from __future__ import annotations
 
 from bisect import bisect_left, insort
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from backbone.config import Settings
+from schemas import contracts
 from schemas.registry import Registry, default_registry
 from stream_processors import ids, sketch
 from stream_processors.api import (
@@ -50,13 +51,16 @@ from stream_processors.api import (
     decode_facts,
     parse_group_key,
 )
+from stream_processors.clock import Clock, WallClock
 from stream_processors.journeys import dead_letter
 from stream_processors.missions import Missions
+from stream_processors.watermarks import DEFAULT_PARTITION_IDLE_MS, CatchUpClock
 from stream_processors.windows import WindowSpec, window_specs
 
 DEFAULT_CLOSED_WINDOW_RETENTION_MS = 24 * 3_600_000
 SUMMARY_SEP = "@"
 _QS = (0.5, 0.9)
+_ID_CACHE_SIZE = 100_000
 
 # closed-window summary slots
 S_VERSION, S_COMPLETIONS, S_MET, S_P50, S_P90, S_MEAN, S_LATE = range(7)
@@ -100,6 +104,8 @@ class KpiEngine:
         registry: Registry | None = None,
         *,
         closed_window_retention_ms: int = DEFAULT_CLOSED_WINDOW_RETENTION_MS,
+        partition_idle_ms: int | None = None,
+        wall_clock: Clock | None = None,
     ) -> None:
         self.missions = missions
         self.registry = registry or default_registry()
@@ -120,11 +126,17 @@ class KpiEngine:
         """Newest occurred_at hop 1 reported (max over facts): windows close behind it."""
         self.closed_wm: int | None = None
         """Watermark of the last close pass: a window with end + grace <= it is closed."""
-        self._windowed: set[str] = set()  # group keys that hold open panes
+        self._windowed: dict[str, int] = {}  # group keys that hold open panes → next close watermark
         self._dirty: set[str] = set()  # group keys with panes changed since the last tick
         self._feeds: set[str] = set()
         self._closed: dict[str, int] = {}  # closed-windows key → earliest expiry watermark in it
         self._spec_by_name = {spec.name: spec for spec in self.specs}
+        self._kpi_ids: dict[tuple[str, int, str], str] = {}
+        idle = partition_idle_ms
+        if idle is None:
+            idle = getattr(settings, "partition_idle_ms", DEFAULT_PARTITION_IDLE_MS)
+        self.catch_up = CatchUpClock(contracts.INPUT_TOPICS, idle, wall_clock or WallClock())
+        """FEED_SILENT's judge time: how far hop 1 read each input topic-partition (from feed facts)."""
 
     # -- facts ------------------------------------------------------------------------------
     def group(self, key: str) -> GroupInfo | None:
@@ -232,7 +244,9 @@ class KpiEngine:
         if st["d"]:
             self._dirty.add(info.key)
         if st["p"]:
-            self._windowed.add(info.key)
+            next_close = self._next_close(st)
+            if next_close is not None:
+                self._windowed[info.key] = next_close
         if late_hits:
             self._count_late(info, late_hits, loaded, states, now_ms, out)
 
@@ -324,6 +338,7 @@ class KpiEngine:
         src: dict[str, int] = st["src"]
         applied: dict[str, int] = {}
         times: set[int] = set()
+        wall_ms = self.catch_up.wall_ms()
         for fact in facts:
             _, topic, partition, offset, n, occurred, published, occurred_times = fact
             tp = f"{topic}:{partition}"
@@ -333,6 +348,7 @@ class KpiEngine:
                 applied[tp] = offset
             st["n"] += n
             times.update(occurred_times)
+            self.catch_up.observe(topic, partition, occurred, wall_ms)
             if published > (st["lp"] or 0):
                 st["lp"] = published
             lo = st["lo"]
@@ -392,24 +408,18 @@ class KpiEngine:
         }
 
     def _window_row(
-        self, info: GroupInfo, spec: WindowSpec, start: int, st: dict[str, Any], now_ms: int
+        self,
+        info: GroupInfo,
+        spec: WindowSpec,
+        start: int,
+        agg: WindowAggregate,
+        st: dict[str, Any],
+        now_ms: int,
     ) -> tuple[dict[str, Any], list[Any]]:
-        """The KpiWindow row of an open window from its panes, and its summary for closing."""
-        panes = st["p"].get(spec.name) or {}
-        if spec.step_ms == spec.size_ms:
-            entry = panes.get(str(start))
-            entries = [entry] if entry is not None else []
-        else:
-            entries = [e for e in (panes.get(str(p)) for p in spec.panes_of_window(start)) if e is not None]
-        n = met = total = 0
-        for e in entries:
-            n += e[0]
-            met += e[1]
-            total += e[2]
-        if len(entries) == 1:
-            p50, p90 = sketch.quantiles(entries[0][3], _QS)
-        elif entries:
-            p50, p90 = sketch.quantiles(sketch.merged(e[3] for e in entries), _QS)
+        """The KpiWindow row of a window from its aggregate, and its summary for closing."""
+        n, met, total, counts = agg
+        if n:
+            p50, p90 = sketch.quantiles(counts, _QS)
         else:
             p50 = p90 = None
         versions = st["w"].get(spec.name)
@@ -420,11 +430,22 @@ class KpiEngine:
         summary = [version, n, met, p50, p90, total / n if n else None, 0]
         return self._row_from_summary(info, spec, start, summary), summary
 
-    @staticmethod
-    def _row_from_summary(info: GroupInfo, spec: WindowSpec, start: int, s: list[Any]) -> dict[str, Any]:
+    def _kpi_id(self, spec: WindowSpec, start: int, info: GroupInfo) -> str:
+        """``ids.kpi_id``, memoised: an open window is re-emitted at every tick that changes it."""
+        key = (spec.name, start, info.key)
+        kpi_id = self._kpi_ids.get(key)
+        if kpi_id is None:
+            if len(self._kpi_ids) >= _ID_CACHE_SIZE:
+                self._kpi_ids.clear()
+            kpi_id = self._kpi_ids[key] = ids.kpi_id(spec.name, start, info.key)
+        return kpi_id
+
+    def _row_from_summary(
+        self, info: GroupInfo, spec: WindowSpec, start: int, s: list[Any]
+    ) -> dict[str, Any]:
         n = s[S_COMPLETIONS]
         return {
-            "kpi_id": ids.kpi_id(spec.name, start, info.key),
+            "kpi_id": self._kpi_id(spec, start, info),
             "window": spec.name,
             "window_start": start,
             "window_end": start + spec.size_ms,
@@ -447,30 +468,44 @@ class KpiEngine:
 
     # -- timer ------------------------------------------------------------------------------
     def tick(self, states: StateStore, now_ms: int) -> Outputs:
+        """Emit changed windows, close windows behind the watermark, evaluate KPI_TARGET and FEED_SILENT.
+
+        Visits only the groups with changed panes or a window due to close (O(changed), not
+        O(groups)). FEED_SILENT is judged at the catch-up clock's judge time (``min(now, low
+        watermark of the input topic-partitions)``), so a catch-up does not find feeds silent
+        whose events are still waiting to be read.
+        """
         out = Outputs()
         wm = self.watermark_ms
-        for key in sorted(self._windowed | self._dirty):
+        due = set(self._dirty)
+        if wm is not None:
+            due.update(key for key, next_close in self._windowed.items() if next_close <= wm)
+        for key in sorted(due):
             st = states.get(key)
             info = self.group(key)
             if not isinstance(st, dict) or info is None:
-                self._windowed.discard(key)
+                self._windowed.pop(key, None)
                 self._dirty.discard(key)
                 continue
             self._close_and_emit(info, st, wm, states, now_ms, out)
             st["cw"] = wm
             states[key] = st
-            if not st["p"]:
-                self._windowed.discard(key)
+            next_close = self._next_close(st)
+            if next_close is None:
+                self._windowed.pop(key, None)
+            else:
+                self._windowed[key] = next_close
             self._dirty.discard(key)
         if wm is not None and (self.closed_wm is None or wm > self.closed_wm):
             self.closed_wm = wm
+        judge = self.catch_up.judge_time(now_ms)
         for key in sorted(self._feeds):
             st = states.get(key)
             if not isinstance(st, dict):
                 self._feeds.discard(key)
                 continue
             agency = key[len(FEED_KEY_PREFIX) :]
-            silence = now_ms - st["lo"]
+            silence = judge - st["lo"]
             threshold = self.missions.feeds.threshold_ms(agency)
             if st["fa"] is None and silence > threshold:
                 st["fa"] = [ids.feed_silent_alert_id(agency, st["lo"]), st["lo"] + threshold, st["lo"]]
@@ -479,6 +514,17 @@ class KpiEngine:
         if wm is not None:
             self._prune_closed(states, wm)
         return out
+
+    def _next_close(self, st: dict[str, Any]) -> int | None:
+        """The watermark at which the group's oldest open window closes (None: no open pane)."""
+        soonest: int | None = None
+        for spec in self.specs:
+            panes = st["p"].get(spec.name)
+            if panes:
+                closes = min(int(p) for p in panes) + spec.step_ms + self.grace_ms
+                if soonest is None or closes < soonest:
+                    soonest = closes
+        return soonest
 
     def _prune_closed(self, states: StateStore, wm: int) -> None:
         """Drop closed-window summaries past their retention (no late completion can update them)."""
@@ -517,29 +563,32 @@ class KpiEngine:
             prev_closed = spec.last_closed_start(self.closed_wm, self.grace_ms)
             closing: list[int] = []
             if last_closed is not None and panes:
-                pane_starts = [int(p) for p in panes]
                 candidates = spec.windows_of_panes(
-                    p for p in pane_starts if p - spec.size_ms + spec.step_ms <= last_closed
+                    p for p in map(int, panes) if p - spec.size_ms + spec.step_ms <= last_closed
                 )
                 closing = [
                     s for s in candidates if s <= last_closed and (prev_closed is None or s > prev_closed)
                 ]
-            if closing:
-                skey = f"{info.key}{SUMMARY_SEP}{spec.name}"
-                closed = states.get(skey) or {"s": {}, "src": {}}
-                for start in closing:
-                    row, summary = self._window_row(info, spec, start, st, now_ms)
-                    out.kpi_windows.append(row)
-                    closed["s"][str(start)] = summary
-                    self._evaluate_targets(info, spec, start, summary, st, now_ms, out)
-                self._note_closed(
-                    skey, closing[0] + spec.size_ms + self.grace_ms + self.closed_window_retention_ms
-                )
-                states[skey] = closed
+            emit: list[int] = []
             if changed:
                 emit = [s for s in spec.windows_of_panes(changed) if last_closed is None or s > last_closed]
-                for start in emit:
-                    out.kpi_windows.append(self._window_row(info, spec, start, st, now_ms)[0])
+            if closing or emit:
+                closed = None
+                skey = f"{info.key}{SUMMARY_SEP}{spec.name}"
+                if closing:
+                    closed = states.get(skey) or {"s": {}, "src": {}}
+                n_closing = len(closing)
+                for i, (start, agg) in enumerate(window_aggregates(spec, panes, closing + emit)):
+                    row, summary = self._window_row(info, spec, start, agg, st, now_ms)
+                    out.kpi_windows.append(row)
+                    if i < n_closing and closed is not None:
+                        closed["s"][str(start)] = summary
+                        self._evaluate_targets(info, spec, start, summary, st, now_ms, out)
+                if closed is not None:
+                    self._note_closed(
+                        skey, closing[0] + spec.size_ms + self.grace_ms + self.closed_window_retention_ms
+                    )
+                    states[skey] = closed
             if last_closed is not None:
                 for pk in [pk for pk in panes if int(pk) <= last_closed]:
                     del panes[pk]
@@ -663,8 +712,9 @@ class KpiEngine:
 
     # -- recovery ---------------------------------------------------------------------------
     def rebuild_index(self, states: StateStore) -> None:
-        windowed: set[str] = set()
+        windowed: dict[str, int] = {}
         dirty: set[str] = set()
+        read_from: set[tuple[str, int]] = set()
         feeds: set[str] = set()
         closed_keys: dict[str, int] = {}
         wm = self.watermark_ms
@@ -674,6 +724,9 @@ class KpiEngine:
                 continue
             if key.startswith(FEED_KEY_PREFIX):
                 feeds.add(key)
+                for tp in st["src"]:
+                    topic, _, partition = tp.rpartition(":")
+                    read_from.add((topic, int(partition)))
                 if st["lo"] is not None and (wm is None or st["lo"] > wm):
                     wm = st["lo"]
             elif SUMMARY_SEP in key:
@@ -682,8 +735,9 @@ class KpiEngine:
                     first = min(int(k) for k in st["s"])
                     closed_keys[key] = first + spec.size_ms + self.grace_ms + self.closed_window_retention_ms
             else:
-                if st["p"]:
-                    windowed.add(key)
+                next_close = self._next_close(st)
+                if next_close is not None:
+                    windowed[key] = next_close
                 if st["d"]:
                     dirty.add(key)
                 cw = st.get("cw")
@@ -693,6 +747,8 @@ class KpiEngine:
             wm = closed
         self._windowed, self._dirty, self._feeds, self._closed = windowed, dirty, feeds, closed_keys
         self.watermark_ms, self.closed_wm = wm, closed
+        self.catch_up.forget()
+        self.catch_up.expect_topic_partitions(read_from)
 
 
 def _new_group() -> dict[str, Any]:
@@ -714,3 +770,48 @@ def _apply_backlog(st: dict[str, Any], fact: list[Any]) -> None:
             del bl[i]
     if amount is not None:
         st["amt"] = (st["amt"] or 0) + sign * amount
+
+
+WindowAggregate = tuple[int, int, int, sketch.Counts]
+"""(completions, sla_met, sum of durations, sketch counts) of one window."""
+
+
+def window_aggregates(
+    spec: WindowSpec, panes: dict[str, list[Any]], starts: list[int]
+) -> Iterator[tuple[int, WindowAggregate]]:
+    """The aggregates of windows ``starts`` (ascending) from their panes, by sliding.
+
+    A hopping window is the sum of its ``size / step`` panes. Consecutive windows share all but
+    one pane at each end, so the next window is the previous one minus the panes that slid out
+    plus the panes that slid in: two pane merges per window instead of ``size / step``. The
+    yielded sketch is reused for the next window: read it before advancing the iterator.
+    """
+    size, step = spec.size_ms, spec.step_ms
+    n = met = total = 0
+    counts: sketch.Counts = {}
+    current: int | None = None
+    for start in starts:
+        if current is None or start - current >= size or start < current:
+            n = met = total = 0
+            counts = {}
+            added = range(start, start + size, step)
+            removed = range(0)
+        else:
+            removed = range(current, start, step)
+            added = range(current + size, start + size, step)
+        for pane in removed:
+            entry = panes.get(str(pane))
+            if entry is not None:
+                n -= entry[0]
+                met -= entry[1]
+                total -= entry[2]
+                sketch.merge_into(counts, entry[3], -1)
+        for pane in added:
+            entry = panes.get(str(pane))
+            if entry is not None:
+                n += entry[0]
+                met += entry[1]
+                total += entry[2]
+                sketch.merge_into(counts, entry[3])
+        current = start
+        yield start, (n, met, total, counts)

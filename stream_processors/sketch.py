@@ -21,7 +21,9 @@ order = numeric order, so sorting needs no conversion) or ``"z"`` for zero.
 from __future__ import annotations
 
 import math
+from bisect import bisect_right
 from collections.abc import Iterable, Mapping, Sequence
+from itertools import accumulate
 
 RELATIVE_ACCURACY = 0.005
 GAMMA = (1 + RELATIVE_ACCURACY) / (1 - RELATIVE_ACCURACY)
@@ -40,9 +42,14 @@ def bucket_key(value: int | float) -> str:
 
 def bucket_value(key: str) -> int:
     """The whole-millisecond value a bucket reports."""
-    if key == ZERO_KEY:
-        return 0
-    return round(2.0 * GAMMA ** int(key) / (GAMMA + 1.0))
+    value = _BUCKET_VALUES.get(key)
+    if value is None:
+        value = _BUCKET_VALUES[key] = 0 if key == ZERO_KEY else round(2.0 * GAMMA ** int(key) / (GAMMA + 1.0))
+    return value
+
+
+_BUCKET_VALUES: dict[str, int] = {}
+"""Memo of :func:`bucket_value` (a few thousand buckets cover every duration up to years)."""
 
 
 def add(counts: Counts, key: str, n: int = 1) -> None:
@@ -76,17 +83,36 @@ def merged(parts: Iterable[Mapping[str, int]]) -> Counts:
 
 
 def quantiles(counts: Mapping[str, int], qs: Sequence[float]) -> list[int | None]:
-    """Lower quantiles ``qs`` (ascending) of the sketch; ``None`` for an empty sketch."""
-    total = sum(counts.values())
+    """Lower quantiles ``qs`` (ascending) of the sketch; ``None`` for an empty sketch.
+
+    The cumulative counts are built and searched in C (``accumulate``, ``bisect``): windows are
+    re-emitted often and a Python loop over every bucket was most of the cost of a KPI row.
+    """
+    keys = sorted(counts)
+    if not keys:
+        return [None] * len(qs)
+    if keys[-1] == ZERO_KEY:  # "z" sorts after the digits; zero is the smallest value
+        keys.insert(0, keys.pop())
+    cumulative = list(accumulate(map(counts.__getitem__, keys)))
+    total = cumulative[-1]
     if total <= 0:
         return [None] * len(qs)
+    if min(counts.values()) < 0:  # inconsistent retractions: cumulative counts are not monotonic
+        return _quantiles_walk(keys, counts, total, qs)
+    out: list[int | None] = []
+    for q in qs:
+        i = bisect_right(cumulative, math.floor(q * (total - 1)))
+        out.append(bucket_value(keys[i]) if i < len(keys) else None)
+    return out
+
+
+def _quantiles_walk(
+    keys: list[str], counts: Mapping[str, int], total: int, qs: Sequence[float]
+) -> list[int | None]:
     ranks = [math.floor(q * (total - 1)) for q in qs]
     out: list[int | None] = []
     cumulative = 0
     i = 0
-    keys = sorted(counts)
-    if keys[-1] == ZERO_KEY:  # "z" sorts after the digits; zero is the smallest value
-        keys.insert(0, keys.pop())
     for key in keys:
         cumulative += counts[key]
         while i < len(ranks) and ranks[i] < cumulative:
@@ -94,7 +120,7 @@ def quantiles(counts: Mapping[str, int], qs: Sequence[float]) -> list[int | None
             i += 1
         if i == len(ranks):
             break
-    while len(out) < len(qs):  # only when counts hold negative entries (inconsistent retractions)
+    while len(out) < len(qs):
         out.append(None)
     return out
 

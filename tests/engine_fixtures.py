@@ -16,6 +16,7 @@ from backbone.config import DEFAULT_MISSIONS_FILE, Settings
 from schemas import contracts
 from schemas.codec import Codec
 from stream_processors.api import FACTS_TOPIC, InputMessage, Outputs
+from stream_processors.clock import FixedClock
 from stream_processors.journeys import JourneyEngine
 from stream_processors.kpis import KpiEngine
 from stream_processors.missions import Missions, load_missions
@@ -104,13 +105,19 @@ class Feeder:
 
 
 class Pipeline:
-    """Both hops with dict state stores; collects every output and keeps the latest per id."""
+    """Both hops with dict state stores; collects every output and keeps the latest per id.
+
+    The engines' wall clock (idle partitions, see ``stream_processors/watermarks.py``) reads the
+    ``now_ms`` of the latest push or tick, as if each call happened at that wall time.
+    """
 
     def __init__(self, settings: Settings | None = None, partitions: int = 3, **journey_kwargs: Any) -> None:
         self.settings = settings or Settings(grace_ms=HOUR)
         self.missions = missions()
+        self.wall = FixedClock()
+        journey_kwargs.setdefault("wall_clock", self.wall)
         self.journeys = JourneyEngine(self.missions, self.settings, **journey_kwargs)
-        self.kpis = KpiEngine(self.missions, self.settings)
+        self.kpis = KpiEngine(self.missions, self.settings, wall_clock=self.wall)
         self.case_states: dict[str, Any] = {}
         self.kpi_states: dict[str, Any] = {}
         self.feeder = Feeder(partitions)
@@ -122,6 +129,7 @@ class Pipeline:
         return self.push_messages(self.feeder.messages(events), now_ms)
 
     def push_messages(self, msgs: list[InputMessage], now_ms: int) -> Outputs:
+        self.wall.set(now_ms)
         hop1 = self.journeys.process(msgs, self.case_states, now_ms)
         facts = [self.facts_feeder.message(FACTS_TOPIC, k, v) for k, v in hop1.facts]
         self.fact_messages.extend(facts)
@@ -132,6 +140,7 @@ class Pipeline:
         return hop1
 
     def tick(self, now_ms: int) -> Outputs:
+        self.wall.set(now_ms)
         res = self.journeys.sweep(self.case_states, now_ms)
         res.extend(self.kpis.tick(self.kpi_states, now_ms))
         self.out.extend(res)

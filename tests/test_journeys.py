@@ -239,7 +239,7 @@ def test_a_never_completing_case_is_critical_once_overdue_by_twice_its_sla_and_s
     # A new engine over the same state (a restart or a rebalance) rebuilds its deadline index.
     from stream_processors.journeys import JourneyEngine
 
-    p.journeys = JourneyEngine(p.missions, p.settings)
+    p.journeys = JourneyEngine(p.missions, p.settings, wall_clock=p.wall)
     p.journeys.rebuild_index(p.case_states)
     fired = case_sla(p.tick(T0 + 61 * DAY).alerts)
     assert [(a["state"], a["severity"]) for a in fired] == [("FIRING", "critical")]
@@ -303,7 +303,7 @@ def test_reprocessing_a_batch_after_a_crash_emits_the_same_facts_and_records() -
     a = p.journeys.process(batch, p.case_states, T0 + 3 * DAY)
     from stream_processors.journeys import JourneyEngine
 
-    fresh = JourneyEngine(p.missions, p.settings)
+    fresh = JourneyEngine(p.missions, p.settings, wall_clock=p.wall)
     fresh.rebuild_index(saved)
     b = fresh.process(batch, saved, T0 + 3 * DAY)
     assert a.facts == b.facts

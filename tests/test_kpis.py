@@ -378,7 +378,11 @@ def test_both_engines_equal_the_oracle_on_a_seeded_simulated_stream(interleaved:
     stream = sorted((m for q in by_tp.values() for m in q), key=lambda m: m.timestamp_ms)
     settings = Pipeline().settings.model_copy(update={"grace_ms": 2 * DAY})
     missions = Pipeline().missions
-    journeys, kpis = JourneyEngine(missions, settings), KpiEngine(missions, settings)
+    from stream_processors.clock import FixedClock
+
+    wall = FixedClock()  # the simulated deliveries' clock is the wall clock of this run
+    journeys = JourneyEngine(missions, settings, wall_clock=wall)
+    kpis = KpiEngine(missions, settings, wall_clock=wall)
     case_states: dict[str, Any] = {}
     kpi_states: dict[str, Any] = {}
     out = Outputs()
@@ -397,6 +401,7 @@ def test_both_engines_equal_the_oracle_on_a_seeded_simulated_stream(interleaved:
             for m in batch:
                 last_check[(m.topic, m.partition, m.offset)] = clock
             clock = max(clock, max(m.timestamp_ms for m in batch))
+            wall.set(clock)
             processing.append(("batch", batch))
             hop1 = journeys.process(batch, case_states, clock)
             facts = []
@@ -410,6 +415,7 @@ def test_both_engines_equal_the_oracle_on_a_seeded_simulated_stream(interleaved:
         out.extend(journeys.sweep(case_states, clock))
         out.extend(kpis.tick(kpi_states, clock))
     now = clock + HOUR
+    wall.set(now)
     processing.append(("tick", now))
     out.extend(journeys.sweep(case_states, now))
     out.extend(kpis.tick(kpi_states, now))

@@ -93,3 +93,30 @@ def test_zero_durations_are_exact_and_the_sketch_round_trips_as_plain_json() -> 
     back = DDSketch.from_dict(json.loads(json.dumps(s.to_dict())))
     assert back.counts == s.counts
     assert DDSketch().quantile(0.5) is None
+
+
+@given(
+    st.dictionaries(st.integers(0, 3000), st.integers(0, 50), max_size=60),
+    st.lists(st.floats(0, 1), min_size=1, max_size=4),
+)
+def test_quantiles_by_cumulative_search_equal_a_walk_over_sorted_buckets(
+    raw: dict[int, int], qs: list[float]
+) -> None:
+    """The C-level search (accumulate + bisect) equals the plain definition on any counts."""
+    counts = {("z" if k == 0 else f"{k:06d}"): n for k, n in raw.items()}
+    qs = sorted(qs)
+    total = sum(counts.values())
+    expected: list[int | None] = []
+    if total > 0:
+        ordered = sorted(raw)  # numeric order, zero first
+        for q in qs:
+            rank = int(q * (total - 1))
+            seen = 0
+            for k in ordered:
+                seen += raw[k]
+                if seen > rank:
+                    expected.append(sketch.bucket_value("z" if k == 0 else f"{k:06d}"))
+                    break
+    else:
+        expected = [None] * len(qs)
+    assert sketch.quantiles(counts, qs) == expected
