@@ -90,6 +90,9 @@ class Settings(BaseSettings):
     max_future_skew_ms: int = Field(
         600_000, ge=0, description="Events stamped further than this in the future are rejected as invalid."
     )
+    partition_idle_ms: int = Field(
+        60_000, ge=0, description="Overdue checks (CASE_SLA, FEED_SILENT) wait for input partitions that delivered within this wall time (catch-up)."
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level.")
 
     @field_validator("kafka_bootstrap_servers", "schema_registry_url", "clickhouse_url", "alertmanager_url")

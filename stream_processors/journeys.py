@@ -66,7 +66,7 @@ from stream_processors.api import (
 )
 from stream_processors.clock import Clock, WallClock
 from stream_processors.missions import Missions
-from stream_processors.watermarks import DEFAULT_PARTITION_IDLE_MS, CatchUpClock
+from stream_processors.watermarks import CatchUpClock
 
 # Instance list slots.
 STARTED, START_EID, PROVINCE, PORT, AMOUNT, ENDED, CANCELLED, VERSION, ALERT = range(9)
@@ -202,7 +202,7 @@ class JourneyEngine:
         """Newest occurred_at seen (valid, distinct events): drives eviction; sent with the facts."""
         idle = partition_idle_ms
         if idle is None:
-            idle = getattr(settings, "partition_idle_ms", DEFAULT_PARTITION_IDLE_MS)
+            idle = settings.partition_idle_ms
         self.catch_up = CatchUpClock(contracts.INPUT_TOPICS, idle, wall_clock or WallClock())
         """Judge time of overdue checks per partition (see :mod:`stream_processors.watermarks`)."""
         # Per input partition index (None: states from before "p" existed): a heap of

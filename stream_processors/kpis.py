@@ -54,7 +54,7 @@ from stream_processors.api import (
 from stream_processors.clock import Clock, WallClock
 from stream_processors.journeys import dead_letter
 from stream_processors.missions import Missions
-from stream_processors.watermarks import DEFAULT_PARTITION_IDLE_MS, CatchUpClock
+from stream_processors.watermarks import CatchUpClock
 from stream_processors.windows import WindowSpec, window_specs
 
 DEFAULT_CLOSED_WINDOW_RETENTION_MS = 24 * 3_600_000
@@ -134,7 +134,7 @@ class KpiEngine:
         self._kpi_ids: dict[tuple[str, int, str], str] = {}
         idle = partition_idle_ms
         if idle is None:
-            idle = getattr(settings, "partition_idle_ms", DEFAULT_PARTITION_IDLE_MS)
+            idle = settings.partition_idle_ms
         self.catch_up = CatchUpClock(contracts.INPUT_TOPICS, idle, wall_clock or WallClock())
         """FEED_SILENT's judge time: how far hop 1 read each input topic-partition (from feed facts)."""
 

@@ -29,6 +29,7 @@ from collections.abc import Collection, Iterable
 from stream_processors.clock import Clock
 
 DEFAULT_PARTITION_IDLE_MS = 60_000
+"""``Settings.partition_idle_ms``'s default."""
 
 _NEVER = -(2**63)
 """Judge time while a topic-partition is expected but nothing was read from it: nothing is overdue."""
