@@ -25,6 +25,8 @@ from fastavro.read import SchemaResolutionError
 from schemas import contracts
 from schemas.contracts import SchemaVersion
 from schemas.fast_reader import Malformed, Reader, Unsupported, compile_reader
+from schemas.fast_writer import FALLBACK_ERRORS, Writer, compile_writer
+from schemas.fast_writer import Unsupported as UnsupportedWriter
 from schemas.wire import (
     CONFLUENT_MAGIC,
     SINGLE_OBJECT_MAGIC,
@@ -73,6 +75,31 @@ def fast_readers() -> dict[bytes, tuple[str, Reader]]:
             continue
         out[sv.fingerprint] = (topic, reader)
     return out
+
+
+@cache
+def fast_writers() -> dict[bytes, Writer]:
+    """Fingerprint → generated writer (:mod:`schemas.fast_writer`) for every published version."""
+    out: dict[bytes, Writer] = {}
+    for versions in contracts.all_versions().values():
+        for sv in versions:
+            try:
+                writer = compile_writer(contracts.strip_logical_types(sv.schema), sv.money_fields)
+            except UnsupportedWriter:
+                continue
+            out[sv.fingerprint] = writer
+    return out
+
+
+@cache
+def _current_writers() -> dict[str, Writer]:
+    """Topic → generated writer of its current version: the common case, one dict lookup."""
+    writers = fast_writers()
+    return {
+        topic: writers[fp]
+        for topic in contracts.all_versions()
+        if (fp := contracts.current(topic).fingerprint) in writers
+    }
 
 
 def paisa_to_bytes(paisa: int) -> bytes:
@@ -156,6 +183,23 @@ class Codec:
 
     @staticmethod
     def encode_body(topic: str, raw: dict[str, Any], version: SchemaVersion | None = None) -> bytes:
+        """The Avro body of ``raw`` written with ``version`` (default: the topic's current schema).
+
+        Fast path: a writer generated for that schema (:mod:`schemas.fast_writer`, about three
+        times faster). Whatever it is unsure about goes through :meth:`encode_body_reference`
+        (fastavro), which decides the bytes and every error.
+        """
+        writer = _current_writers().get(topic) if version is None else fast_writers().get(version.fingerprint)
+        if writer is not None:
+            try:
+                return writer(raw)
+            except FALLBACK_ERRORS:
+                pass
+        return Codec.encode_body_reference(topic, raw, version)
+
+    @staticmethod
+    def encode_body_reference(topic: str, raw: dict[str, Any], version: SchemaVersion | None = None) -> bytes:
+        """:meth:`encode_body` through fastavro's generic writer: the reference the fast path must equal."""
         sv = version or contracts.current(topic)
         rec = raw
         if sv.money_fields:
