@@ -16,6 +16,7 @@ partition (key = group key): hop 2's offset-based idempotency relies on that ord
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections import Counter
 from collections.abc import Iterable
@@ -42,6 +43,33 @@ KEY_FIELD_BY_TOPIC: dict[str, str] = {
     contracts.FEED_FRESHNESS: "agency",
 }
 """The Kafka key of each output record: its deterministic id (stage records: the case)."""
+
+
+MAX_DEAD_LETTER_BYTES = 512 * 1024
+"""Largest original key/value a dead letter carries. Kafka refuses messages over its limit (1 MB by
+default), and a refused dead letter would block the batch forever; a larger original is cut to
+this size, with its length and SHA-256 in ``detail``. The whole original stays in its source topic
+at the partition and offset the dead letter names."""
+
+
+def bounded_dead_letter(record: dict[str, Any]) -> dict[str, Any]:
+    """Cut an oversized original key/value so the dead letter itself can always be delivered."""
+    notes = []
+    out = record
+    for field in ("value", "key"):
+        original = record.get(field)
+        if original is not None and len(original) > MAX_DEAD_LETTER_BYTES:
+            if out is record:
+                out = dict(record)
+            out[field] = original[:MAX_DEAD_LETTER_BYTES]
+            notes.append(
+                f"{field} cut to its first {MAX_DEAD_LETTER_BYTES} of {len(original)} bytes "
+                f"(sha256 {hashlib.sha256(original).hexdigest()}); the full record stays at "
+                f"{record.get('topic')}/{record.get('partition')}@{record.get('offset')}"
+            )
+    if notes:
+        out["detail"] = f"{record.get('detail', '')}; {'; '.join(notes)}".lstrip("; ")
+    return out
 
 
 class OutputDeliveryError(RuntimeError):
@@ -121,6 +149,8 @@ class OutputProducer:
         for topic, records in outputs.by_topic().items():
             key_field = KEY_FIELD_BY_TOPIC[topic]
             for record in records:
+                if topic == contracts.DEAD_LETTERS:
+                    record = bounded_dead_letter(record)  # noqa: PLW2901 - the bounded copy is what is sent
                 try:
                     value = encode(topic, record)
                 except (ValueError, TypeError, KeyError, OverflowError) as exc:
