@@ -43,6 +43,7 @@ class Metrics:
         self.backlog_oldest_wait = Gauge("backbone_backlog_oldest_wait_seconds", "How long the oldest open case has waited.", GROUP_LABELS, registry=r)
         self.money_locked = Gauge("backbone_money_locked_pkr", "PKR locked in open cases (rebates).", GROUP_LABELS, registry=r)
         self.feed_last_event = Gauge("backbone_feed_last_event_timestamp_seconds", "occurred_at of the newest event per agency.", ["agency"], registry=r)
+        self.timer_batches = Gauge("backbone_processor_timer_batches", "Batches the worker had processed when its last sweep+tick ran (a replay's outputs are all out once this equals the batch count).", registry=r)
         self.worker_up = Gauge("backbone_worker_up", "1 while the component runs.", ["component"], registry=r)
         # -- sink ----------------------------------------------------------------------
         self.sink_rows = Counter("backbone_sink_rows_total", "Rows inserted into ClickHouse.", ["table"], registry=r)

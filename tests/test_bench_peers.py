@@ -20,7 +20,7 @@ import pytest
 from backbone.bench_data import EncodedEvents, simulated_events
 from backbone.bench_peers import kpi_compare, naive_faust, peer_topic, quix_job
 from backbone.bench_peers.ceiling import SINGLE_OBJECT_HEADER, codec_decoder, plain_fastavro_decoder
-from backbone.bench_processor import Workspace, our_job_drained, peer_argv, publish, read_peer_windows
+from backbone.bench_processor import Workspace, facts_drained, peer_argv, publish, read_peer_windows
 from backbone.config import load_settings
 from backbone.embedded.broker import TansuBroker
 from backbone.kafka import ensure_topics
@@ -109,7 +109,7 @@ def test_naive_faust_peer_equals_oracle(filled_broker: tuple[str, Path], events:
 def test_quix_peer_equals_oracle(filled_broker: tuple[str, Path], events: list) -> None:  # type: ignore[type-arg]
     bootstrap, root = filled_broker
     ws = Workspace(bootstrap, root, 3, len(events), {"BACKBONE_GRACE_MS": NO_LATE_GRACE_MS})
-    run = ws.run_job("quix", peer_argv("backbone.bench_peers.quix_job", "test-quix"), our_job_drained)
+    run = ws.run_job("quix", peer_argv("backbone.bench_peers.quix_job", "test-quix"), facts_drained)
     assert run.complete and run.events_per_s > 0
     got = read_peer_windows(bootstrap, run, quix_job.KPI_WINDOWS_TOPIC, kpi_compare.json_rows)
     assert_equals_oracle(got, oracle_windows(events), "Quix")
