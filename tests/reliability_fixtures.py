@@ -486,10 +486,7 @@ class Pipeline:
     def wait_ready(self, timeout_s: float = 120.0) -> None:
         wait_for(lambda: worker_ready(self.workers[0]), timeout_s, "the worker to be ready", self.problem)
         assert self.sink is not None
-        sink = self.sink
-        wait_for(
-            lambda: metrics_text(sink.metrics_port) is not None, timeout_s, "the sink's metrics", self.problem
-        )
+        self.wait_sink_up(self.sink, timeout_s)
 
     # faults
     def kill_worker_and_restart(self, timeout_s: float = 120.0) -> str:
@@ -540,8 +537,24 @@ class Pipeline:
             time.sleep(0.05)
             pending = sink.metric("backbone_sink_pending_rows")
         sink.kill9()
-        self.sink = self._new_sink()
-        return f"sink killed holding {pending:.0f} uninserted rows, restarted"
+        began = time.monotonic()
+        new = self.sink = self._new_sink()
+        self.wait_sink_up(new)
+        up_s = time.monotonic() - began
+        return f"sink killed holding {pending:.0f} uninserted rows, restarted, up in {up_s:.1f} s"
+
+    def wait_sink_up(self, sink: SinkProcess, timeout_s: float = 120.0) -> None:
+        """Until the sink runs: it has migrated, opened chdb, serves its metrics and installed its
+        signal handlers (a SIGTERM before that would just kill it)."""
+
+        def running() -> bool:
+            try:
+                logged = '"event": "sink running"' in sink.log_path.read_text(errors="replace")
+            except FileNotFoundError:
+                return False
+            return logged and metrics_text(sink.metrics_port) is not None
+
+        wait_for(running, timeout_s, "the sink to be up", self.problem)
 
     def clickhouse_outage(self, down_s: float, timeout_s: float = 90.0) -> str:
         """ClickHouse refuses every insert for ``down_s`` (and at least a few attempts), then returns.
@@ -814,7 +827,9 @@ def account(
         else:
             acc.lost.append(f"{s.kind} {s.topic}[{s.partition}]@{s.offset} key={s.key!r:.40}")
     for event_id in cli_sent_event_ids:
-        if event_id in board.event_ids and event_id not in stored:
+        if event_id in stored:
+            acc.duplicates += 1
+        elif event_id in board.event_ids:
             stored.add(event_id)
             acc.stored += 1
         else:
@@ -858,6 +873,8 @@ class FlagToggledClickHouse:
 def run_flaky_sink(group: str, down_flag: Path, max_batch_age_s: float) -> int:
     """``backbone sink run`` with :class:`FlagToggledClickHouse` as the insert seam (and short
     retry back-off so the drain after the outage starts within a second)."""
+    import logging
+
     from backbone.config import load_settings
     from backbone.logs import setup_logging
     from backbone.metrics import Metrics, serve
@@ -876,6 +893,7 @@ def run_flaky_sink(group: str, down_flag: Path, max_batch_age_s: float) -> int:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
+    logging.getLogger("backbone.sink").info("sink running", extra={"group": group, "flaky": True})
     try:
         sink.run(stop)
     finally:

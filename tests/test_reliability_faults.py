@@ -38,8 +38,10 @@ from pathlib import Path
 import pytest
 from processor_fixtures import simulated_events
 from reliability_fixtures import (
+    Board,
     PacedPublisher,
     Pipeline,
+    Sent,
     TrackingProducer,
     account,
     expected_events_daily,
@@ -49,8 +51,6 @@ from reliability_fixtures import (
     read_board,
 )
 from reliability_summary import FAULT_LABELS, ReliabilityLedger
-
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 SEEDS = (3, 17, 41)
 CASES = 130  # ~1,000 events per run: enough traffic for every fault to land mid-stream
@@ -70,6 +70,8 @@ def _inject(pipeline: Pipeline, kind: str, rng: random.Random) -> str:
     raise AssertionError(f"unknown fault {kind}")
 
 
+@pytest.mark.integration
+@pytest.mark.slow
 @pytest.mark.parametrize("seed", SEEDS)
 def test_faults_mid_stream_lose_nothing_double_nothing_and_equal_the_oracle(
     seed: int, tmp_path: Path, reliability: ReliabilityLedger
@@ -157,3 +159,30 @@ def test_faults_mid_stream_lose_nothing_double_nothing_and_equal_the_oracle(
         f"  publish+faults {t_published - t_publish:.1f} s, outputs {t_outputs - t_published:.1f} s, "
         f"sink {t_sink - t_outputs:.1f} s, board {time.monotonic() - started:.1f} s"
     )
+
+
+def test_the_accounting_finds_every_message_and_counts_the_missing_one_as_lost() -> None:
+    """Records lost is computed per message: a message in neither ClickHouse's events nor the dead
+    letters is lost, a re-sent copy of a stored event is a duplicate, not a loss."""
+
+    def sent(offset: int, event_id: str | None) -> Sent:
+        raw = None if event_id is None else {"event_id": event_id}
+        return Sent("customs.clearances.v1", b"k", b"v", 0, offset, raw, "simulated")
+
+    messages = [sent(0, "a"), sent(1, "b"), sent(2, "a"), sent(3, None), sent(4, "c"), sent(5, "d")]
+    board = Board(
+        event_ids={"a", "b", "d"},
+        dead_letters={("customs.clearances.v1", 0, 3): {"reason": "bad_framing"}},
+        duplicates={},
+        reader=None,
+    )
+    result = account("unit", messages, board, cli_sent_event_ids=["d", "e"], cli_rejected=2)
+    counts = (result.offered, result.stored, result.duplicates, result.dead_lettered, result.rejected)
+    assert counts == (10, 3, 2, 1, 2)
+    assert result.lost == [
+        "simulated customs.clearances.v1[0]@4 key=b'k'",
+        "line sent by the produce CLI, event_id e",
+    ]
+    ledger = ReliabilityLedger()
+    ledger.account(result)
+    assert "**Records lost: 2** (of 10 offered" in ledger.render()

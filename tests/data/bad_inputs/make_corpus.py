@@ -114,7 +114,7 @@ def eid(n: int) -> str:
 
 
 def records() -> dict[str, bytes]:
-    C, P, R, O = contracts.CUSTOMS, contracts.PERMITS, contracts.REBATES, contracts.PORTS
+    C, P, R, M = contracts.CUSTOMS, contracts.PERMITS, contracts.REBATES, contracts.PORTS
     rng = random.Random(20260101)
     noise = bytes([0x7B]) + bytes(rng.randrange(256) for _ in range(63))  # starts with "{"
     good = framed(C, customs("EXP-CORPUS-0003", eid(3)))
@@ -133,7 +133,7 @@ def records() -> dict[str, bytes]:
         "confluent-schema-id.bin": b"\x00\x00\x00\x30\x39" + body(C, customs("EXP-CORPUS-0006", eid(6))),
         "wrong-family.bin": framed(P, permit("EXP-CORPUS-0007", eid(7))),
         "huge-record.bin": framed(C, customs("EXP-CORPUS-0008", eid(8))),  # padded by the manifest
-        "huge-field.bin": framed(O, port("EXP-CORPUS-0009", eid(9), container_id="MSCU" * 5_000)),
+        "huge-field.bin": framed(M, port("EXP-CORPUS-0009", eid(9), container_id="MSCU" * 5_000)),
         "empty.bin": b"",
         "valid-customs-10.bin": framed(C, customs("EXP-CORPUS-0010", eid(10))),
         "valid-customs-11.bin": framed(C, customs("EXP-CORPUS-0011", eid(11))),
@@ -147,8 +147,8 @@ def records() -> dict[str, bytes]:
         "unknown-province.bin": framed(R, rebate("DDT-CORPUS-0019", eid(19), province="PK-XX")),
         "agency-on-wrong-topic.bin": framed(C, customs("EXP-CORPUS-0020", eid(20), agency="NEPRA")),
         "enum-out-of-range.bin": enum[:status_at] + b"\xc6\x01" + enum[status_at + 1 :],  # symbol 99
-        "bad-event-id.bin": framed(O, port("EXP-CORPUS-0022", "not-a-uuid")),
-        "empty-case-id.bin": framed(O, port("", eid(23))),
+        "bad-event-id.bin": framed(M, port("EXP-CORPUS-0022", "not-a-uuid")),
+        "empty-case-id.bin": framed(M, port("", eid(23))),
     }
 
 
@@ -201,7 +201,9 @@ def claims_jsonl() -> bytes:
 
 
 def moves_csv() -> bytes:
-    header = "event_id,case_id,agency,province,status,occurred_at,published_at,port,terminal,container_id,vessel"
+    header = (
+        "event_id,case_id,agency,province,status,occurred_at,published_at,port,terminal,container_id,vessel"
+    )
     base = {
         "case_id": "EXP-CORPUS-0300",
         "agency": "PQA",
