@@ -120,3 +120,6 @@ def sink_run(
 def register(app: typer.Typer) -> None:
     app.add_typer(db_app, name="db")
     app.add_typer(sink_app, name="sink")
+    from sinks.recompute_cli import recompute_app
+
+    app.add_typer(recompute_app, name="recompute")

@@ -1,0 +1,121 @@
+"""``backbone recompute [--from DATE] [--missions FILE] [--drop-old]`` and ``recompute list|drop|activate``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+recompute_app = typer.Typer(
+    help="Recompute stage records and KPI windows from the raw events in ClickHouse, as a new version.",
+    invoke_without_command=True,
+)
+
+
+def _client():  # noqa: ANN202 - heavy import kept inside the command
+    from backbone.cli import settings_or_exit
+    from sinks.client import open_client
+    from sinks.migrate import migrate
+
+    settings = settings_or_exit()
+    client = open_client(settings)
+    migrate(client)
+    return settings, client
+
+
+@recompute_app.callback()
+def recompute(
+    ctx: typer.Context,
+    from_: str = typer.Option(
+        None,
+        "--from",
+        help="Recompute cases active from this date (2026-01-31, UTC) and windows ending after it.",
+    ),
+    missions: Path = typer.Option(
+        None, "--missions", help="Missions file (default: BACKBONE_MISSIONS_FILE)."
+    ),
+    drop_old: bool = typer.Option(
+        False, "--drop-old", help="Drop every other version once the board has switched."
+    ),
+) -> None:
+    """Write a new version from the events table and switch the board to it atomically."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from sinks.recompute import RecomputeError, parse_from
+    from sinks.recompute import recompute as run
+    from stream_processors.missions import MissionsError, load_missions
+
+    settings, client = _client()
+    try:
+        rules = load_missions(missions or settings.missions_file)
+        from_ms = parse_from(from_) if from_ else None
+        result = run(
+            client,
+            rules,
+            grace_ms=settings.grace_ms,
+            from_ms=from_ms,
+            drop_old=drop_old,
+            on_phase=lambda name, s: typer.echo(f"  {name}: {s:.2f} s", err=True),
+        )
+    except (MissionsError, RecomputeError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    finally:
+        client.close()
+    typer.echo(
+        f"version {result.version} active: {result.stage_records:,} stage records, {result.kpi_windows:,} KPI "
+        f"windows from {result.events:,} events in {result.seconds:.2f} s ({result.events_per_s:,.0f} events/s)"
+        + (f"; dropped {', '.join(map(str, result.dropped))}" if result.dropped else "")
+    )
+
+
+@recompute_app.command("list")
+def list_cmd() -> None:
+    """List recomputed versions (* = the one the board shows)."""
+    from sinks.recompute import list_versions
+
+    _settings, client = _client()
+    try:
+        for v in list_versions(client):
+            mark = "*" if v.active else " "
+            tables = "" if v.tables_present else " (tables dropped)"
+            typer.echo(
+                f"{mark} v{v.version} {v.status}{tables}: {v.stage_records:,} records, {v.kpi_windows:,} windows, "
+                f"{v.seconds:.2f} s, {v.missions_file} at {v.snapshot_at}"
+            )
+    finally:
+        client.close()
+
+
+@recompute_app.command("drop")
+def drop_cmd(version: int = typer.Argument(..., help="Version to drop (not the active one).")) -> None:
+    """Drop a version's tables."""
+    from sinks.recompute import RecomputeError, drop_version
+
+    _settings, client = _client()
+    try:
+        drop_version(client, version)
+    except RecomputeError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    finally:
+        client.close()
+    typer.echo(f"version {version} dropped")
+
+
+@recompute_app.command("activate")
+def activate_cmd(
+    version: int = typer.Argument(..., help="Version to show on the board; 0 = the stream only."),
+) -> None:
+    """Switch the board views to another complete version (a rollback), or to the stream only."""
+    from sinks.recompute import RecomputeError, activate
+
+    _settings, client = _client()
+    try:
+        activate(client, version)
+    except RecomputeError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    finally:
+        client.close()
+    typer.echo(f"board shows {'the stream only' if version == 0 else f'version {version}'}")

@@ -1,0 +1,363 @@
+"""The recompute's SQL, generated from the missions file (the one definition of the stages).
+
+Nothing here names a stage, a status or an SLA: every boundary, owner rule, money field, SLA
+and window comes from :class:`~stream_processors.missions.Missions`, so the ClickHouse
+recompute and the stream processors cannot disagree about the rules. The queries implement
+``stream_processors/SEMANTICS.md`` ("Stage instances", "KPI windows") over the ``events``
+table:
+
+* **Stage records**: one ``GROUP BY case_id`` pass over the events that mark a stage boundary
+  (start, end or cancel of some stage). Per distinct boundary it keeps the earliest
+  ``occurred_at`` and, for start boundaries, the attributes of the earliest event (ties: the
+  smallest ``event_id``, compared in the byte order of its text form). Each stage then reads
+  its start, end and cancel columns. ``min``/``argMin`` give the same answer however often an
+  event is stored, so copies of an event that background merges have not removed yet change
+  nothing: the result is a function of the *distinct* events, without a ``FINAL`` pass.
+* **KPI windows**: from the closed stage records of the new version. Completions are first
+  summed per *pane* (a tumbling bucket of the window's step), then each pane is added to the
+  ``size / step`` windows that contain it; the exact lower quantile is
+  ``arraySort(durations)[floor(q * (n - 1)) + 1]`` as SEMANTICS.md defines it.
+
+``record_id`` and ``kpi_id`` (sha1 hex) are ``ALIAS`` columns of the version tables: ClickHouse's
+``SHA1`` costs about half a microsecond per row here, more than the rest of the recompute per
+record, so the ids are computed when a query reads them (``lower(hex(SHA1(...)))`` of exactly
+the SEMANTICS.md text) instead of being stored for millions of rows nobody looks up.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+
+from schemas import contracts
+from stream_processors.missions import EventRef, Missions, StageRef
+
+NOT_SEEN = 9_223_372_036_854_775_807  # Int64 max: "no such event" in the per-case minimums
+QUANTILES = (("p50_ms", 0.5), ("p90_ms", 0.9))
+GROUP_COLUMNS = ("mission", "journey", "stage", "owner_agency", "province", "port")
+
+RECORD_ID_SQL = "lower(hex(SHA1(concat(case_id, '|', mission, '|', journey, '|', stage))))"
+KPI_ID_SQL = (
+    "lower(hex(SHA1(concat(window, '|', toString(toUnixTimestamp64Milli(window_start)), '|', mission, '|', "
+    "journey, '|', stage, '|', owner_agency, '|', province, '|', port))))"
+)
+
+# The version tables: the columns of the stream's tables (same names, types and order, so the
+# board views can union them), with the ids as ALIAS columns. ``version`` is 0: a recomputed row
+# is not a processor emission.
+STAGE_RECORD_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("record_id", f"String ALIAS {RECORD_ID_SQL}"),
+    ("case_id", "String CODEC(ZSTD(1))"),
+    ("mission", "LowCardinality(String)"),
+    ("journey", "LowCardinality(String)"),
+    ("stage", "LowCardinality(String)"),
+    ("owner_agency", "LowCardinality(String)"),
+    ("province", "LowCardinality(String)"),
+    ("port", "LowCardinality(String)"),
+    ("state", "LowCardinality(String)"),
+    ("started_at", "Nullable(DateTime64(3, 'UTC')) CODEC(ZSTD(1))"),
+    ("ended_at", "Nullable(DateTime64(3, 'UTC')) CODEC(ZSTD(1))"),
+    ("duration_ms", "Nullable(Int64)"),
+    ("sla_ms", "Int64"),
+    ("sla_met", "Nullable(Bool)"),
+    ("amount_pkr", "Nullable(Decimal(18, 2))"),
+    ("version", "UInt64"),
+    ("ingested_at", "DateTime64(3, 'UTC') DEFAULT now64(3) CODEC(Delta, ZSTD(1))"),
+)
+KPI_WINDOW_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("kpi_id", f"String ALIAS {KPI_ID_SQL}"),
+    ("window", "LowCardinality(String)"),
+    ("window_start", "DateTime64(3, 'UTC') CODEC(Delta, ZSTD(1))"),
+    ("window_end", "DateTime64(3, 'UTC') CODEC(Delta, ZSTD(1))"),
+    ("mission", "LowCardinality(String)"),
+    ("journey", "LowCardinality(String)"),
+    ("stage", "LowCardinality(String)"),
+    ("owner_agency", "LowCardinality(String)"),
+    ("province", "LowCardinality(String)"),
+    ("port", "LowCardinality(String)"),
+    ("completions", "Int64"),
+    ("sla_met", "Int64"),
+    ("sla_compliance", "Nullable(Float64)"),
+    ("p50_ms", "Nullable(Int64)"),
+    ("p90_ms", "Nullable(Int64)"),
+    ("mean_ms", "Nullable(Float64)"),
+    ("throughput_per_h", "Float64"),
+    ("late_events", "Int64"),
+    ("version", "UInt64"),
+    ("ingested_at", "DateTime64(3, 'UTC') DEFAULT now64(3) CODEC(Delta, ZSTD(1))"),
+)
+
+
+def quote(value: str) -> str:
+    """A ClickHouse string literal (values come from the validated missions file)."""
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def string_array(values: list[str]) -> str:
+    return "[" + ", ".join(quote(v) for v in values) + "]"
+
+
+def int_array(values: list[int]) -> str:
+    return "[" + ", ".join(str(v) for v in values) + "]"
+
+
+def float_literal(value: float) -> str:
+    """``repr`` round-trips a double exactly, so ClickHouse divides by the same number Python does."""
+    return repr(float(value))
+
+
+def ms_literal(ms: int) -> str:
+    return f"fromUnixTimestamp64Milli(toInt64({ms}), 'UTC')"
+
+
+def _port_topics() -> frozenset[str]:
+    """Families whose records carry a ``port`` (customs, container moves), from the schemas."""
+    return frozenset(t for t in contracts.INPUT_TOPICS if "port" in contracts.current(t).field_names)
+
+
+def table_ddl(name: str, columns: tuple[tuple[str, str], ...], tail: str) -> str:
+    body = ",\n    ".join(f"`{c}` {t}" for c, t in columns)
+    return f"CREATE TABLE {name}\n(\n    {body}\n)\n{tail}"
+
+
+@dataclass(frozen=True)
+class RecomputeSql:
+    """Every query of a recompute for one missions file."""
+
+    missions: Missions
+
+    # -- boundaries ---------------------------------------------------------------------------
+    @cached_property
+    def boundaries(self) -> tuple[EventRef, ...]:
+        """Distinct (topic, status) pairs that start, end or cancel some stage, in file order."""
+        seen: dict[tuple[str, str], EventRef] = {}
+        for ref in self.missions.stages:
+            s = ref.stage
+            for b in (s.start, s.end, *s.cancel_on):
+                seen.setdefault((b.topic, b.status), b)
+        return tuple(seen.values())
+
+    def _index(self, b: EventRef) -> int:
+        return next(i for i, x in enumerate(self.boundaries) if (x.topic, x.status) == (b.topic, b.status))
+
+    @cached_property
+    def _start_attributes(self) -> dict[int, tuple[str, ...]]:
+        """Boundary index → the event columns a stage starting there needs (province, port, money)."""
+        ports = _port_topics()
+        out: dict[int, list[str]] = {}
+        for ref in self.missions.stages:
+            s = ref.stage
+            cols = out.setdefault(self._index(s.start), ["province"])
+            if s.start.topic in ports and "port" not in cols:
+                cols.append("port")
+            if s.money_field and s.money_field not in cols:
+                cols.append(s.money_field)
+        return {i: tuple(c) for i, c in out.items()}
+
+    @cached_property
+    def _money_columns(self) -> frozenset[str]:
+        return frozenset(r.stage.money_field for r in self.missions.stages if r.stage.money_field)
+
+    def boundary_filter(self) -> str:
+        """``(topic, status) IN (...)``: only events that mark some stage boundary are read."""
+        pairs = ", ".join(f"({quote(b.topic)}, {quote(b.status)})" for b in self.boundaries)
+        return f"(topic, status) IN ({pairs})"
+
+    def _boundary_index_sql(self) -> str:
+        arms = ", ".join(
+            f"topic = {quote(b.topic)} AND status = {quote(b.status)}, {i}"
+            for i, b in enumerate(self.boundaries)
+        )
+        return f"multiIf({arms}, 255)"
+
+    # -- the per-case pivot ---------------------------------------------------------------------
+    def pivot(self, source: str, case_filter: str | None = None) -> str:
+        """One row per case: ``b<i>`` = earliest ms of boundary i (``NOT_SEEN`` if none) and, for
+        start boundaries, ``a<i>_<column>`` = that column of the earliest such event.
+
+        The earliest event is the ``argMin`` over one UInt256 key, ``ms << 128 | event_id``:
+        ``toUInt128(UUID)`` orders like the UUID's text (checked in the tests), so ties on
+        ``occurred_at`` go to the smallest ``event_id`` exactly as SEMANTICS.md says, and a numeric
+        key keeps ClickHouse on its fast fixed-size path. Money travels as paisa (Int64, NULL as
+        ``NOT_SEEN``) because aggregate functions skip NULL arguments.
+        """
+        columns = ["case_id"]
+        for i in range(len(self.boundaries)):
+            columns.append(f"min(if(boundary = {i}, ms, {NOT_SEEN})) AS b{i}")
+        for i, attrs in sorted(self._start_attributes.items()):
+            for col in attrs:
+                columns.append(f"argMinIf({col}, start_key, boundary = {i}) AS a{i}_{col}")
+        where = self.boundary_filter()
+        if case_filter:
+            where += f" AND {case_filter}"
+        needed = sorted({c for attrs in self._start_attributes.values() for c in attrs})
+        inner = [
+            "case_id",
+            *(
+                f"ifNull(toInt64({c} * 100), {NOT_SEEN}) AS {c}" if c in self._money_columns else c
+                for c in needed
+            ),
+            "toUnixTimestamp64Milli(occurred_at) AS ms",
+            f"{self._boundary_index_sql()} AS boundary",
+            "bitOr(bitShiftLeft(toUInt256(ms), 128), toUInt256(toUInt128(event_id))) AS start_key",
+        ]
+        select_list = ",\n        ".join(columns)
+        inner_list = ",\n               ".join(inner)
+        return (
+            f"SELECT\n        {select_list}\n"
+            f"    FROM\n    (\n"
+            f"        SELECT {inner_list}\n"
+            f"        FROM {source}\n        WHERE {where}\n    )\n    GROUP BY case_id"
+        )
+
+    def ceiling(self, source: str) -> str:
+        """The bare pivot the bench compares with: ``GROUP BY case_id`` with one ``minIf`` per
+        stage boundary over the same events, nothing else."""
+        mins = ", ".join(
+            f"minIf(occurred_at, topic = {quote(b.topic)} AND status = {quote(b.status)}) AS b{i}"
+            for i, b in enumerate(self.boundaries)
+        )
+        return f"SELECT case_id, {mins} FROM {source} WHERE {self.boundary_filter()} GROUP BY case_id"
+
+    # -- stage records ----------------------------------------------------------------------------
+    def _owner_sql(self, s: StageRef, province: str, port: str) -> str:
+        stage = s.stage
+        arms = [f"{port} = {quote(p)}, {quote(a)}" for p, a in stage.owner_by_port.items()]
+        arms += [f"{province} = {quote(p)}, {quote(a)}" for p, a in stage.owner_by_province.items()]
+        if not arms:
+            return quote(stage.owner)
+        return f"multiIf({', '.join(arms)}, {quote(stage.owner)})"
+
+    def _stage_tuple(self, n: int, ref: StageRef) -> str:
+        s = ref.stage
+        start = self._index(s.start)
+        attrs = self._start_attributes[start]
+        province = f"a{start}_province"
+        port = f"a{start}_port" if "port" in attrs else "''"
+        amount = (
+            f"if(a{start}_{s.money_field} = {NOT_SEEN}, NULL, toDecimal64(a{start}_{s.money_field}, 2) / 100)"
+            if s.money_field
+            else "NULL"
+        )
+        if s.cancel_on:
+            cancels = [f"b{self._index(c)}" for c in s.cancel_on]
+            cancel = cancels[0] if len(cancels) == 1 else f"least({', '.join(cancels)})"
+        else:
+            cancel = str(NOT_SEEN)
+        parts = [
+            str(n),
+            f"b{start}",
+            f"b{self._index(s.end)}",
+            cancel,
+            province,
+            port,
+            self._owner_sql(ref, province, port),
+            amount,
+        ]
+        return (
+            f"CAST(({', '.join(parts)}), 'Tuple(UInt16, Int64, Int64, Int64, String, String, String, "
+            "Nullable(Decimal(18, 2)))')"
+        )
+
+    def stage_records_select(self, source: str, case_filter: str | None = None) -> str:
+        """Rows of a stage-records version table (every column but the ALIAS id), from ``source`` events."""
+        stages = self.missions.stages
+        tuples = ",\n            ".join(self._stage_tuple(n, ref) for n, ref in enumerate(stages))
+        missions = string_array([r.mission.id for r in stages])
+        journeys = string_array([r.journey.id for r in stages])
+        stage_ids = string_array([r.stage.id for r in stages])
+        slas = int_array([r.stage.sla_ms for r in stages])
+        return f"""SELECT
+    case_id,
+    {missions}[s.1 + 1] AS mission,
+    {journeys}[s.1 + 1] AS journey,
+    {stage_ids}[s.1 + 1] AS stage,
+    s.7 AS owner_agency,
+    s.5 AS province,
+    s.6 AS port,
+    multiIf(s.3 != {NOT_SEEN}, 'CLOSED', s.4 != {NOT_SEEN}, 'CANCELLED', 'OPEN') AS state,
+    fromUnixTimestamp64Milli(s.2, 'UTC') AS started_at,
+    if(s.3 != {NOT_SEEN}, fromUnixTimestamp64Milli(s.3, 'UTC'), NULL) AS ended_at,
+    if(s.3 != {NOT_SEEN}, greatest(s.3 - s.2, 0), NULL) AS duration_ms,
+    {slas}[s.1 + 1] AS sla_ms,
+    if(s.3 != {NOT_SEEN}, greatest(s.3 - s.2, 0) <= sla_ms, NULL) AS sla_met,
+    s.8 AS amount_pkr,
+    0 AS version
+FROM
+(
+    {self.pivot(source, case_filter)}
+)
+ARRAY JOIN arrayFilter(x -> x.2 != {NOT_SEEN}, [
+            {tuples}
+        ]) AS s"""
+
+    # -- KPI windows --------------------------------------------------------------------------------
+    def kpi_windows_select(self, records: str, from_ms: int | None = None) -> str:
+        """Rows of a KPI-windows version table from the closed records of ``records``.
+
+        Completions are summed per pane (``step`` ms) and each pane is added to the ``size / step``
+        windows that contain it. Aggregation keys are numbers (window spec, a hash of the KPI
+        group, the window's index) so ClickHouse stays on its fixed-size hash path; the group's
+        names are joined back from the few distinct groups at the end. With ``from_ms``, only
+        windows that end after it are computed.
+        """
+        windows = self.missions.windows
+        names = string_array([w.name for w in windows])
+        sizes = int_array([w.size_ms for w in windows])
+        steps = int_array([w.step_ms for w in windows])
+        per = int_array([w.size_ms // w.step_ms for w in windows])
+        hours = "[" + ", ".join(float_literal(w.size_ms / 3_600_000) for w in windows) + "]"
+        spec_ids = int_array(list(range(1, len(windows) + 1)))
+        group = ", ".join(GROUP_COLUMNS)
+        group_hash = f"cityHash64({group})"
+        record_filter = "state = 'CLOSED'"
+        window_filter = ""
+        if from_ms is not None:
+            longest = max(w.size_ms for w in windows)
+            record_filter += f" AND ended_at > {ms_literal(from_ms - longest)}"
+            window_filter = (
+                f"\n    HAVING (window_index + 1) * {steps}[w] - {steps}[w] + {sizes}[w] > {from_ms}"
+            )
+        quantiles = ",\n    ".join(
+            f"sorted[toUInt64(floor({q} * (n - 1))) + 1] AS {name}" for name, q in QUANTILES
+        )
+        return f"""SELECT
+    {names}[w] AS window,
+    fromUnixTimestamp64Milli(window_index * {steps}[w], 'UTC') AS window_start,
+    fromUnixTimestamp64Milli(window_index * {steps}[w] + {sizes}[w], 'UTC') AS window_end,
+    {group},
+    toInt64(n) AS completions,
+    toInt64(met) AS sla_met,
+    met / n AS sla_compliance,
+    {quantiles},
+    total / n AS mean_ms,
+    n / {hours}[w] AS throughput_per_h,
+    0 AS late_events,
+    0 AS version
+FROM
+(
+    SELECT w, g, pane - j AS window_index,
+           sum(pane_n) AS n, sum(pane_met) AS met, sum(pane_total) AS total,
+           arraySort(groupArrayArray(pane_durations)) AS sorted
+    FROM
+    (
+        SELECT w, g, pane,
+               count() AS pane_n, countIf(met) AS pane_met, sum(d) AS pane_total, groupArray(d) AS pane_durations
+        FROM
+        (
+            SELECT {group_hash} AS g, assumeNotNull(duration_ms) AS d, assumeNotNull(sla_met) AS met,
+                   toUnixTimestamp64Milli(assumeNotNull(ended_at)) AS end_ms,
+                   arrayJoin({spec_ids}) AS w,
+                   intDiv(end_ms, {steps}[w]) AS pane
+            FROM {records}
+            WHERE {record_filter}
+        )
+        GROUP BY w, g, pane
+    )
+    ARRAY JOIN range({per}[w]) AS j
+    GROUP BY w, g, window_index{window_filter}
+) AS windows
+INNER JOIN
+(
+    SELECT DISTINCT {group_hash} AS g, {group} FROM {records} WHERE {record_filter}
+) AS groups USING (g)"""
