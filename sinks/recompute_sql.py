@@ -316,7 +316,7 @@ ARRAY JOIN arrayFilter(x -> x.2 != {NOT_SEEN}, [
             longest = max(w.size_ms for w in windows)
             record_filter += f" AND ended_at > {ms_literal(from_ms - longest)}"
             window_filter = (
-                f"\n    HAVING (window_index + 1) * {steps}[w] - {steps}[w] + {sizes}[w] > {from_ms}"
+                f"\n    HAVING window_index * {steps}[w] + {sizes}[w] > {from_ms}"
             )
         quantiles = ",\n    ".join(
             f"sorted[toUInt64(floor({q} * (n - 1))) + 1] AS {name}" for name, q in QUANTILES
