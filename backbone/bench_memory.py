@@ -10,7 +10,7 @@ per key): live case states, eviction tombstones and the number of distinct cases
 completed cases are evicted, live keys stay near the number of cases open in the retention
 window instead of growing with the events.
 
-N = ``max(opts.events // 10, 5000)`` so that the default run stays within a few minutes here.
+N = ``max(opts.events // 10, 2000)`` so that the default run stays within a few minutes here.
 """
 
 from __future__ import annotations
@@ -169,7 +169,7 @@ def run_size(opts: BenchOptions, n: int, root: Path) -> list[BenchRow]:
 
 
 def run(opts: BenchOptions) -> list[BenchRow]:
-    n = max(opts.events // 10, 5000)
+    n = max(opts.events // 10, 2000)
     root = (opts.out / "memory").resolve()
     small = run_size(opts, n, root / f"n{n}")
     large = run_size(opts, 10 * n, root / f"n{10 * n}")
