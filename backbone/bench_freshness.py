@@ -287,7 +287,6 @@ FROM (
 INNER JOIN events AS e ON e.case_id = s.r_case AND e.occurred_at = s.closed_at
 GROUP BY s.record_id, s.g_mission, s.g_journey, s.g_stage, s.g_owner, s.g_province, s.g_port, s.closed_at,
          s.first_closed
-HAVING published >= {since}
 """
 
 KPI_SQL = """
@@ -304,11 +303,11 @@ def read_freshness(settings: Any, since_ms: int) -> tuple[list[float], list[floa
 
     client = open_client(settings)
     try:
-        stage_rows = client.query(STAGE_SQL.format(since=int(since_ms))).result_rows
+        stage_rows = client.query(STAGE_SQL).result_rows
         kpi_rows = client.query(KPI_SQL).result_rows
     finally:
         client.close()
-    stage = [(ingested - published) / 1000 for *_, ingested, published in stage_rows]
+    stage = [(ingested - published) / 1000 for *_, ingested, published in stage_rows if published >= since_ms]
     windows: dict[tuple[Any, ...], list[tuple[int, int]]] = {}
     for *group, start, completions, ingested in kpi_rows:
         windows.setdefault((*group, start), []).append((int(completions), ingested))
@@ -320,9 +319,10 @@ def read_freshness(settings: Any, since_ms: int) -> tuple[list[float], list[floa
         rows = windows.get(key)
         if not rows:
             continue
+        # every completion counts for the rank (warm-up ones too); only measured ones are reported
         for k, published in enumerate(sorted(published_times), start=1):
             seen = next((ingested for completions, ingested in rows if completions >= k), None)
-            if seen is not None:
+            if seen is not None and published >= since_ms:
                 kpi.append((seen - published) / 1000)
     return stage, kpi
 
