@@ -44,7 +44,7 @@ from backbone.config import Settings
 from backbone.kafka import FAST_GROUP_SETTINGS, client_config
 from backbone.metrics import Metrics
 from schemas import contracts
-from schemas.codec import Codec, DecodeError
+from schemas.codec import Codec, DecodeError, codec_for
 
 log = logging.getLogger(__name__)
 
@@ -89,21 +89,6 @@ class AlertmanagerClient:
 
     def close(self) -> None:
         self._http.close()
-
-
-def alerts_codec(settings: Settings) -> Codec:
-    """Single-object Avro, or Confluent framing when a Schema Registry is configured."""
-    if not settings.schema_registry_url:
-        return Codec()
-    from confluent_kafka.schema_registry import SchemaRegistryClient
-
-    from schemas.wire import RegistryFormat
-
-    conf: dict[str, Any] = {"url": settings.schema_registry_url}
-    auth = settings.schema_registry_basic_auth.get_secret_value()
-    if auth:
-        conf["basic.auth.user.info"] = auth
-    return Codec(RegistryFormat(SchemaRegistryClient(conf)))
 
 
 def wall_clock_ms() -> int:
@@ -159,7 +144,7 @@ class AlertForwarder:
         self.options = options or ForwarderOptions()
         self.alertmanager = alertmanager
         self.metrics = metrics or Metrics()
-        self.codec = codec or alerts_codec(settings)
+        self.codec = codec or codec_for(settings)
         self.now_ms = now_ms
         self.firing = FiringAlerts(max_firing=self.options.max_firing)
         self._kafka_conf = client_config(settings, bootstrap)

@@ -31,10 +31,9 @@ from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from backbone.config import Settings
 from backbone.kafka import client_config
 from producers.records import prepare
-from schemas.codec import Codec
+from schemas.codec import Codec, codec_for
 from schemas.registry import Registry
 from schemas.validation import InvalidRecord
-from schemas.wire import RegistryFormat
 
 DEFAULT_MESSAGE_TIMEOUT_MS = 30_000
 # librdkafka's own log lines (connection refused, retries) go here instead of raw stderr.
@@ -118,7 +117,7 @@ class Publisher:
                 "no Kafka bootstrap servers: pass a bootstrap address or set BACKBONE_KAFKA_BOOTSTRAP_SERVERS"
             )
         self.bootstrap = servers
-        self.codec = codec or Codec(wire=_wire_format(settings))
+        self.codec = codec or codec_for(settings)
         self.registry = registry
         self.max_future_skew_ms = settings.max_future_skew_ms
         self.message_timeout_ms = message_timeout_ms
@@ -276,17 +275,3 @@ def _result(err: KafkaError | None, msg: Message, ref: Any) -> DeliveryResult:
     if err is None:
         return DeliveryResult(True, msg.topic(), msg.partition(), msg.offset(), None, msg.key(), ref)
     return DeliveryResult(False, msg.topic(), None, None, f"{err.name()}: {err.str()}", msg.key(), ref)
-
-
-def _wire_format(settings: Settings) -> Any:
-    """Single-object encoding by default; Confluent framing when a Schema Registry is configured."""
-    if not settings.schema_registry_url:
-        return None  # Codec's default: SingleObjectFormat
-    from confluent_kafka.schema_registry import SchemaRegistryClient
-
-    conf: dict[str, Any] = {"url": settings.schema_registry_url}
-    auth = settings.schema_registry_basic_auth.get_secret_value()
-    if auth:
-        conf["basic.auth.user.info"] = auth
-    # new_client() also understands mock:// URLs (confluent-kafka's in-process registry, for tests).
-    return RegistryFormat(SchemaRegistryClient.new_client(conf))

@@ -49,8 +49,14 @@ class WireFormat(Protocol):
 class SingleObjectFormat:
     """Avro single-object encoding against the repo's schemas; no network involved."""
 
+    def __init__(self) -> None:
+        self._headers: dict[str, bytes] = {}
+
     def frame(self, topic: str, body: bytes) -> bytes:
-        return SINGLE_OBJECT_MAGIC + contracts.current(topic).fingerprint + body
+        header = self._headers.get(topic)
+        if header is None:
+            header = self._headers[topic] = SINGLE_OBJECT_MAGIC + contracts.current(topic).fingerprint
+        return header + body
 
     def writer_schema(self, value: bytes) -> tuple[SchemaVersion, int]:
         return resolve_single_object(value), 10

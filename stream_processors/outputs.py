@@ -27,8 +27,7 @@ from confluent_kafka import KafkaError, Message, Producer
 from backbone.config import Settings
 from backbone.kafka import client_config
 from schemas import contracts
-from schemas.codec import Codec
-from schemas.wire import RegistryFormat
+from schemas.codec import Codec, codec_for
 from stream_processors.api import FACTS_TOPIC, Outputs
 from stream_processors.state import ChangelogRecord
 
@@ -80,19 +79,6 @@ class OutputEncodeError(ValueError):
     """An engine produced a record that does not fit its output schema (a bug: never skipped)."""
 
 
-def output_codec(settings: Settings) -> Codec:
-    """Single-object Avro by default; Confluent framing when a Schema Registry is configured."""
-    if not settings.schema_registry_url:
-        return Codec()
-    from confluent_kafka.schema_registry import SchemaRegistryClient
-
-    conf: dict[str, Any] = {"url": settings.schema_registry_url}
-    auth = settings.schema_registry_basic_auth.get_secret_value()
-    if auth:
-        conf["basic.auth.user.info"] = auth
-    return Codec(RegistryFormat(SchemaRegistryClient(conf)))
-
-
 class OutputProducer:
     """Encodes and produces engine outputs; :meth:`flush` is the per-batch delivery barrier."""
 
@@ -104,7 +90,7 @@ class OutputProducer:
         linger_ms: int = 5,
         client_id: str = "backbone-processor",
     ) -> None:
-        self.codec = codec or output_codec(settings)
+        self.codec = codec or codec_for(settings)
         self._producer = Producer(
             {
                 **client_config(settings, bootstrap),
