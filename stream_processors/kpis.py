@@ -243,7 +243,9 @@ class KpiEngine:
         src.update(applied)
         if st["d"]:
             self._dirty.add(info.key)
-        if st["p"]:
+        if st["p"] and info.key not in self._windowed:
+            # A group already windowed keeps its entry: new panes make it dirty, and the next
+            # tick visits every dirty group and recomputes when it next closes a window.
             next_close = self._next_close(st)
             if next_close is not None:
                 self._windowed[info.key] = next_close
