@@ -148,7 +148,10 @@ class RecomputeResult:
 def stage_view_sql(version: int, stream_after_ms: int) -> str:
     """``stage_records_latest`` over version ``version`` and the stream rows stored after the cut."""
     cols = _visible(STAGE_RECORD_COLUMNS)
-    after = f"SELECT {STAGE_KEY[1:-1]} FROM {STREAM_STAGE_TABLE} WHERE ingested_at > {ms_literal(stream_after_ms)}"
+    after = (
+        f"SELECT {STAGE_KEY[1:-1]} FROM {STREAM_STAGE_TABLE} "
+        f"WHERE ingested_at > {ms_literal(stream_after_ms)}"
+    )
     return (
         f"CREATE OR REPLACE VIEW {STAGE_VIEW} AS\n"
         f"SELECT {cols} FROM {stage_table(version)}\nWHERE {STAGE_KEY} NOT IN ({after})\n"
@@ -167,7 +170,8 @@ def kpi_view_sql(version: int, stream_after_ms: int, window_cutoff_ms: int) -> s
     )
     return (
         f"CREATE OR REPLACE VIEW {KPI_VIEW} AS\n"
-        f"SELECT {cols} FROM {kpi_table(version)}\nWHERE window_end <= {cutoff} OR {KPI_KEY} NOT IN ({after})\n"
+        f"SELECT {cols} FROM {kpi_table(version)}\n"
+        f"WHERE window_end <= {cutoff} OR {KPI_KEY} NOT IN ({after})\n"
         f"UNION ALL\n"
         f"SELECT {cols} FROM {STREAM_KPI_TABLE} FINAL\nWHERE window_end > {cutoff} AND {KPI_KEY} IN ({after})"
     )
@@ -182,7 +186,8 @@ STREAM_ONLY_VIEWS = (
 def active_version(client: Client) -> int | None:
     """The version the board views read (None: the stream only), from the views' own SQL."""
     rows = client.query(
-        "SELECT name, as_select FROM system.tables WHERE database = currentDatabase() AND name IN ({a:String}, {b:String})",
+        "SELECT name, as_select FROM system.tables "
+        "WHERE database = currentDatabase() AND name IN ({a:String}, {b:String})",
         parameters={"a": STAGE_VIEW, "b": KPI_VIEW},
     ).result_rows
     found: set[int] = set()
@@ -449,7 +454,8 @@ def _create_tables(client: Client, version: int) -> None:
         table_ddl(
             kpi_table(version),
             KPI_WINDOW_COLUMNS,
-            "ENGINE = MergeTree ORDER BY (window, mission, journey, stage, window_start, owner_agency, province, port)",
+            "ENGINE = MergeTree "
+            "ORDER BY (window, mission, journey, stage, window_start, owner_agency, province, port)",
         )
     )
 

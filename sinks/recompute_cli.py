@@ -1,4 +1,4 @@
-"""``backbone recompute [--from DATE] [--missions FILE] [--drop-old]`` and ``recompute list|drop|activate``."""
+"""``backbone recompute [--from DATE] [--missions FILE] [--drop-old]``, ``recompute list|drop|activate``."""
 
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ def recompute(
         "--from",
         help="Recompute cases active from this date (2026-01-31, UTC) and windows ending after it.",
     ),
-    missions: Path = typer.Option(
+    missions: Path = typer.Option(  # noqa: B008
         None, "--missions", help="Missions file (default: BACKBONE_MISSIONS_FILE)."
     ),
     drop_old: bool = typer.Option(
@@ -63,8 +63,9 @@ def recompute(
     finally:
         client.close()
     typer.echo(
-        f"version {result.version} active: {result.stage_records:,} stage records, {result.kpi_windows:,} KPI "
-        f"windows from {result.events:,} events in {result.seconds:.2f} s ({result.events_per_s:,.0f} events/s)"
+        f"version {result.version} active: {result.stage_records:,} stage records, "
+        f"{result.kpi_windows:,} KPI windows from {result.events:,} events in {result.seconds:.2f} s "
+        f"({result.events_per_s:,.0f} events/s)"
         + (f"; dropped {', '.join(map(str, result.dropped))}" if result.dropped else "")
     )
 
@@ -80,7 +81,8 @@ def list_cmd() -> None:
             mark = "*" if v.active else " "
             tables = "" if v.tables_present else " (tables dropped)"
             typer.echo(
-                f"{mark} v{v.version} {v.status}{tables}: {v.stage_records:,} records, {v.kpi_windows:,} windows, "
+                f"{mark} v{v.version} {v.status}{tables}: {v.stage_records:,} records, "
+                f"{v.kpi_windows:,} windows, "
                 f"{v.seconds:.2f} s, {v.missions_file} at {v.snapshot_at}"
             )
     finally:

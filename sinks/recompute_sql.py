@@ -315,9 +315,7 @@ ARRAY JOIN arrayFilter(x -> x.2 != {NOT_SEEN}, [
         if from_ms is not None:
             longest = max(w.size_ms for w in windows)
             record_filter += f" AND ended_at > {ms_literal(from_ms - longest)}"
-            window_filter = (
-                f"\n    HAVING window_index * {steps}[w] + {sizes}[w] > {from_ms}"
-            )
+            window_filter = f"\n    HAVING window_index * {steps}[w] + {sizes}[w] > {from_ms}"
         quantiles = ",\n    ".join(
             f"sorted[toUInt64(floor({q} * (n - 1))) + 1] AS {name}" for name, q in QUANTILES
         )
@@ -342,7 +340,8 @@ FROM
     FROM
     (
         SELECT w, g, pane,
-               count() AS pane_n, countIf(met) AS pane_met, sum(d) AS pane_total, groupArray(d) AS pane_durations
+               count() AS pane_n, countIf(met) AS pane_met, sum(d) AS pane_total,
+               groupArray(d) AS pane_durations
         FROM
         (
             SELECT {group_hash} AS g, assumeNotNull(duration_ms) AS d, assumeNotNull(sla_met) AS met,

@@ -55,7 +55,8 @@ STAGE_SELECT = (
 )
 KPI_SELECT = (
     "SELECT kpi_id, window, toUnixTimestamp64Milli(window_start) AS window_start, "
-    "toUnixTimestamp64Milli(window_end) AS window_end, mission, journey, stage, owner_agency, province, port, "
+    "toUnixTimestamp64Milli(window_end) AS window_end, "
+    "mission, journey, stage, owner_agency, province, port, "
     "completions, sla_met, sla_compliance, p50_ms, p90_ms, mean_ms, throughput_per_h FROM kpi_windows_latest"
 )
 
@@ -104,7 +105,11 @@ def stream(traffic: list[Any], now_ms: int) -> Outputs:
         for e in traffic[i : i + 25]:
             p = zlib.crc32(e.raw["case_id"].encode()) % partitions
             key = e.raw["case_id"].encode()
-            batch.append(InputMessage(e.topic, p, offsets[(e.topic, p)], key, codec.encode(e.topic, e.raw), e.deliver_at))
+            batch.append(
+                InputMessage(
+                    e.topic, p, offsets[(e.topic, p)], key, codec.encode(e.topic, e.raw), e.deliver_at
+                )
+            )
             offsets[(e.topic, p)] += 1
         clock = max(clock, max(m.timestamp_ms for m in batch))
         hop1 = journeys.process(batch, case_states, clock)
@@ -162,7 +167,10 @@ def store_events(client: Client, events: list[tuple[str, dict[str, Any]]]) -> No
 
 def store_stream(client: Client, out: Outputs) -> None:
     """The stream's outputs into the stream tables, as the sink stores them."""
-    for topic, records in ((contracts.STAGE_RECORDS, out.stage_records), (contracts.KPI_WINDOWS, out.kpi_windows)):
+    for topic, records in (
+        (contracts.STAGE_RECORDS, out.stage_records),
+        (contracts.KPI_WINDOWS, out.kpi_windows),
+    ):
         spec = rows.output_spec(topic)
         client.insert_arrow(spec.table, spec.to_arrow([rows.output_row(topic, r) for r in records]))
 
@@ -198,7 +206,9 @@ def assert_records_equal(got: dict[str, dict[str, Any]], want: pd.DataFrame) -> 
     expected = oracle.as_mapping(want, "record_id")
     assert set(got) == set(expected)
     for rid, exp in expected.items():
-        assert {c: got[rid][c] for c in oracle.STAGE_COLUMNS} == {c: na(exp[c]) for c in oracle.STAGE_COLUMNS}, rid
+        assert {c: got[rid][c] for c in oracle.STAGE_COLUMNS} == {
+            c: na(exp[c]) for c in oracle.STAGE_COLUMNS
+        }, rid
 
 
 def assert_windows_equal(got: dict[str, dict[str, Any]], want: pd.DataFrame) -> None:
@@ -217,7 +227,8 @@ def assert_windows_equal(got: dict[str, dict[str, Any]], want: pd.DataFrame) -> 
 
 def test_uuid_order_used_for_start_ties_is_the_order_of_the_uuid_text(db: Client) -> None:
     ordered = db.query(
-        "SELECT groupArray(toString(u)) FROM (SELECT u FROM (SELECT generateUUIDv4(number) AS u FROM numbers(20000)) "
+        "SELECT groupArray(toString(u)) FROM "
+        "(SELECT u FROM (SELECT generateUUIDv4(number) AS u FROM numbers(20000)) "
         "ORDER BY toUInt128(u))"
     ).result_rows[0][0]
     assert ordered == sorted(ordered)
@@ -254,7 +265,10 @@ def test_recompute_equals_the_oracle_and_the_stream_processors(
     for k, w in windows.items():
         g = recomputed[k]
         assert (w["completions"], w["sla_met"], w["window_start"], w["window_end"]) == (
-            g["completions"], g["sla_met"], g["window_start"], g["window_end"],
+            g["completions"],
+            g["sla_met"],
+            g["window_start"],
+            g["window_end"],
         )
         assert math.isclose(w["mean_ms"], g["mean_ms"], rel_tol=1e-9)
         for q in ("p50_ms", "p90_ms"):
@@ -295,7 +309,9 @@ def test_changing_one_sla_changes_exactly_its_flags_and_kpis(
             assert changed <= {"sla_met", "sla_compliance"}, kid
             moved += bool(changed)
     assert moved > 0
-    want = oracle.compute([(e.topic, e.raw) for e in traffic], now_ms=now_ms, missions=tighter, validation_now_ms=now_ms)
+    want = oracle.compute(
+        [(e.topic, e.raw) for e in traffic], now_ms=now_ms, missions=tighter, validation_now_ms=now_ms
+    )
     assert_records_equal(after_records, want.stage_records)
     assert_windows_equal(after_windows, want.kpi_windows)
 
@@ -328,7 +344,8 @@ def test_from_date_recomputes_cases_active_from_it_and_keeps_earlier_history(
     assert_records_equal(view_records(db), mixed)
     later = oracle.kpi_windows(mixed, tighter)
     want_windows = pd.concat(
-        [later[later["window_end"] > cut], old.kpi_windows[old.kpi_windows["window_end"] <= cut]], ignore_index=True
+        [later[later["window_end"] > cut], old.kpi_windows[old.kpi_windows["window_end"] <= cut]],
+        ignore_index=True,
     )
     assert_windows_equal(view_windows(db), want_windows)
     assert result.from_ms == cut
@@ -346,18 +363,33 @@ def test_stream_rows_after_the_snapshot_win_except_for_closed_windows(
 
     # A processor emits a correction after the recompute: the board shows it.
     rec = next(r for r in stream.stage_records if r["state"] == "CLOSED")
-    newer = {**latest(stream.stage_records, "record_id")[rec["record_id"]], "version": 2**62, "province": "PK-GB"}
-    db.insert_arrow("stage_records", rows.output_spec(contracts.STAGE_RECORDS).to_arrow(
-        [rows.output_row(contracts.STAGE_RECORDS, newer)]))
+    newer = {
+        **latest(stream.stage_records, "record_id")[rec["record_id"]],
+        "version": 2**62,
+        "province": "PK-GB",
+    }
+    db.insert_arrow(
+        "stage_records",
+        rows.output_spec(contracts.STAGE_RECORDS).to_arrow([rows.output_row(contracts.STAGE_RECORDS, newer)]),
+    )
     # ...and re-emits a window closed before the recompute ran (late event): the recompute's row stays;
     # a window still open at the recompute's cut-off: the stream's newer row wins.
     spec = rows.output_spec(contracts.KPI_WINDOWS)
     stream_windows = latest(stream.kpi_windows, "kpi_id")
-    closed = next(w for w in stream_windows.values()
-                  if w["completions"] > 0 and w["window_end"] <= result.window_cutoff_ms)
-    open_ = next(w for w in stream_windows.values()
-                 if w["completions"] > 0 and w["window_end"] > result.window_cutoff_ms)
-    late = [{**w, "version": 2**62, "late_events": 1, "completions": w["completions"] + 100} for w in (closed, open_)]
+    closed = next(
+        w
+        for w in stream_windows.values()
+        if w["completions"] > 0 and w["window_end"] <= result.window_cutoff_ms
+    )
+    open_ = next(
+        w
+        for w in stream_windows.values()
+        if w["completions"] > 0 and w["window_end"] > result.window_cutoff_ms
+    )
+    late = [
+        {**w, "version": 2**62, "late_events": 1, "completions": w["completions"] + 100}
+        for w in (closed, open_)
+    ]
     db.insert_arrow("kpi_windows", spec.to_arrow([rows.output_row(contracts.KPI_WINDOWS, w) for w in late]))
 
     after = view_records(db)
@@ -377,7 +409,9 @@ def test_the_board_views_switch_atomically_for_a_concurrent_reader(
 ) -> None:
     store_events(db, valid_copies(traffic, now_ms))
     store_stream(db, stream)
-    digest_records = "SELECT count(), sum(cityHash64(record_id, state, sla_ms, sla_met)) FROM stage_records_latest"
+    digest_records = (
+        "SELECT count(), sum(cityHash64(record_id, state, sla_ms, sla_met)) FROM stage_records_latest"
+    )
     digest_windows = "SELECT count(), sum(cityHash64(kpi_id, sla_met, completions)) FROM kpi_windows_latest"
 
     def digests() -> tuple[tuple[int, int], tuple[int, int]]:
@@ -396,8 +430,12 @@ def test_the_board_views_switch_atomically_for_a_concurrent_reader(
     def read() -> None:
         try:
             while not stop.is_set():
-                seen.append((tuple(reader.query(digest_records).result_rows[0]),
-                             tuple(reader.query(digest_windows).result_rows[0])))
+                seen.append(
+                    (
+                        tuple(reader.query(digest_records).result_rows[0]),
+                        tuple(reader.query(digest_windows).result_rows[0]),
+                    )
+                )
         except BaseException as exc:  # noqa: BLE001 - reported by the test thread
             failures.append(exc)
 
@@ -436,7 +474,10 @@ def test_drop_old_versions_activate_and_refusals(
     assert active_version(db) is None and view_records(db) == stream_only
     third = recompute(db, missions, grace_ms=GRACE_MS, drop_old=True)
     assert third.dropped == [1, 2]
-    names = {r[0] for r in db.query("SELECT name FROM system.tables WHERE database = currentDatabase()").result_rows}
+    names = {
+        r[0]
+        for r in db.query("SELECT name FROM system.tables WHERE database = currentDatabase()").result_rows
+    }
     assert {"stage_records_v3", "kpi_windows_v3"} <= names
     assert not names & {"stage_records_v1", "kpi_windows_v1", "stage_records_v2", "kpi_windows_v2"}
     listed = {v.version: v for v in list_versions(db)}
@@ -447,7 +488,9 @@ def test_drop_old_versions_activate_and_refusals(
     assert view_records(db) == v1
 
 
-def test_a_failed_recompute_leaves_the_board_and_names_the_problem(db: Client, traffic: list[Any], now_ms: int) -> None:
+def test_a_failed_recompute_leaves_the_board_and_names_the_problem(
+    db: Client, traffic: list[Any], now_ms: int
+) -> None:
     store_events(db, valid_copies(traffic, now_ms))
     missions = load_missions(DEFAULT_MISSIONS_FILE)
     recompute(db, missions, grace_ms=GRACE_MS)
@@ -458,7 +501,9 @@ def test_a_failed_recompute_leaves_the_board_and_names_the_problem(db: Client, t
     assert active_version(db) == 1 and view_records(db) == shown
 
 
-def test_backbone_recompute_command(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, traffic: list[Any], now_ms: int) -> None:
+def test_backbone_recompute_command(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, traffic: list[Any], now_ms: int
+) -> None:
     from typer.testing import CliRunner
 
     from backbone.cli import app
