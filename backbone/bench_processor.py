@@ -39,10 +39,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka import Producer
-
 from backbone.bench import BenchOptions, BenchRow, format_table
-from backbone.bench_data import EncodedEvents, simulated_events
+from backbone.bench_data import EncodedEvents, produce_messages, simulated_events
 from backbone.bench_peers import kpi_compare, naive_faust, peer_topic, quix_job
 from backbone.bench_peers.ceiling import codec_decoder, consume_and_decode, plain_fastavro_decoder
 from backbone.bench_peers.jobs import Counters, JobProcess, JobRun
@@ -71,26 +69,7 @@ WATCHED = ("backbone_events_in_total", "backbone_records_out_total", "backbone_b
 
 def publish(bootstrap: str, messages: Sequence[tuple[str, bytes, bytes]]) -> None:
     """Fill the input topics once (idempotent, acks=all); raises if anything is undelivered."""
-    producer = Producer(
-        {
-            "bootstrap.servers": bootstrap,
-            "enable.idempotence": True,
-            "acks": "all",
-            "linger.ms": 20,
-            "log_level": 0,
-        }
-    )
-    for topic, key, value in messages:
-        while True:
-            try:
-                producer.produce(topic, value, key)
-                break
-            except BufferError:
-                producer.poll(0.05)
-        producer.poll(0)
-    remaining = producer.flush(120)
-    if remaining:
-        raise RuntimeError(f"bench inputs: {remaining} of {len(messages)} messages undelivered")
+    produce_messages(bootstrap, messages, linger_ms=20)
 
 
 def job_env(bootstrap: str, data_dir: Path, partitions: int, **extra: str) -> dict[str, str]:

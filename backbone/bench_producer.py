@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import time
 
-from confluent_kafka import Producer
-
 from backbone.bench import BenchOptions, BenchRow
-from backbone.bench_data import EncodedEvents, simulated_events
+from backbone.bench_data import EncodedEvents, produce_messages, simulated_events
 from backbone.config import load_settings
 from backbone.embedded.broker import TansuBroker
 from backbone.kafka import ensure_topics
@@ -21,21 +19,7 @@ from schemas import contracts
 
 
 def _bare(bootstrap: str, messages: list[tuple[str, bytes, bytes]]) -> float:
-    producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True, "acks": "all", "linger.ms": 5})
-    started = time.perf_counter()
-    for topic, key, value in messages:
-        while True:
-            try:
-                producer.produce(topic, value, key)
-                break
-            except BufferError:
-                producer.poll(0.05)
-        producer.poll(0)
-    remaining = producer.flush(60)
-    elapsed = time.perf_counter() - started
-    if remaining:
-        raise RuntimeError(f"bare producer: {remaining} messages undelivered")
-    return len(messages) / elapsed
+    return len(messages) / produce_messages(bootstrap, messages)
 
 
 def _publisher(bootstrap: str, events: list) -> float:  # type: ignore[type-arg]
