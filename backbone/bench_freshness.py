@@ -393,6 +393,7 @@ def run(opts: BenchOptions) -> list[BenchRow]:
                     target=target if q == 0.99 else "",
                     notes=(
                         f"{len(values):,} samples {rate_note if what == 'stage record' else 'same run'}"
+                        + ("" if values else " (NO samples: see the sink log and stage_records.ended_at)")
                         if q == 0.5
                         else ""
                     ),

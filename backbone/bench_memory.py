@@ -136,7 +136,11 @@ def run_size(opts: BenchOptions, n: int, root: Path) -> list[BenchRow]:
                 lambda _c: True,
                 ("backbone_sink_rows_total",),
                 1800,
-                consumed_by=lambda c: c.total("backbone_sink_rows_total", table="events"),
+                # skipped (undecodable/invalid) events count as consumed: waiting for them hangs
+                consumed_by=lambda c: (
+                    c.total("backbone_sink_rows_total", table="events")
+                    + c.total("backbone_sink_skipped_events_total")
+                ),
             )
         finally:
             sink.stop()
