@@ -544,17 +544,19 @@ class Pipeline:
         return f"sink killed holding {pending:.0f} uninserted rows, restarted, up in {up_s:.1f} s"
 
     def wait_sink_up(self, sink: SinkProcess, timeout_s: float = 120.0) -> None:
-        """Until the sink runs: it has migrated, opened chdb, serves its metrics and installed its
-        signal handlers (a SIGTERM before that would just kill it)."""
+        """Until the sink runs and owns its partitions: it has migrated, opened chdb, serves its
+        metrics, installed its signal handlers (a SIGTERM before that would just kill it) and
+        joined its consumer group (the next fault starts from a sink at work)."""
 
         def running() -> bool:
             try:
-                logged = '"event": "sink running"' in sink.log_path.read_text(errors="replace")
+                log = sink.log_path.read_text(errors="replace")
             except FileNotFoundError:
                 return False
-            return logged and metrics_text(sink.metrics_port) is not None
+            up = '"event": "sink running"' in log and '"event": "partitions assigned"' in log
+            return up and metrics_text(sink.metrics_port) is not None
 
-        wait_for(running, timeout_s, "the sink to be up", self.problem)
+        wait_for(running, timeout_s, "the sink to run and be assigned its partitions", self.problem)
 
     def clickhouse_outage(self, down_s: float, timeout_s: float = 90.0) -> str:
         """ClickHouse refuses every insert for ``down_s`` (and at least a few attempts), then returns.
