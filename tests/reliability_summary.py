@@ -125,6 +125,12 @@ class ReliabilityLedger:
                     lines.append(f"| {label} | {injected[kind]} | {survived[kind]} |")
             lines.append(f"| **all faults** | **{sum(injected.values())}** | **{sum(survived.values())}** |")
             lines.append("")
+            lines.append("<details><summary>Where each fault landed</summary>")
+            lines.append("")
+            for run in runs:
+                faults = [f for f in self.faults if f.run == run]
+                lines.append(f"- {run}: " + "; ".join(f"**{f.kind}** {f.at}" for f in faults))
+            lines += ["", "</details>", ""]
         if self.inputs:
             lines += [
                 "Bad input (corpus + hypothesis fuzzing; handled = a dead letter with the expected "
