@@ -117,3 +117,10 @@ def test_clickhouse_credentials_from_settings(monkeypatch: pytest.MonkeyPatch) -
     with pytest.raises(Refused):
         open_client(load_settings())
     assert seen == {"dsn": "http://clickhouse:8123", "username": "writer", "password": "s3cret"}
+
+
+def test_readme_configuration_table_is_current() -> None:
+    """The README's table is `backbone config --markdown`: regenerate it when a setting changes."""
+    from backbone.config import REPO_ROOT, settings_markdown
+
+    assert settings_markdown() in (REPO_ROOT / "README.md").read_text()
