@@ -192,7 +192,7 @@ def running_forwarder(
             dead_letters_topic=topic.dead_letters,
             group_id=topic.group,
             repost_interval_s=1.0,
-            firing_lease_s=LEASE_S,
+            firing_lease_s=lease_s,
             poll_timeout_s=0.2,
             retry_initial_s=0.2,
             retry_max_s=1.0,
