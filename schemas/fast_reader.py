@@ -26,6 +26,8 @@ import struct
 from collections.abc import Callable, Collection
 from typing import Any
 
+from schemas.codegen import SourceEmitter
+
 Reader = Callable[[bytes, int], tuple[dict[str, Any], int]]
 """``reader(value, pos) -> (record, end)``: decode one record body starting at ``pos``."""
 
@@ -103,26 +105,8 @@ _FLOAT = struct.Struct("<f").unpack_from
 _DOUBLE = struct.Struct("<d").unpack_from
 
 
-class _Emitter:
+class _Emitter(SourceEmitter):
     """Builds the source of one reader function, line by line, with fresh local names."""
-
-    def __init__(self, names: dict[str, Any]) -> None:
-        self.lines: list[str] = []
-        self.consts: dict[str, Any] = {}
-        self.names = names  # named types seen so far (records, enums, fixed), by full name
-        self._n = 0
-
-    def var(self, prefix: str) -> str:
-        self._n += 1
-        return f"{prefix}{self._n}"
-
-    def const(self, value: Any) -> str:
-        name = self.var("K")
-        self.consts[name] = value
-        return name
-
-    def emit(self, indent: int, line: str) -> None:
-        self.lines.append("    " * indent + line)
 
     # -- primitives -----------------------------------------------------------------------
     # Bounds: a read past the end raises IndexError, a slice past the end comes back short and

@@ -30,6 +30,8 @@ import struct
 from collections.abc import Callable, Collection
 from typing import Any
 
+from schemas.codegen import SourceEmitter
+
 Writer = Callable[[dict[str, Any]], bytes]
 """``writer(record) -> body``: the Avro binary encoding of one raw-shaped record."""
 
@@ -136,30 +138,12 @@ def _py_type(schema: dict[str, Any], money: bool) -> str:
     return _PY_TYPE_OF.get(schema["type"], "object")
 
 
-class _Emitter:
+class _Emitter(SourceEmitter):
     """Builds the source of one writer function, line by line, with fresh local names.
 
     :meth:`value` emits the checks for one value and returns the expressions of its bytes,
     which the caller joins once, so a record costs one ``b"".join``.
     """
-
-    def __init__(self, names: dict[str, Any]) -> None:
-        self.lines: list[str] = []
-        self.consts: dict[str, Any] = {}
-        self.names = names  # named types seen so far (records, enums, fixed), by full name
-        self._n = 0
-
-    def var(self, prefix: str) -> str:
-        self._n += 1
-        return f"{prefix}{self._n}"
-
-    def const(self, value: Any) -> str:
-        name = self.var("K")
-        self.consts[name] = value
-        return name
-
-    def emit(self, indent: int, line: str) -> None:
-        self.lines.append("    " * indent + line)
 
     def require(self, ind: int, condition: str, what: str) -> None:
         self.emit(ind, f"if not ({condition}):")
