@@ -100,6 +100,9 @@ class OutputProducer:
                 "linger.ms": linger_ms,
                 "queue.buffering.max.messages": 1_000_000,
                 "compression.type": "none",
+                # Successes need no callback (``flush`` counts what is still in flight): a
+                # Python call per acknowledged record was ~1 µs of a KPI window's cost.
+                "delivery.report.only.error": True,
             }
         )
         self._failures: list[str] = []

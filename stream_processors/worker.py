@@ -45,6 +45,17 @@ from stream_processors.worker_metrics import WorkerMetrics
 
 log = logging.getLogger("backbone.processor")
 
+EVENT_CLOCK_QUIET_S = 1.0
+"""On the event clock, how long without a batch counts as "the input is quiet".
+
+Sweeps and ticks wait for this and for every partition read to its high watermark. Tansu
+reports high watermarks too low (the start of the last produced batch + 1), so the quiet period
+is what actually guards a replay against closing windows early: 0.5 s was measured too short on
+a loaded machine (a premature tick in the oracle test). It is pure waiting at the end of a
+replay, so the timer checks every :data:`EVENT_CLOCK_TIMER_S` instead of once a second.
+"""
+EVENT_CLOCK_TIMER_S = 0.25
+
 PROCESSING_ERROR = "processing_error"
 """Dead-letter reason for a message the engine raised on (an engine bug, isolated per message)."""
 
@@ -140,7 +151,8 @@ class ProcessorRuntime:
         self.assigned_at = time.monotonic()
         self.idle_partition_s = 60.0
         self.last_batch_at = 0.0
-        self.quiet_s = 1.0
+        self.quiet_s = EVENT_CLOCK_QUIET_S
+        """On the event clock: how long without a batch counts as "the input is quiet"."""
         self.start_offsets: dict[tuple[str, int], int] = {}
         """Committed offsets of the assigned partitions at the assignment (where reading resumed)."""
         self.committed: Callable[[frozenset[tuple[str, int]]], dict[tuple[str, int], int]] = lambda tps: {}
@@ -503,7 +515,14 @@ def build_worker(
     async def kpis_agent(stream: faust.StreamT) -> None:
         await consume(stream, runtime.on_fact_events)
 
-    @app.timer(options.timer_interval_s, name="sweep_and_tick")
+    # On the event clock the timer only acts once the input is quiet: check often, so a replay's
+    # last windows do not wait a whole interval after the quiet period.
+    interval = options.timer_interval_s
+    if isinstance(runtime.clock, EventClock):
+        interval = min(interval, EVENT_CLOCK_TIMER_S)
+        runtime.quiet_s = max(EVENT_CLOCK_QUIET_S, 4 * options.batch_within_s)
+
+    @app.timer(interval, name="sweep_and_tick")
     async def sweep_and_tick() -> None:
         await runtime.sweep_and_tick()
 
