@@ -80,7 +80,9 @@ def format_table(rows: list[BenchRow]) -> str:
         ceiling = f"{r.ceiling_value:,.0f}" if r.ceiling_value is not None else "-"
         ratio = f"{r.ratio:.2f}" if r.ratio is not None else "-"
         note = "; ".join(x for x in (r.target, r.notes) if x)
-        lines.append(f"{r.section:<10} {r.name:<44} {r.value:>10,.0f} {r.unit:<3} {ceiling:>14} {ratio:>7}  {note}")
+        lines.append(
+            f"{r.section:<10} {r.name:<44} {r.value:>10,.0f} {r.unit:<3} {ceiling:>14} {ratio:>7}  {note}"
+        )
     return "\n".join(lines)
 
 
@@ -103,9 +105,7 @@ def write_chart(rows: list[BenchRow], path: Path) -> None:
     plt.close(fig)
 
 
-def run_sections(
-    names: list[str], opts: BenchOptions, failures: list[str] | None = None
-) -> list[BenchRow]:
+def run_sections(names: list[str], opts: BenchOptions, failures: list[str] | None = None) -> list[BenchRow]:
     """Run each section in turn. A section that raises gets a FAILED row (and its error in
     ``failures``) and the others still run: one broken measurement must not hide the rest."""
     rows: list[BenchRow] = []
@@ -146,10 +146,14 @@ def register(app: typer.Typer) -> None:
         seed: int = typer.Option(11, help="Simulator seed."),
     ) -> None:
         """Measure producer, processor, sink, freshness, memory and recompute against their ceilings."""
-        chosen = list(SECTIONS) if sections == "all" else [s.strip() for s in sections.split(",") if s.strip()]
+        chosen = (
+            list(SECTIONS) if sections == "all" else [s.strip() for s in sections.split(",") if s.strip()]
+        )
         unknown = [s for s in chosen if s not in SECTIONS]
         if unknown:
-            typer.echo(f"error: unknown section(s) {', '.join(unknown)}; choose from {', '.join(SECTIONS)}", err=True)
+            typer.echo(
+                f"error: unknown section(s) {', '.join(unknown)}; choose from {', '.join(SECTIONS)}", err=True
+            )
             raise typer.Exit(2)
         out.mkdir(parents=True, exist_ok=True)
         opts = BenchOptions(events=events, rate=rate, partitions=partitions, out=out, seed=seed)
@@ -159,8 +163,14 @@ def register(app: typer.Typer) -> None:
         typer.echo(table)
         facts = machine_facts()
         (out / "bench.json").write_text(
-            json.dumps({"machine": facts, "options": {**asdict(opts), "out": str(out)},
-                        "rows": [{**asdict(r), "ratio": r.ratio} for r in rows]}, indent=2)
+            json.dumps(
+                {
+                    "machine": facts,
+                    "options": {**asdict(opts), "out": str(out)},
+                    "rows": [{**asdict(r), "ratio": r.ratio} for r in rows],
+                },
+                indent=2,
+            )
         )
         write_chart(rows, out / "bench.png")
         typer.echo(f"\nmachine: {facts}\nwritten: {out / 'bench.json'}, {out / 'bench.png'}")

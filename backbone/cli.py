@@ -33,7 +33,9 @@ def settings_or_exit() -> Settings:
 
 
 @app.command("config")
-def show_config(markdown: bool = typer.Option(False, help="Print the reference table for the README.")) -> None:
+def show_config(
+    markdown: bool = typer.Option(False, help="Print the reference table for the README."),
+) -> None:
     """Print the effective configuration (secrets masked) or the reference table."""
     if markdown:
         typer.echo(settings_markdown())
@@ -92,10 +94,17 @@ def up(
     """Start the embedded stack (broker, topics, processors, sink, board, alerting) and the simulator."""
     from backbone.runtime import run_up
 
-    sys.exit(run_up(
-        settings_or_exit(), simulate=simulate, rate=rate, duration=duration, workers=workers, seed=seed,
-        time_scale=time_scale,
-    ))
+    sys.exit(
+        run_up(
+            settings_or_exit(),
+            simulate=simulate,
+            rate=rate,
+            duration=duration,
+            workers=workers,
+            seed=seed,
+            time_scale=time_scale,
+        )
+    )
 
 
 def _register_areas() -> None:

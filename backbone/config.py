@@ -46,10 +46,16 @@ class Settings(BaseSettings):
     kafka_sasl_username: str = Field("", description="SASL principal (one per agency in production).")
     kafka_sasl_password: SecretStr = Field(SecretStr(""), description="SASL password (secret; never logged).")
     kafka_ssl_ca_location: str = Field("", description="CA bundle that signed the brokers' certificates.")
-    topic_partitions: int = Field(6, ge=1, le=1024, description="Partitions per topic when topics are created.")
-    topic_replication_factor: int = Field(1, ge=1, le=10, description="Replication factor for created topics.")
+    topic_partitions: int = Field(
+        6, ge=1, le=1024, description="Partitions per topic when topics are created."
+    )
+    topic_replication_factor: int = Field(
+        1, ge=1, le=10, description="Replication factor for created topics."
+    )
     schema_registry_url: str = Field(
-        "", description="Confluent Schema Registry URL. Empty: Avro single-object encoding against the repo's schemas."
+        "",
+        description="Confluent Schema Registry URL. Empty: "
+        "Avro single-object encoding against the repo's schemas.",
     )
     schema_registry_basic_auth: SecretStr = Field(
         SecretStr(""), description="Schema Registry 'user:password' (secret)."
@@ -57,24 +63,37 @@ class Settings(BaseSettings):
 
     # -- ClickHouse ---------------------------------------------------------------------
     clickhouse_url: str = Field(
-        "", description="ClickHouse HTTP(S) URL, e.g. http://user:pass@host:8123/backbone. Empty: chdb under data_dir."
+        "",
+        description="ClickHouse HTTP(S) URL, e.g. http://user:pass@host:8123/backbone. Empty: "
+        "chdb under data_dir.",
     )
     clickhouse_database: str = Field("backbone", description="ClickHouse database for all tables.")
     clickhouse_username: str = Field("", description="ClickHouse user (keeps credentials out of the URL).")
-    clickhouse_password: SecretStr = Field(SecretStr(""), description="ClickHouse password (secret; never logged).")
+    clickhouse_password: SecretStr = Field(
+        SecretStr(""), description="ClickHouse password (secret; never logged)."
+    )
 
     # -- Embedded runtime ---------------------------------------------------------------
-    data_dir: Path = Field(Path(".backbone-data"), description="Folder for the embedded chdb database and run files.")
-    missions_file: Path = Field(DEFAULT_MISSIONS_FILE, description="Missions, journeys, stages, SLAs and KPI targets.")
+    data_dir: Path = Field(
+        Path(".backbone-data"), description="Folder for the embedded chdb database and run files."
+    )
+    missions_file: Path = Field(
+        DEFAULT_MISSIONS_FILE, description="Missions, journeys, stages, SLAs and KPI targets."
+    )
     board_port: int = Field(8050, ge=0, le=65535, description="Port of the built-in command view (loopback).")
-    processor_metrics_port: int = Field(9464, ge=0, le=65535, description="Prometheus metrics port of the processors.")
+    processor_metrics_port: int = Field(
+        9464, ge=0, le=65535, description="Prometheus metrics port of the processors."
+    )
     sink_metrics_port: int = Field(9465, ge=0, le=65535, description="Prometheus metrics port of the sink.")
     metrics_address: str = Field(
         "127.0.0.1",
-        description="Address the metrics endpoints bind to; 0.0.0.0 in containers so Prometheus can scrape them.",
+        description="Address the metrics endpoints bind to; 0.0.0.0 in containers "
+        "so Prometheus can scrape them.",
     )
     alertmanager_url: str = Field(
-        "", description="Alertmanager base URL for alert delivery. Empty in `up`: start the Debian binary if present."
+        "",
+        description="Alertmanager base URL for alert delivery. Empty in `up`: "
+        "start the Debian binary if present.",
     )
     board_url: str = Field(
         "http://127.0.0.1:8050", description="Public base URL of the case tracker, used in alert links."
@@ -82,16 +101,23 @@ class Settings(BaseSettings):
 
     # -- Processing ---------------------------------------------------------------------
     grace_ms: int = Field(
-        3_600_000, ge=0, description="How late (event time) an event may arrive and still be folded into its window."
+        3_600_000,
+        ge=0,
+        description="How late (event time) an event may arrive and still be folded into its window.",
     )
     clock: Literal["wall", "event"] = Field(
-        "wall", description="'wall': now is the system clock; 'event': now is the newest event time seen (replays, tests)."
+        "wall",
+        description="'wall': now is the system clock; 'event': now is "
+        "the newest event time seen (replays, tests).",
     )
     max_future_skew_ms: int = Field(
         600_000, ge=0, description="Events stamped further than this in the future are rejected as invalid."
     )
     partition_idle_ms: int = Field(
-        60_000, ge=0, description="Overdue checks (CASE_SLA, FEED_SILENT) wait for input partitions that delivered within this wall time (catch-up)."
+        60_000,
+        ge=0,
+        description="Overdue checks (CASE_SLA, FEED_SILENT) wait for input partitions "
+        "that delivered within this wall time (catch-up).",
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level.")
 

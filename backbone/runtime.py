@@ -66,10 +66,23 @@ def planned_services(
     if _has("alerting.forwarder"):
         services.append(Service("alert-forwarder", _cli("alerting", "forward"), required=False))
     if simulate:
-        services.append(Service("simulator", _cli(
-            "simulate", "--live", "--rate", str(rate), "--seed", str(seed),
-            "--delay-scale", f"{1 / time_scale:.6g}", "--warmup", "30m",
-        )))
+        services.append(
+            Service(
+                "simulator",
+                _cli(
+                    "simulate",
+                    "--live",
+                    "--rate",
+                    str(rate),
+                    "--seed",
+                    str(seed),
+                    "--delay-scale",
+                    f"{1 / time_scale:.6g}",
+                    "--warmup",
+                    "30m",
+                ),
+            )
+        )
     return services
 
 
@@ -87,9 +100,14 @@ class TopicCounter(threading.Thread):
         consumer = Consumer(self._conf)
         try:
             md = consumer.list_topics(timeout=10)
-            consumer.assign([
-                TopicPartition(t, p, 0) for t in self._topics if t in md.topics for p in md.topics[t].partitions
-            ])
+            consumer.assign(
+                [
+                    TopicPartition(t, p, 0)
+                    for t in self._topics
+                    if t in md.topics
+                    for p in md.topics[t].partitions
+                ]
+            )
             while not self._stopping.is_set():
                 for msg in consumer.consume(num_messages=5000, timeout=0.5):
                     if msg.error() is None:
@@ -123,7 +141,13 @@ def _stop(service: Service, timeout_s: float = 15.0) -> None:
 
 
 def run_up(
-    settings: Settings, simulate: bool, rate: float, duration: float, workers: int, seed: int, time_scale: float = 1.0
+    settings: Settings,
+    simulate: bool,
+    rate: float,
+    duration: float,
+    workers: int,
+    seed: int,
+    time_scale: float = 1.0,
 ) -> int:
     data_dir = settings.data_dir.resolve()
     log_dir = data_dir / "logs"
@@ -163,7 +187,9 @@ def run_up(
 
     signal.signal(signal.SIGINT, _on_signal)
     signal.signal(signal.SIGTERM, _on_signal)
-    counter = TopicCounter(client_config(settings, bootstrap), contracts.INPUT_TOPICS + contracts.OUTPUT_TOPICS)
+    counter = TopicCounter(
+        client_config(settings, bootstrap), contracts.INPUT_TOPICS + contracts.OUTPUT_TOPICS
+    )
     counter.start()
     exit_code = 0
     try:
@@ -181,7 +207,9 @@ def run_up(
                     print(f"error: {s.name} exited with code {s.process.returncode}; see its log", flush=True)
                     exit_code = 1
                     stopping.set()
-            counts = " ".join(f"{t}={counter.counts.get(t, 0)}" for t in contracts.INPUT_TOPICS + contracts.OUTPUT_TOPICS)
+            counts = " ".join(
+                f"{t}={counter.counts.get(t, 0)}" for t in contracts.INPUT_TOPICS + contracts.OUTPUT_TOPICS
+            )
             print(f"[{time.strftime('%H:%M:%S')}] messages per topic: {counts}", flush=True)
             if duration and time.monotonic() - started >= duration:
                 break

@@ -800,7 +800,8 @@ ORDER BY mission, stage_order""",
         detail = (
             "arrayStringConcat(arrayFilter(x -> x != '', ["
             "hs_code, "
-            "if(declared_value_pkr IS NULL, '', concat('declared PKR ', toDecimalString(assumeNotNull(declared_value_pkr), 2))), "
+            "if(declared_value_pkr IS NULL, '', "
+            "concat('declared PKR ', toDecimalString(assumeNotNull(declared_value_pkr), 2))), "
             "ifNull(gd_number, ''), "
             "if(from_province = '' AND to_province = '', '', concat(from_province, ' → ', to_province)), "
             "vehicle_reg, terminal, container_id, ifNull(vessel, ''), "

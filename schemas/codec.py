@@ -173,8 +173,10 @@ class Codec:
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     ) -> None:
         self.wire: WireFormat = wire or SingleObjectFormat()
-        self._registry = registry_format if registry_format is not None else (
-            wire if isinstance(wire, RegistryFormat) else None
+        self._registry = (
+            registry_format
+            if registry_format is not None
+            else (wire if isinstance(wire, RegistryFormat) else None)
         )
         self.max_message_bytes = max_message_bytes
         self._fast = fast_readers()
@@ -270,7 +272,9 @@ class Codec:
         if value is None:
             raise DecodeError("empty", "message has no value (tombstone)")
         if len(value) > self.max_message_bytes:
-            raise DecodeError("too_large", f"{len(value)} bytes exceeds the {self.max_message_bytes} byte limit")
+            raise DecodeError(
+                "too_large", f"{len(value)} bytes exceeds the {self.max_message_bytes} byte limit"
+            )
         try:
             writer, offset = self.writer_schema(value)
         except UnknownSchema as exc:
@@ -278,7 +282,9 @@ class Codec:
         except BadFraming as exc:
             raise DecodeError("bad_framing", str(exc)) from exc
         if writer.topic != topic:
-            raise DecodeError("wrong_topic", f"a {writer.record_name} ({writer.topic}) record on topic {topic}")
+            raise DecodeError(
+                "wrong_topic", f"a {writer.record_name} ({writer.topic}) record on topic {topic}"
+            )
         reader = contracts.current(topic)
         buf = io.BytesIO(value)
         buf.seek(offset)
@@ -287,9 +293,13 @@ class Codec:
         except UnicodeDecodeError as exc:
             raise DecodeError("bad_utf8", f"string field is not valid UTF-8: {exc.reason}") from exc
         except _AVRO_ERRORS as exc:
-            raise DecodeError("undecodable", f"Avro body is corrupt or truncated ({type(exc).__name__}: {exc})") from exc
+            raise DecodeError(
+                "undecodable", f"Avro body is corrupt or truncated ({type(exc).__name__}: {exc})"
+            ) from exc
         if buf.tell() != len(value):
-            raise DecodeError("undecodable", f"{len(value) - buf.tell()} trailing bytes after the Avro record")
+            raise DecodeError(
+                "undecodable", f"{len(value) - buf.tell()} trailing bytes after the Avro record"
+            )
         for name in reader.money_fields:
             v = rec.get(name)
             if v is not None:

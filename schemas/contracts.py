@@ -37,7 +37,13 @@ FEED_FRESHNESS = "backbone.feed_freshness.v1"
 OUTPUT_TOPICS: tuple[str, ...] = (STAGE_RECORDS, KPI_WINDOWS, ALERTS, DEAD_LETTERS, BACKLOG, FEED_FRESHNESS)
 
 ENVELOPE_FIELDS: tuple[str, ...] = (
-    "event_id", "case_id", "agency", "province", "status", "occurred_at", "published_at",
+    "event_id",
+    "case_id",
+    "agency",
+    "province",
+    "status",
+    "occurred_at",
+    "published_at",
 )
 
 
@@ -49,7 +55,11 @@ def strip_logical_types(schema: Any) -> Any:
     byte-identical on the wire, since logical types only annotate the primitive.
     """
     if isinstance(schema, dict):
-        out = {k: strip_logical_types(v) for k, v in schema.items() if k not in ("logicalType", "precision", "scale")}
+        out = {
+            k: strip_logical_types(v)
+            for k, v in schema.items()
+            if k not in ("logicalType", "precision", "scale")
+        }
         return out
     if isinstance(schema, list):
         return [strip_logical_types(s) for s in schema]
@@ -118,7 +128,9 @@ def current(topic: str) -> SchemaVersion:
     try:
         return all_versions()[topic][-1]
     except KeyError:
-        raise KeyError(f"unknown topic {topic!r}; known topics: {', '.join(sorted(all_versions()))}") from None
+        raise KeyError(
+            f"unknown topic {topic!r}; known topics: {', '.join(sorted(all_versions()))}"
+        ) from None
 
 
 def by_fingerprint() -> dict[bytes, SchemaVersion]:

@@ -59,12 +59,17 @@ def load_registry(path: Path = REGISTRY_FILE) -> Registry:
     by_topic: dict[str, set[str]] = {}
     for code, entry in data.agencies.items():
         if entry.province is not None and entry.province not in data.provinces:
-            raise ValueError(f"invalid registry {path}: agencies.{code}.province {entry.province!r} is not a known province")
+            raise ValueError(
+                f"invalid registry {path}: agencies.{code}.province {entry.province!r} "
+                f"is not a known province"
+            )
         for topic in entry.topics:
             by_topic.setdefault(topic, set()).add(code)
     for code, port in data.ports.items():
         if port.province not in data.provinces:
-            raise ValueError(f"invalid registry {path}: ports.{code}.province {port.province!r} is not a known province")
+            raise ValueError(
+                f"invalid registry {path}: ports.{code}.province {port.province!r} is not a known province"
+            )
     return Registry(
         agencies=dict(data.agencies),
         provinces=dict(data.provinces),

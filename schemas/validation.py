@@ -51,7 +51,9 @@ def _nonempty(rec: Mapping[str, Any], name: str, max_len: int = MAX_STRING_LEN) 
 def _province(rec: Mapping[str, Any], name: str, reg: Registry) -> None:
     value = _nonempty(rec, name)
     if value not in reg.provinces:
-        raise InvalidRecord(name, f"unknown province {value!r}; expected one of {', '.join(sorted(reg.provinces))}")
+        raise InvalidRecord(
+            name, f"unknown province {value!r}; expected one of {', '.join(sorted(reg.provinces))}"
+        )
 
 
 def _port(rec: Mapping[str, Any], reg: Registry) -> None:

@@ -58,7 +58,9 @@ class EventRef(_Model):
     @model_validator(mode="after")
     def _known(self) -> EventRef:
         if self.topic not in contracts.INPUT_TOPICS:
-            raise ValueError(f"unknown topic {self.topic!r}; expected one of {', '.join(contracts.INPUT_TOPICS)}")
+            raise ValueError(
+                f"unknown topic {self.topic!r}; expected one of {', '.join(contracts.INPUT_TOPICS)}"
+            )
         symbols = _status_symbols(self.topic)
         if self.status not in symbols:
             raise ValueError(f"status {self.status!r} is not a {self.topic} status ({', '.join(symbols)})")
@@ -87,7 +89,10 @@ class Stage(_Model):
     def _consistent(self) -> Stage:
         if self.start == self.end:
             raise ValueError("start and end are the same event")
-        if self.money_field is not None and self.money_field not in contracts.current(self.start.topic).money_fields:
+        if (
+            self.money_field is not None
+            and self.money_field not in contracts.current(self.start.topic).money_fields
+        ):
             raise ValueError(f"money_field {self.money_field!r} is not a money field of {self.start.topic}")
         return self
 
@@ -251,7 +256,9 @@ def _check_agencies(spec: MissionsFile, reg: Registry) -> None:
         names = {w.name for w in spec.windows}
         for ti, t in enumerate(m.targets):
             if t.window not in names:
-                raise ValueError(f"missions[{mi}].targets[{ti}].window: unknown window {t.window!r} ({', '.join(names)})")
+                raise ValueError(
+                    f"missions[{mi}].targets[{ti}].window: unknown window {t.window!r} ({', '.join(names)})"
+                )
     for agency in spec.feeds.silence_ms:
         check(agency, "feeds.silence")
 
@@ -274,15 +281,17 @@ def load_missions(path: Path, registry: Registry | None = None) -> Missions:
     return missions_from_data(data, path, registry)
 
 
+def _error_location(loc: tuple[Any, ...]) -> str:
+    """A pydantic error location as a path: ``stages[2].sla``."""
+    return ".".join(str(p) if isinstance(p, str) else f"[{p}]" for p in loc).replace(".[", "[")
+
+
 def missions_from_data(data: Any, path: Path | None = None, registry: Registry | None = None) -> Missions:
     where = str(path) if path else "missions"
     try:
         spec = MissionsFile.model_validate(data)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) if isinstance(p, str) else f'[{p}]' for p in e['loc']).replace('.[', '[')}: {e['msg']}"
-            for e in exc.errors()
-        )
+        problems = "; ".join(f"{_error_location(e['loc'])}: {e['msg']}" for e in exc.errors())
         raise MissionsError(f"{where}: {problems}") from exc
     try:
         _check_agencies(spec, registry or default_registry())

@@ -25,7 +25,9 @@ def _mutated(fn: Any) -> dict[str, Any]:
 
 def test_default_missions_cover_the_required_stages() -> None:
     m = load_missions(DEFAULT_MISSIONS_FILE)
-    pairs = {(r.stage.start.topic, r.stage.start.status, r.stage.end.topic, r.stage.end.status) for r in m.stages}
+    pairs = {
+        (r.stage.start.topic, r.stage.start.status, r.stage.end.topic, r.stage.end.status) for r in m.stages
+    }
     assert ("customs.clearances.v1", "FILED", "customs.clearances.v1", "CLEARED") in pairs
     assert ("customs.clearances.v1", "CLEARED", "transport.permits.v1", "ISSUED") in pairs
     assert ("ports.container_moves.v1", "GATE_IN", "ports.container_moves.v1", "LOADED") in pairs
@@ -43,15 +45,22 @@ def test_default_missions_cover_the_required_stages() -> None:
 @pytest.mark.parametrize(
     ("mutate", "expected"),
     [
-        (lambda d: d["missions"][0]["journeys"][0]["stages"][1]["end"].update(status="GRANTED"),
-         "missions[0].journeys[0].stages[1].end"),
+        (
+            lambda d: d["missions"][0]["journeys"][0]["stages"][1]["end"].update(status="GRANTED"),
+            "missions[0].journeys[0].stages[1].end",
+        ),
         (lambda d: d["missions"][0]["journeys"][0]["stages"][0].update(sla="soon"), "sla"),
-        (lambda d: d["missions"][0]["journeys"][0]["stages"][0].update(owner="NO-SUCH"),
-         "missions[0].journeys[0].stages[0].owner"),
+        (
+            lambda d: d["missions"][0]["journeys"][0]["stages"][0].update(owner="NO-SUCH"),
+            "missions[0].journeys[0].stages[0].owner",
+        ),
         (lambda d: d["missions"][0]["targets"][0].update(stage="nope"), "unknown stage"),
         (lambda d: d["missions"][0]["targets"][0].update(window="7d"), "unknown window"),
         (lambda d: d["windows"][1].update(hop="7m"), "hop must divide size"),
-        (lambda d: d["missions"][0]["journeys"][0]["stages"][0]["start"].update(topic="x.v1"), "unknown topic"),
+        (
+            lambda d: d["missions"][0]["journeys"][0]["stages"][0]["start"].update(topic="x.v1"),
+            "unknown topic",
+        ),
         (lambda d: d["missions"][0]["journeys"][0]["stages"][0].update(colour="red"), "colour"),
     ],
 )

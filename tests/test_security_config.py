@@ -544,7 +544,9 @@ def test_services_use_the_clickhouse_user_their_role_needs() -> None:
         env = services[service]["environment"]
         assert env["BACKBONE_CLICKHOUSE_USERNAME"] == user
         assert password in env["BACKBONE_CLICKHOUSE_PASSWORD"]
-        assert "@" not in env["BACKBONE_CLICKHOUSE_URL"], "credentials belong in the secret settings, not the URL"
+        assert "@" not in env["BACKBONE_CLICKHOUSE_URL"], (
+            "credentials belong in the secret settings, not the URL"
+        )
     grafana = loaded_compose()["services"]["grafana"]["environment"]
     assert grafana["CLICKHOUSE_READONLY_USER"] == "backbone_reader"
     # Every $VARIABLE the provisioning files expand is given to Grafana, and the data source uses them.
