@@ -19,7 +19,7 @@ def register(app: typer.Typer) -> None:
         stock: bool = typer.Option(False, "--stock", help="Stock Faust classes (benchmark baseline)."),
         batch_max: int = typer.Option(2000, "--batch-max", min=1, help="Most events per batch."),
         batch_within: float = typer.Option(
-            0.25, "--batch-within", min=0.01, help="Longest wait to fill a batch (s)."
+            0.1, "--batch-within", min=0.01, help="Longest wait to fill a batch (s)."
         ),
         app_id: str = typer.Option(
             "backbone-processors",

@@ -74,8 +74,8 @@ class WorkerOptions:
     stock: bool = False
     """Stock Faust Stream/consumer/monitor classes (the benchmark baseline)."""
     batch_max: int = 2000
-    batch_within_s: float = 0.25
-    timer_interval_s: float = 1.0
+    batch_within_s: float = 0.1
+    timer_interval_s: float = 0.5
     app_id: str = DEFAULT_APP_ID
     metrics_port: int | None = None
     """None: ``settings.processor_metrics_port`` + worker_id - 1 (0 stays 0: a free port)."""
