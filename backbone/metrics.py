@@ -117,6 +117,12 @@ class Metrics:
             "are all out once this equals the batch count).",
             registry=r,
         )
+        self.assignments = Counter(
+            "backbone_processor_assignments_total",
+            "Partition assignments the worker completed: 1 for a worker no rebalance disturbed "
+            "(more while it alone runs flat out would mean starved heartbeats).",
+            registry=r,
+        )
         self.worker_up = Gauge("backbone_worker_up", "1 while the component runs.", ["component"], registry=r)
         # -- sink ----------------------------------------------------------------------
         self.sink_rows = Counter(

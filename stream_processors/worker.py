@@ -375,6 +375,7 @@ class ProcessorRuntime:
             self.journeys.rebuild_index(self.journey_store)
             self.kpis.rebuild_index(self.kpi_store)
             self.ready = True
+        self.metrics.m.assignments.inc()
         log.info(
             "partitions ready",
             extra={

@@ -366,3 +366,22 @@ def differences(reader: OutputReader, expected: Any, limit: int = 8) -> list[str
                 f"(of {len(want_ids)})"
             )
     return problems
+
+
+def scrape_metrics(worker: WorkerProcess) -> dict[tuple[str, str], float]:
+    """The worker's /metrics, summed by (metric, first interesting label): topic, reason or kind
+    ("" for a metric without labels)."""
+    import re
+    import urllib.request
+
+    port = int(re.search(r"metrics on 127\.0\.0\.1:(\d+)", worker.log_path.read_text()).group(1))
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    out: dict[tuple[str, str], float] = {}
+    for line in text.splitlines():
+        m = re.match(r"^(backbone_\w+)(?:\{(.*)\})? ([0-9.e+-]+)$", line)
+        if not m:
+            continue
+        labels = dict(re.findall(r'(\w+)="([^"]*)"', m.group(2) or ""))
+        label = labels.get("reason") or labels.get("kind") or labels.get("topic") or ""
+        out[(m.group(1), label)] = out.get((m.group(1), label), 0.0) + float(m.group(3))
+    return out

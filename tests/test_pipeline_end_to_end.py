@@ -22,6 +22,7 @@ from processor_fixtures import (  # noqa: F401 - module_broker is a fixture
     module_broker,
     oracle_for,
     publish_events,
+    scrape_metrics,
     simulated_events,
     wait_until,
     worker_env,
@@ -148,6 +149,9 @@ def test_simulated_traffic_through_processors_and_sink_equals_the_oracle(
             + worker.log_tail()
         )
         _check_board_equals_oracle(client, expected)
+        # The worker drained the whole backlog flat out, alone in its group: one assignment, no
+        # rebalance (a batch loop that starved the consumer's heartbeats would get it evicted).
+        assert scrape_metrics(worker)[("backbone_processor_assignments_total", "")] == 1, worker.log_tail()
 
         with SinkThread(settings, client, f"e2e-replay-{uuid.uuid4().hex[:6]}") as replay:
             replay.wait_committed(published + outputs, timeout_s=120)

@@ -26,6 +26,7 @@ from processor_fixtures import (  # noqa: F401 - module_broker is a fixture
     producer,
     publish_live,
     publish_raw,
+    scrape_metrics,
     simulated_events,
     wait_until,
     worker_env,
@@ -36,24 +37,6 @@ from schemas import contracts
 from schemas.codec import Codec
 
 pytestmark = pytest.mark.integration
-
-
-def scrape_metrics(worker: WorkerProcess) -> dict[tuple[str, str], float]:
-    """The worker's /metrics, summed by (metric, first interesting label): topic, reason or kind."""
-    import re
-    import urllib.request
-
-    port = int(re.search(r"metrics on 127\.0\.0\.1:(\d+)", worker.log_path.read_text()).group(1))
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-    out: dict[tuple[str, str], float] = {}
-    for line in text.splitlines():
-        m = re.match(r"^(backbone_\w+)\{(.*)\} ([0-9.e+-]+)$", line)
-        if not m:
-            continue
-        labels = dict(re.findall(r'(\w+)="([^"]*)"', m.group(2)))
-        label = labels.get("reason") or labels.get("kind") or labels.get("topic") or ""
-        out[(m.group(1), label)] = out.get((m.group(1), label), 0.0) + float(m.group(3))
-    return out
 
 
 def poison_messages(events: list[tuple[str, dict]]) -> list[tuple[str, bytes | None, bytes | None, str]]:
