@@ -95,6 +95,18 @@ def open_page(page: Any, board: BoardHandle, seeded: SeededDatabase, fragment: s
     page.wait_for_function("Number(document.body.dataset.loads || 0) >= 1", timeout=30_000)
 
 
+def track_case(page: Any, case_id: str) -> None:
+    """Ask the tracker for a case and wait until every case panel shows it (they load in parallel)."""
+    page.fill("#case-id", case_id)
+    page.click("#case-go")
+    page.wait_for_function(
+        """(id) => { const s = [...document.querySelectorAll('section[data-query^="case_"]')];
+                     return s.length > 0 && s.every(e => e.dataset.caseId === id); }""",
+        arg=case_id,
+        timeout=30_000,
+    )
+
+
 def cells(page: Any, qid: str, column: str) -> list[str]:
     return page.eval_on_selector_all(
         f'section[data-query="{qid}"] [data-col="{column}"]', "els => els.map(e => e.dataset.raw)"
@@ -251,8 +263,7 @@ def test_case_tracker_finds_a_seeded_case(
 ) -> None:
     case_id, owner = _open_case(seeded)
     open_page(page, board, seeded, "case")
-    page.fill("#case-id", case_id)
-    page.click("#case-go")
+    track_case(page, case_id)
     page.wait_for_selector('[data-testid="case-current"]', timeout=30_000)
     assert cells(page, "case_current", "current_owner") == [owner]
     stages = seeded.seed.stages()
@@ -272,6 +283,5 @@ def test_case_tracker_finds_a_seeded_case(
     assert agencies == list(mine["agency"])
     screenshot(page, artifacts, "case-tracker")
     # an unknown case: the tracker says so instead of failing
-    page.fill("#case-id", "NO-SUCH-CASE")
-    page.click("#case-go")
+    track_case(page, "NO-SUCH-CASE")
     page.wait_for_selector('[data-testid="case-no-open"]', timeout=30_000)

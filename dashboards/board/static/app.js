@@ -318,10 +318,13 @@ async function refresh() {
     if (!section) return;
     const body = section.querySelector(".body");
     if (p.needsCase && !state.caseId) { body.replaceChildren(el("p", { class: "empty", text: "Enter a case id above." })); return; }
+    const caseId = state.caseId;
     try {
-      const data = await fetchQuery(p.q, p.needsCase ? { case_id: state.caseId } : {});
+      const data = await fetchQuery(p.q, p.needsCase ? { case_id: caseId } : {});
       body.replaceChildren(p.render(data));
       section.dataset.loadedTo = String(data.to);
+      // panels load in parallel: this says which case a case panel shows now
+      if (p.needsCase) section.dataset.caseId = caseId;
     } catch (err) {
       failed = true;
       body.replaceChildren(el("p", { class: "error", text: `Could not load: ${err.message}` }));
