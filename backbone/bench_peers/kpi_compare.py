@@ -3,7 +3,8 @@
 A job emits a window row each time the window changes (with a higher ``version``) and once
 more when it closes; what counts is the latest row per window. Two jobs agree on a window when
 ``completions`` and ``sla_met`` are equal and ``p50_ms``/``p90_ms`` differ by at most
-:data:`QUANTILE_TOLERANCE` (SEMANTICS.md: each is within 1% of the exact lower quantile).
+:data:`QUANTILE_TOLERANCE` (SEMANTICS.md: each is within 1% of the exact lower quantile). A
+window with no completions left (all retracted) counts as absent.
 """
 
 from __future__ import annotations
@@ -110,6 +111,11 @@ def agree(
     keys = set(oth) if only_keys_of_other else set(ref) | set(oth)
     for key in sorted(keys):
         a, b = ref.get(key), oth.get(key)
+        one_sided = b if a is None else a if b is None else None
+        if one_sided is not None and one_sided.completions == 0:
+            # a window whose completions were all retracted is the same as none: a job that
+            # emits per event shows it, a job that emits per batch may never have seen it change
+            continue
         if a is None:
             result.only_other += 1
             continue
