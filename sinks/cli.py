@@ -72,7 +72,7 @@ def sink_run(
     ),
     batch_rows: int = typer.Option(50_000, min=1, help="Flush a table's batch at this many rows."),
     max_batch_age: float = typer.Option(
-        1.0, min=0.01, help="Flush when the oldest buffered row is this old (s)."
+        0.5, min=0.01, help="Flush when the oldest buffered row is this old (s)."
     ),
 ) -> None:
     """Run the sink until SIGINT/SIGTERM: migrate, consume, insert in batches, commit after inserts."""

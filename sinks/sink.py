@@ -57,6 +57,7 @@ from sinks.rows import RowRejected, TableSpec
 log = logging.getLogger(__name__)
 
 DEFAULT_GROUP = "backbone-sink"
+FETCH_WAIT_MAX_MS = 100
 SOURCE = "sink"
 
 # ClickHouse error codes that mean "this data does not fit", as opposed to "try again later".
@@ -133,7 +134,7 @@ class SinkConfig:
     group_id: str = DEFAULT_GROUP
     batch_rows: int = 50_000  # a table's batch is flushed at this many rows
     max_pending_rows: int = 200_000  # all tables together; bounds memory
-    max_batch_age_s: float = 1.0  # freshness bound: the board lags the topics by about this much
+    max_batch_age_s: float = 0.5  # freshness bound: the board lags the topics by about this much
     consume_batch: int = 5_000
     retry_initial_s: float = 0.2
     retry_max_s: float = 10.0
@@ -227,6 +228,9 @@ class Sink:
             "enable.auto.commit": False,
             "auto.offset.reset": "earliest",
             "queued.max.messages.kbytes": 16384,  # librdkafka's prefetch: bounded too
+            # Tansu holds a fetch for its whole wait when a partition has nothing new (librdkafka's
+            # default 500 ms): a shorter wait keeps the freshness within the batch age.
+            "fetch.wait.max.ms": FETCH_WAIT_MAX_MS,
         }
         consumer = Consumer(conf)
         self._consumer = consumer
