@@ -10,7 +10,9 @@ them all from offset 0 with its own consumer group:
    backlog, feeds), a child process with its own app id;
 3. **our job, stock Faust classes**: ``backbone process --stock``;
 4. **naive Faust**: :mod:`backbone.bench_peers.naive_faust` (one agent, per-event state);
-5. **Quix Streams**: :mod:`backbone.bench_peers.quix_job` (its own state, group-by, windows).
+5. **Quix Streams**: :mod:`backbone.bench_peers.quix_job` (its own state, group-by, windows);
+6. **our job on a longer replay** (:data:`SUSTAINED_EVENTS`, fresh broker) when ``opts.events`` is
+   smaller: the steady-state figure the target is judged on (see :func:`sustained_run`).
 
 A job's time runs from its first input read to its last delivered output
 (:mod:`backbone.bench_peers.jobs`). Then the KPI windows of our job, the naive peer and the Quix
@@ -61,6 +63,8 @@ TARGET_EVENTS_PER_S = 15_000
 STRETCH_EVENTS_PER_S = 50_000
 JOB_TIMEOUT_S = 1800.0
 PEER_BUDGET_S = 30.0
+SUSTAINED_EVENTS = 100_000
+"""Our job alone is also measured on a replay this long when ``--events`` is smaller."""
 """Stock, naive and Quix jobs are measured over at most this long (they take minutes on 20k events);
 their outputs are compared with ours only when they finish within it (small ``--events``)."""
 WINDOWS = load_missions(DEFAULT_MISSIONS_FILE).windows
@@ -183,21 +187,7 @@ def run(opts: BenchOptions) -> list[BenchRow]:
     naive_topic = peer_topic(naive_faust.PEER, contracts.KPI_WINDOWS)
     with TansuBroker(log_file=root / "tansu.log") as broker:
         bootstrap = broker.bootstrap
-        settings = load_settings(kafka_bootstrap_servers=bootstrap, topic_partitions=opts.partitions)
-        peer_topics = (
-            *naive_faust.output_topics().values(),
-            quix_job.STAGE_RECORDS_TOPIC,
-            quix_job.KPI_WINDOWS_TOPIC,
-        )
-        ensure_topics(
-            settings,
-            bootstrap,
-            (*contracts.INPUT_TOPICS, *contracts.OUTPUT_TOPICS, FACTS_TOPIC, *peer_topics),
-            partitions=opts.partitions,
-        )
-        started = time.monotonic()
-        publish(bootstrap, messages)
-        log(f"{n:,} events published in {time.monotonic() - started:.1f} s")
+        fill(bootstrap, opts.partitions, messages)
         ceiling = consume_and_decode(bootstrap, contracts.INPUT_TOPICS, n, codec_decoder())
         ceiling_plain = consume_and_decode(bootstrap, contracts.INPUT_TOPICS, n, plain_fastavro_decoder())
         log(f"ceiling {ceiling:,.0f} ev/s (plain fastavro {ceiling_plain:,.0f})")
@@ -236,6 +226,7 @@ def run(opts: BenchOptions) -> list[BenchRow]:
                 bootstrap, quix, quix_job.KPI_WINDOWS_TOPIC, kpi_compare.json_rows
             )
 
+    sustained = sustained_run(opts, root) if n < SUSTAINED_EVENTS else None
     checks = {peer: [kpi_compare.agree(ours, w, spec.name) for spec in WINDOWS] for peer, w in peers.items()}
     equal = bool(ours) and all(agreements[0].equal for agreements in checks.values())
     equality = "; ".join(
@@ -269,6 +260,7 @@ def run(opts: BenchOptions) -> list[BenchRow]:
             },
         )
 
+    target = f">= {TARGET_EVENTS_PER_S:,} ev/s (stretch {STRETCH_EVENTS_PER_S:,})"
     rows = [
         BenchRow(
             SECTION,
@@ -285,7 +277,19 @@ def run(opts: BenchOptions) -> list[BenchRow]:
             fast,
             f"{ratio(fast, naive):.1f}x naive (target >= 10x), {ratio(fast, quix):.1f}x Quix (target > 1x), "
             f"{ratio(fast, stock):.1f}x stock; late completions {late:,.0f}",
-            target=f">= {TARGET_EVENTS_PER_S:,} ev/s (stretch {STRETCH_EVENTS_PER_S:,})",
+            target="" if sustained else target,
+        ),
+        *(
+            [
+                job_row(
+                    f"our KPI job, tuned, {sustained.events // 1000}k-event replay",
+                    sustained,
+                    "steady state: the replay's fixed tail (quiet check, last tick) is a smaller share",
+                    target=target,
+                )
+            ]
+            if sustained
+            else []
         ),
         job_row("our KPI job, stock Faust classes (--stock)", stock),
         job_row("naive Faust (1 agent, per-event state)", naive),
@@ -314,6 +318,41 @@ def run(opts: BenchOptions) -> list[BenchRow]:
             f"processor bench: KPI outputs differ ({equality}); details in {root / 'comparison.txt'}"
         )
     return rows
+
+
+def fill(bootstrap: str, partitions: int, messages: Sequence[tuple[str, bytes, bytes]]) -> None:
+    """Create every topic the jobs use and publish ``messages`` to the agency topics."""
+    settings = load_settings(kafka_bootstrap_servers=bootstrap, topic_partitions=partitions)
+    peer_topics = (
+        *naive_faust.output_topics().values(),
+        quix_job.STAGE_RECORDS_TOPIC,
+        quix_job.KPI_WINDOWS_TOPIC,
+    )
+    ensure_topics(
+        settings,
+        bootstrap,
+        (*contracts.INPUT_TOPICS, *contracts.OUTPUT_TOPICS, FACTS_TOPIC, *peer_topics),
+        partitions=partitions,
+    )
+    started = time.monotonic()
+    publish(bootstrap, messages)
+    log(f"{len(messages):,} events published in {time.monotonic() - started:.1f} s")
+
+
+def sustained_run(opts: BenchOptions, root: Path) -> JobRun:
+    """Our job alone on a :data:`SUSTAINED_EVENTS` replay (fresh broker, same seed).
+
+    A short run's figure is dominated by the replay's fixed tail: the event clock's quiet check
+    (about a second) and the last tick that emits every window of the replay. The peers are too
+    slow to replay this many events within their budgets, so they are compared on the short run.
+    """
+    messages = EncodedEvents.from_events(simulated_events(SUSTAINED_EVENTS, opts.seed)).messages
+    with TansuBroker(log_file=root / "tansu-sustained.log") as broker:
+        fill(broker.bootstrap, opts.partitions, messages)
+        ws = Workspace(broker.bootstrap, root, opts.partitions, len(messages))
+        run = ws.run_job("our-job-sustained", our_job_argv("bench-sustained", stock=False), our_job_drained)
+    log(f"our job, {len(messages):,}-event replay: {run.events_per_s:,.0f} ev/s")
+    return run
 
 
 def ratio(a: JobRun, b: JobRun) -> float:
