@@ -31,7 +31,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from backbone.config import REPO_ROOT
 
-POLL_S = 0.1
+POLL_S = 0.2
 METRICS_LINE = re.compile(rb"metrics on 127\.0\.0\.1:(\d+)")
 
 
