@@ -296,34 +296,46 @@ ARRAY JOIN arrayFilter(x -> x.2 != {NOT_SEEN}, [
         """Rows of a KPI-windows version table from the closed records of ``records``.
 
         Completions are summed per pane (``step`` ms) and each pane is added to the ``size / step``
-        windows that contain it. Aggregation keys are numbers (window spec, a hash of the KPI
-        group, the window's index) so ClickHouse stays on its fixed-size hash path; the group's
-        names are joined back from the few distinct groups at the end. With ``from_ms``, only
-        windows that end after it are computed.
+        windows that contain it. Why the keys look the way they do: this step emits millions of
+        windows, so its cost is the hash aggregation. The KPI group is replaced by its position
+        ``gi`` in the list of the groups present (a scalar subquery, read once), and the keys are
+        ``(w UInt8, gi UInt16, pane UInt32)``: seven bytes that ClickHouse packs into one 64-bit
+        hash key. The group's names are read back from that list by position, so no join.
+        ``throwIf`` guards the narrow types. With ``from_ms``, only windows that end after it are
+        computed.
         """
         windows = self.missions.windows
+        if len(windows) > 255:
+            raise ValueError("the recompute keys hold at most 255 KPI window specs")
         names = string_array([w.name for w in windows])
         sizes = int_array([w.size_ms for w in windows])
         steps = int_array([w.step_ms for w in windows])
         per = int_array([w.size_ms // w.step_ms for w in windows])
         hours = "[" + ", ".join(float_literal(w.size_ms / 3_600_000) for w in windows) + "]"
-        spec_ids = int_array(list(range(1, len(windows) + 1)))
+        spec_ids = f"range(1, {len(windows) + 1})"
+        offset = max(w.size_ms // w.step_ms for w in windows)  # keeps ``pane - j`` unsigned
         group = ", ".join(GROUP_COLUMNS)
-        group_hash = f"cityHash64({group})"
         record_filter = "state = 'CLOSED'"
         window_filter = ""
         if from_ms is not None:
             longest = max(w.size_ms for w in windows)
             record_filter += f" AND ended_at > {ms_literal(from_ms - longest)}"
-            window_filter = f"\n    HAVING window_index * {steps}[w] + {sizes}[w] > {from_ms}"
+            window_end = f"(toInt64(window_pane) - {offset}) * {steps}[w] + {sizes}[w]"
+            window_filter = f"\n    HAVING {window_end} > {from_ms}"
+        names_of_group = ", ".join(f"groups.2[gi].{n + 1} AS {c}" for n, c in enumerate(GROUP_COLUMNS))
         quantiles = ",\n    ".join(
             f"sorted[toUInt64(floor({q} * (n - 1))) + 1] AS {name}" for name, q in QUANTILES
         )
-        return f"""SELECT
+        return f"""WITH
+    (
+        SELECT (groupArray(cityHash64({group})), groupArray(({group})))
+        FROM (SELECT DISTINCT {group} FROM {records} WHERE {record_filter})
+    ) AS groups
+SELECT
     {names}[w] AS window,
     fromUnixTimestamp64Milli(window_index * {steps}[w], 'UTC') AS window_start,
     fromUnixTimestamp64Milli(window_index * {steps}[w] + {sizes}[w], 'UTC') AS window_end,
-    {group},
+    {names_of_group},
     toInt64(n) AS completions,
     toInt64(met) AS sla_met,
     met / n AS sla_compliance,
@@ -334,29 +346,33 @@ ARRAY JOIN arrayFilter(x -> x.2 != {NOT_SEEN}, [
     0 AS version
 FROM
 (
-    SELECT w, g, pane - j AS window_index,
-           sum(pane_n) AS n, sum(pane_met) AS met, sum(pane_total) AS total,
-           arraySort(groupArrayArray(pane_durations)) AS sorted
+    SELECT w, gi, toInt64(window_pane) - {offset} AS window_index,
+           n, met, total, sorted
     FROM
     (
-        SELECT w, g, pane,
-               count() AS pane_n, countIf(met) AS pane_met, sum(d) AS pane_total,
-               groupArray(d) AS pane_durations
+        SELECT w, gi, toUInt32(pane - j) AS window_pane,
+               sum(pane_n) AS n, sum(pane_met) AS met, sum(pane_total) AS total,
+               arraySort(groupArrayArray(pane_durations)) AS sorted
         FROM
         (
-            SELECT {group_hash} AS g, assumeNotNull(duration_ms) AS d, assumeNotNull(sla_met) AS met,
-                   toUnixTimestamp64Milli(assumeNotNull(ended_at)) AS end_ms,
-                   arrayJoin({spec_ids}) AS w,
-                   intDiv(end_ms, {steps}[w]) AS pane
-            FROM {records}
-            WHERE {record_filter}
+            SELECT w, gi, pane,
+                   count() AS pane_n, countIf(met) AS pane_met, sum(d) AS pane_total,
+                   groupArray(d) AS pane_durations
+            FROM
+            (
+                SELECT toUInt16(indexOf(groups.1, cityHash64({group}))) AS gi,
+                       assumeNotNull(duration_ms) AS d, assumeNotNull(sla_met) AS met,
+                       toUnixTimestamp64Milli(assumeNotNull(ended_at)) AS end_ms,
+                       toUInt8(arrayJoin({spec_ids})) AS w,
+                       intDiv(end_ms, {steps}[w]) + {offset} AS wide_pane,
+                       toUInt32(wide_pane + throwIf(length(groups.1) > 65535 OR wide_pane > 4294967295,
+                                                    'too many KPI groups or panes for the keys')) AS pane
+                FROM {records}
+                WHERE {record_filter}
+            )
+            GROUP BY w, gi, pane
         )
-        GROUP BY w, g, pane
+        ARRAY JOIN range(toUInt32({per}[w])) AS j
+        GROUP BY w, gi, window_pane{window_filter}
     )
-    ARRAY JOIN range({per}[w]) AS j
-    GROUP BY w, g, window_index{window_filter}
-) AS windows
-INNER JOIN
-(
-    SELECT DISTINCT {group_hash} AS g, {group} FROM {records} WHERE {record_filter}
-) AS groups USING (g)"""
+)"""
