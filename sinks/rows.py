@@ -6,10 +6,14 @@ union of the five families' fields and the Kafka provenance. Nothing here lists 
 so a new schema field shows up as a missing column (tests/test_sink.py checks the tables against
 these specs) instead of being silently dropped.
 
-Rows are plain tuples in column order (cheap to build per message); a batch becomes one Arrow
-table per insert (``insert_arrow`` is ~4x faster than row-wise Python serialisation). Values
-ClickHouse would store silently but wrongly (a timestamp outside DateTime64's range, money beyond
-Decimal(18, 2)) are refused per row with :class:`RowRejected`, so they are parked, not stored.
+The sink builds columns, not rows: :func:`event_columns` / :func:`output_columns` turn a batch of
+decoded records into one Python list per column (a C-level ``itemgetter`` pass per field, no
+per-row tuple), and a batch becomes one Arrow table per insert (``insert_arrow`` is ~4x faster
+than row-wise Python serialisation). Values ClickHouse would store silently but wrongly (a
+timestamp outside DateTime64's range, money beyond Decimal(18, 2)) are found by
+:func:`out_of_range` (a min/max per column; a per-row scan only when a bound is broken) and
+refused with :class:`RowRejected`, so they are parked, not stored. The row-shaped helpers
+(:func:`event_row`, :func:`output_row`) remain for tests and one-off inserts.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache, cached_property
+from operator import itemgetter
 from typing import Any, Literal
 
 import pyarrow as pa
@@ -134,9 +139,13 @@ class TableSpec:
         )
 
     def to_arrow(self, rows: Sequence[Sequence[Any]]) -> pa.Table:
-        """Columnar Arrow table of ``rows``; raises ``pa.ArrowException``/``OverflowError``/``TypeError``
-        when a value does not fit its column type (the caller bisects to find the row)."""
+        """Columnar Arrow table of ``rows`` (tuples in column order); see :meth:`columns_to_arrow`."""
         columns = list(zip(*rows, strict=True)) if rows else [() for _ in self.columns]
+        return self.columns_to_arrow(columns)
+
+    def columns_to_arrow(self, columns: Sequence[Sequence[Any]]) -> pa.Table:
+        """Arrow table of one Python sequence per column; raises ``pa.ArrowException``/``OverflowError``/
+        ``TypeError`` when a value does not fit its column type (the caller bisects to find the row)."""
         arrays = []
         for col, values in zip(self.columns, columns, strict=True):
             if col.kind == "money":
@@ -156,18 +165,49 @@ def _money_array(paisa: Sequence[int | None]) -> pa.Array:
     return pa.Array.from_buffers(_MONEY, len(unscaled), unscaled.buffers(), null_count=unscaled.null_count)
 
 
+_BOUNDS: dict[str, tuple[int, int]] = {
+    "timestamp": (MIN_TIMESTAMP_MS, MAX_TIMESTAMP_MS),
+    "money": (-MAX_ABS_PAISA, MAX_ABS_PAISA),
+}
+
+
+def _range_problem(name: str, kind: str, v: Any) -> RowRejected | None:
+    """The rejection for value ``v`` of a checked column, or None when it fits (or is NULL)."""
+    if v is None:
+        return None
+    lo, hi = _BOUNDS[kind]
+    if lo <= v <= hi:
+        return None
+    if kind == "timestamp":
+        return RowRejected(name, f"timestamp {v} ms is outside DateTime64(3)'s range 1900-01-01..2299-12-31")
+    return RowRejected(name, f"amount {v} paisa does not fit Decimal(18, 2)")
+
+
 def check_ranges(spec: TableSpec, row: Sequence[Any]) -> None:
     """Raise :class:`RowRejected` for values ClickHouse would clamp instead of refusing."""
     for i, name, kind in spec.checked:
-        v = row[i]
-        if v is None:
+        problem = _range_problem(name, kind, row[i])
+        if problem is not None:
+            raise problem
+
+
+def out_of_range(spec: TableSpec, columns: Sequence[Sequence[Any]]) -> dict[int, RowRejected]:
+    """Row index → the first value (in column order, as :func:`check_ranges`) ClickHouse would clamp.
+
+    One C-level min/max per checked column; rows are scanned one by one only when a bound is
+    broken, which valid traffic never does.
+    """
+    rejected: dict[int, RowRejected] = {}
+    for i, name, kind in spec.checked:
+        values = columns[i]
+        present = [v for v in values if v is not None] if None in values else values
+        lo, hi = _BOUNDS[kind]
+        if not present or (lo <= min(present) and max(present) <= hi):
             continue
-        if kind == "timestamp" and not MIN_TIMESTAMP_MS <= v <= MAX_TIMESTAMP_MS:
-            raise RowRejected(
-                name, f"timestamp {v} ms is outside DateTime64(3)'s range 1900-01-01..2299-12-31"
-            )
-        if kind == "money" and abs(v) > MAX_ABS_PAISA:
-            raise RowRejected(name, f"amount {v} paisa does not fit Decimal(18, 2)")
+        for row, v in enumerate(values):
+            if row not in rejected and (problem := _range_problem(name, kind, v)) is not None:
+                rejected[row] = problem
+    return rejected
 
 
 # -- the tables -------------------------------------------------------------------------------
@@ -248,6 +288,28 @@ def event_row(topic: str, raw: Mapping[str, Any], partition: int, offset: int) -
     out = tuple(row)
     check_ranges(events_spec(), out)
     return out
+
+
+def event_columns(
+    topic: str, records: Sequence[Mapping[str, Any]], partitions: list[int], offsets: list[int]
+) -> list[list[Any]]:
+    """The ``events`` columns of decoded agency events of one topic (raw shape), with their provenance.
+
+    Not range-checked: see :func:`out_of_range`.
+    """
+    n = len(records)
+    columns = [
+        list(map(itemgetter(name), records)) if name is not None else [fixed] * n
+        for name, fixed in _event_row_plan(topic)
+    ]
+    columns[-2] = partitions
+    columns[-1] = offsets
+    return columns
+
+
+def output_columns(topic: str, records: Sequence[Mapping[str, Any]]) -> list[list[Any]]:
+    """The columns of an output table from decoded ``backbone.*`` records (raw shape); not range-checked."""
+    return [[r.get(name) for r in records] for name in output_spec(topic).names]
 
 
 def output_row(topic: str, raw: Mapping[str, Any]) -> tuple[Any, ...]:

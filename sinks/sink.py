@@ -3,16 +3,20 @@
 Contract:
 * Reads the five agency topics (→ ``events``) and the six ``backbone.*`` output topics (→ one
   table each) in consumer group ``backbone-sink`` with auto-commit off.
-* Buffers rows per table; a flush round runs when a table's batch is full, when the buffered
-  rows reach ``max_pending_rows``, or when the oldest buffered row is ``max_batch_age_s`` old.
-  A round inserts every table's batch and only then commits the consumed offsets: an offset is
-  committed only after ClickHouse accepted every row read before it. A crash re-reads at most
-  the uncommitted rows; the tables are ReplacingMergeTrees keyed on each record's id, so a
-  re-insert replaces instead of adding (the ``*_latest`` views hide copies until merges run).
+* Decodes a whole consume batch per topic and buffers it column by column per table
+  (:mod:`sinks.sink_batch`). A flush round is due when a table's batch is full, when the
+  buffered rows reach ``max_pending_rows``, or when the oldest buffered row is
+  ``max_batch_age_s`` old; it hands every table's batch to the insert thread
+  (:mod:`sinks.sink_writer`) and goes on consuming while it is inserted. One round is in flight
+  at a time: rows read meanwhile wait for the next round, so batches grow by themselves while
+  catching up. The offsets read before a round are committed only after ClickHouse accepted
+  every row of it, in order. A crash re-reads at most the uncommitted rows; the tables are
+  ReplacingMergeTrees keyed on each record's id, so a re-insert replaces instead of adding (the
+  ``*_latest`` views hide copies until merges run).
 * ClickHouse slow or unavailable: the insert is retried forever while running, with bounded
-  exponential back-off (tenacity); meanwhile the consumer is paused but still polled (group
-  membership kept, nothing more buffered, memory bounded) and ``backbone_sink_errors_total``
-  counts the failures. The backlog drains when ClickHouse returns.
+  exponential back-off (tenacity); once ``max_pending_rows`` are held the consumer is paused but
+  still polled (group membership kept, nothing more buffered, memory bounded) and
+  ``backbone_sink_errors_total`` counts the failures. The backlog drains when ClickHouse returns.
 * Rows ClickHouse rejects (or that cannot be converted to the column types) are found by
   bisecting the batch and parked in ``dead_letters`` (source ``sink``) with the reason and the
   original message bytes; the rest of the batch is stored.
@@ -30,20 +34,15 @@ Contract:
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import re
 import threading
 import time
-from collections import deque
+from collections import Counter, defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from dataclasses import dataclass
+from typing import Any
 
-import pyarrow as pa
-from clickhouse_connect.driver.exceptions import DatabaseError, OperationalError
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
-from tenacity import RetryCallState, Retrying, retry_if_exception_type, wait_exponential_jitter
 
 from backbone.config import Settings
 from backbone.kafka import FAST_GROUP_SETTINGS, client_config
@@ -52,79 +51,44 @@ from schemas import contracts
 from schemas.codec import Codec, DecodeError
 from schemas.validation import InvalidRecord, validate_event
 from sinks import rows
-from sinks.rows import RowRejected, TableSpec
+from sinks.sink_batch import TableBatch, keep_rows
+from sinks.sink_writer import (
+    ARROW_DATA_ERRORS,
+    DATA_ERROR_CODES,
+    SOURCE,
+    ArrowInserter,
+    DataRejected,
+    InsertJob,
+    InsertWorker,
+    SinkFatal,
+    SinkShutdownTimeout,
+    TransientInsertError,
+    WriterConfig,
+    classify,
+    dead_letter_id,
+    park,
+)
+
+__all__ = [
+    "ARROW_DATA_ERRORS",
+    "DATA_ERROR_CODES",
+    "ArrowInserter",
+    "DataRejected",
+    "Sink",
+    "SinkConfig",
+    "SinkFatal",
+    "SinkShutdownTimeout",
+    "TransientInsertError",
+    "classify",
+    "dead_letter_id",
+]
 
 log = logging.getLogger(__name__)
 
 DEFAULT_GROUP = "backbone-sink"
 FETCH_WAIT_MAX_MS = 100
-SOURCE = "sink"
-
-# ClickHouse error codes that mean "this data does not fit", as opposed to "try again later".
-DATA_ERROR_CODES = frozenset(
-    {
-        6,  # CANNOT_PARSE_TEXT
-        26,  # CANNOT_PARSE_QUOTED_STRING
-        27,  # CANNOT_PARSE_INPUT_ASSERTION_FAILED
-        38,  # CANNOT_PARSE_DATE
-        41,  # CANNOT_PARSE_DATETIME
-        53,  # TYPE_MISMATCH
-        69,  # ARGUMENT_OUT_OF_BOUND
-        70,  # CANNOT_CONVERT_TYPE
-        72,  # CANNOT_PARSE_NUMBER
-        117,  # INCORRECT_DATA
-        131,  # TOO_LARGE_STRING_SIZE
-        321,  # VALUE_IS_OUT_OF_RANGE_OF_DATA_TYPE
-        349,  # CANNOT_INSERT_NULL_IN_ORDINARY_COLUMN
-        376,  # CANNOT_PARSE_UUID
-        407,  # DECIMAL_OVERFLOW
-        469,  # VIOLATED_CONSTRAINT
-    }
-)
-# What building an Arrow column raises for a value that does not fit its type.
-ARROW_DATA_ERRORS = (pa.ArrowException, OverflowError, TypeError, ValueError)
-_CODE = re.compile(r"\bCode:\s*(\d+)")
-
-
-class ArrowInserter(Protocol):
-    """The insert seam: a clickhouse-connect client satisfies it; fault tests wrap one."""
-
-    def insert_arrow(self, table: str, arrow_table: pa.Table) -> Any: ...
-
-
-class TransientInsertError(RuntimeError):
-    """ClickHouse did not take the batch for a reason that may pass (down, slow, overloaded)."""
-
-
-class DataRejected(ValueError):
-    """ClickHouse (or the Arrow conversion) refused the data itself; retrying will not help."""
-
-
-class SinkShutdownTimeout(RuntimeError):
-    """Stopping while ClickHouse stays unavailable: exit without committing (nothing is lost)."""
-
-
-class SinkFatal(RuntimeError):
-    """A row the sink itself produced (a dead letter) was refused: a bug or a schema mismatch."""
-
-
-def error_code(exc: BaseException) -> int | None:
-    code = getattr(exc, "code", None)
-    if isinstance(code, int):
-        return code
-    m = _CODE.search(str(exc))
-    return int(m.group(1)) if m else None
-
-
-def classify(exc: Exception) -> Exception:
-    """Turn an insert failure into :class:`DataRejected` or :class:`TransientInsertError`."""
-    if isinstance(exc, OperationalError):
-        return TransientInsertError(str(exc))
-    if isinstance(exc, DatabaseError) and error_code(exc) in DATA_ERROR_CODES:
-        return DataRejected(str(exc))
-    if isinstance(exc, ARROW_DATA_ERRORS):
-        return DataRejected(f"{type(exc).__name__}: {exc}")
-    return TransientInsertError(f"{type(exc).__name__}: {exc}")
+IDLE_POLL_S = 0.2  # consume() wait with nothing buffered
+INFLIGHT_POLL_S = 0.02  # consume() wait while an insert runs: its commit follows promptly
 
 
 @dataclass(frozen=True)
@@ -132,36 +96,14 @@ class SinkConfig:
     """Batching and retry bounds; the defaults suit both a demo and a national feed."""
 
     group_id: str = DEFAULT_GROUP
-    batch_rows: int = 50_000  # a table's batch is flushed at this many rows
-    max_pending_rows: int = 200_000  # all tables together; bounds memory
+    batch_rows: int = 50_000  # a table's batch is flushed at this many rows (and inserted in such chunks)
+    max_pending_rows: int = 200_000  # buffered + being inserted, all tables together; bounds memory
     max_batch_age_s: float = 0.5  # freshness bound: the board lags the topics by about this much
-    consume_batch: int = 5_000
+    consume_batch: int = 10_000
     retry_initial_s: float = 0.2
     retry_max_s: float = 10.0
     shutdown_timeout_s: float = 30.0
     lag_interval_s: float = 15.0
-
-
-@dataclass
-class TableBuffer:
-    """Rows waiting for one table, with the message each came from (to park it if refused)."""
-
-    spec: TableSpec
-    rows: list[tuple[Any, ...]] = field(default_factory=list)
-    sources: list[Message | None] = field(default_factory=list)
-
-    def add(self, row: tuple[Any, ...], source: Message | None) -> None:
-        self.rows.append(row)
-        self.sources.append(source)
-
-    def take(self) -> tuple[list[tuple[Any, ...]], list[Message | None]]:
-        taken = self.rows, self.sources
-        self.rows, self.sources = [], []
-        return taken
-
-
-def dead_letter_id(topic: str, partition: int, offset: int) -> str:
-    return hashlib.sha1(f"{topic}|{partition}|{offset}".encode()).hexdigest()
 
 
 class Sink:
@@ -188,22 +130,25 @@ class Sink:
         logical = contracts.INPUT_TOPICS + contracts.OUTPUT_TOPICS
         names = {t: (topic_names or {}).get(t, t) for t in logical}
         self._logical_by_name = {v: k for k, v in names.items()}
-        self._tables: dict[str, TableBuffer] = {rows.EVENTS_TABLE: TableBuffer(rows.events_spec())}
+        self._tables: dict[str, TableBatch] = {rows.EVENTS_TABLE: TableBatch(rows.events_spec())}
         for topic in contracts.OUTPUT_TOPICS:
             spec = rows.output_spec(topic)
-            self._tables[spec.table] = TableBuffer(spec)
+            self._tables[spec.table] = TableBatch(spec)
         self._positions: dict[tuple[str, int], int] = {}  # next offset to read, per partition read
         self._committed: dict[tuple[str, int], int] = {}
         self._assigned: set[tuple[str, int]] = set()
-        self._pending = 0
+        self._buffered = 0  # rows in self._tables
+        self._pending = 0  # buffered + in the insert in flight (until its offsets are committed)
         self._oldest: float | None = None
+        self._inflight: InsertJob | None = None
+        self._worker: InsertWorker | None = None
         self._held: list[Message] = []
         self._paused = False
         self._consumer: Consumer | None = None
         self._stop = threading.Event()
-        self._stop_requested_at: float | None = None
+        self._closing = False
         self._last_lag = 0.0
-        self.rows_inserted = 0
+        self.rows_inserted = 0  # counted when the round's offsets are committed
         self.commits = 0
         self.first_read_at: float | None = None  # monotonic; for throughput figures (bench)
         self.last_commit_at: float | None = None
@@ -234,238 +179,229 @@ class Sink:
         }
         consumer = Consumer(conf)
         self._consumer = consumer
+        self._worker = InsertWorker(
+            self.inserter,
+            self.metrics,
+            WriterConfig(
+                chunk_rows=self.config.batch_rows,
+                retry_initial_s=self.config.retry_initial_s,
+                retry_max_s=self.config.retry_max_s,
+                shutdown_timeout_s=self.config.shutdown_timeout_s,
+            ),
+            stopping=lambda: self._stop.is_set() or self._closing,
+            clock_ms=self._clock_ms,
+        )
         consumer.subscribe(self.topics, on_assign=self._on_assign, on_revoke=self._on_revoke)
         self.metrics.worker_up.labels(component=SOURCE).set(1)
         if ready is not None:
             ready.set()
         try:
             while not self._stop.is_set():
-                batch = self._held or consumer.consume(num_messages=self.config.consume_batch, timeout=0.2)
-                self._held = []
-                for msg in batch:
-                    self._route(msg)
-                if batch:
-                    self.metrics.sink_pending_rows.set(self._pending)
-                    if self.first_read_at is None:
-                        self.first_read_at = time.monotonic()
-                if self._flush_due():
-                    self.flush_and_commit()
-                self._maybe_report_lag()
-            self._stop_requested_at = time.monotonic()
+                self._step(consumer)
             self.flush_and_commit()
         finally:
+            self._closing = True
             self.metrics.worker_up.labels(component=SOURCE).set(0)
             self._consumer = None
+            self._worker.close()
+            self._worker = None
             consumer.close()
 
-    # -- routing ---------------------------------------------------------------------------------
-    def _route(self, msg: Message) -> None:
-        err = msg.error()
-        if err is not None:
+    def flush_and_commit(self) -> None:
+        """Insert every buffered row (waiting for the insert in flight first), then commit."""
+        self._wait_inflight()
+        if self._buffered:
+            self._submit()
+            self._wait_inflight()
+        self.metrics.sink_pending_rows.set(self._pending)
+
+    # -- the loop --------------------------------------------------------------------------------
+    def _step(self, consumer: Consumer) -> None:
+        """One turn: commit a finished insert, start the next when due, read one consume batch."""
+        self._collect()
+        if self._flush_due() and self._inflight is None:
+            self._submit()
+        if self._pending >= self.config.max_pending_rows:
+            # the insert is behind (ClickHouse slow or down): hold still, keep the group membership
+            if not self._paused:
+                self._pause()
+            job = self._inflight
+            if job is not None:
+                job.done.wait(INFLIGHT_POLL_S)
+            self._held.extend(consumer.consume(num_messages=self.config.consume_batch, timeout=0))
+            return
+        if self._paused:
+            self._resume()
+        batch = self._held or consumer.consume(
+            num_messages=self.config.consume_batch, timeout=self._poll_timeout()
+        )
+        self._held = []
+        if batch:
+            if self.first_read_at is None:
+                self.first_read_at = time.monotonic()
+            self._ingest(batch)
+            self.metrics.sink_pending_rows.set(self._pending)
+        self._maybe_report_lag()
+
+    def _poll_timeout(self) -> float:
+        if self._inflight is not None:
+            return INFLIGHT_POLL_S
+        if self._oldest is not None:
+            due_in = self._oldest + self.config.max_batch_age_s - time.monotonic()
+            return min(IDLE_POLL_S, max(0.0, due_in))
+        return IDLE_POLL_S
+
+    # -- decoding and buffering -------------------------------------------------------------------
+    def _ingest(self, batch: list[Message]) -> None:
+        """Route a consume batch: group by topic (order within a partition is kept), then decode
+        and buffer each group in one go."""
+        by_topic: dict[str, list[Message]] = defaultdict(list)
+        for msg in batch:
+            err = msg.error()
+            if err is None:
+                by_topic[msg.topic()].append(msg)
+                continue
             if err.fatal():
                 raise KafkaException(err)
             if err.code() != KafkaError._PARTITION_EOF:
                 log.warning("consumer error", extra={"error": str(err)})
-            return
-        name, partition, offset = msg.topic(), msg.partition(), msg.offset()
-        self._positions[(name, partition)] = offset + 1
-        topic = self._logical_by_name[name]
-        if topic in contracts.INPUT_TOPICS:
-            self._route_event(topic, msg)
-        else:
-            self._route_output(topic, msg)
+        now_ms = self._clock_ms()
+        for name, msgs in by_topic.items():
+            topic = self._logical_by_name[name]
+            if topic in contracts.INPUT_TOPICS:
+                self._ingest_events(topic, name, msgs, now_ms)
+            else:
+                self._ingest_outputs(topic, name, msgs)
 
-    def _route_event(self, topic: str, msg: Message) -> None:
-        try:
-            raw = self.codec.decode(topic, msg.value())
-        except DecodeError as exc:
-            self.metrics.sink_skipped.labels(topic=topic, reason=exc.reason).inc()
-            return
-        key = msg.key()
-        ts_type, ts = msg.timestamp()
-        now_ms = max(self._clock_ms(), ts if ts_type and ts > 0 else 0)
-        try:
-            if key is not None and key != str(raw.get("case_id")).encode():
-                raise InvalidRecord("case_id", "differs from the message key")
-            validate_event(topic, raw, now_ms, max_future_skew_ms=self.settings.max_future_skew_ms)
-        except InvalidRecord:
-            self.metrics.sink_skipped.labels(topic=topic, reason="invalid_record").inc()
-            return
-        try:
-            row = rows.event_row(topic, raw, msg.partition(), msg.offset())
-        except RowRejected as exc:
-            self._park(msg, "out_of_range", f"events.{exc}")
-            return
-        self._buffer(rows.EVENTS_TABLE, row, msg)
+    def _ingest_events(self, topic: str, name: str, msgs: list[Message], now_ms: int) -> None:
+        """Decode and validate agency events; what fails is skipped and counted (the processors
+        dead-letter it), the rest is buffered for ``events``."""
+        decode = self.codec.decode
+        skew = self.settings.max_future_skew_ms
+        positions = self._positions
+        records: list[dict[str, Any]] = []
+        kept: list[Message] = []
+        partitions: list[int] = []
+        offsets: list[int] = []
+        skipped: Counter[str] = Counter()
+        for msg in msgs:
+            partition, offset = msg.partition(), msg.offset()
+            positions[(name, partition)] = offset + 1
+            try:
+                raw = decode(topic, msg.value())
+            except DecodeError as exc:
+                skipped[exc.reason] += 1
+                continue
+            key = msg.key()
+            ts_type, ts = msg.timestamp()
+            try:
+                if key is not None and key != str(raw.get("case_id")).encode():
+                    raise InvalidRecord("case_id", "differs from the message key")
+                at_ms = max(now_ms, ts if ts_type and ts > 0 else 0)
+                validate_event(topic, raw, at_ms, max_future_skew_ms=skew)
+            except InvalidRecord:
+                skipped["invalid_record"] += 1
+                continue
+            records.append(raw)
+            kept.append(msg)
+            partitions.append(partition)
+            offsets.append(offset)
+        for reason, n in skipped.items():
+            self.metrics.sink_skipped.labels(topic=topic, reason=reason).inc(n)
+        if records:
+            columns = rows.event_columns(topic, records, partitions, offsets)
+            self._buffer_checked(rows.EVENTS_TABLE, columns, kept)
 
-    def _route_output(self, topic: str, msg: Message) -> None:
-        table = rows.OUTPUT_TABLES[topic]
-        try:
-            raw = self.codec.decode(topic, msg.value())
-        except DecodeError as exc:
-            self._park(msg, exc.reason, exc.detail)
-            return
-        try:
-            row = rows.output_row(topic, raw)
-        except RowRejected as exc:
-            self._park(msg, "out_of_range", f"{table}.{exc}")
-            return
-        self._buffer(table, row, msg)
+    def _ingest_outputs(self, topic: str, name: str, msgs: list[Message]) -> None:
+        """Decode records of an output topic; undecodable ones are the sink's to park."""
+        records: list[dict[str, Any]] = []
+        kept: list[Message] = []
+        for msg in msgs:
+            self._positions[(name, msg.partition())] = msg.offset() + 1
+            try:
+                records.append(self.codec.decode(topic, msg.value()))
+            except DecodeError as exc:
+                self._park(msg, exc.reason, exc.detail)
+                continue
+            kept.append(msg)
+        if records:
+            self._buffer_checked(rows.OUTPUT_TABLES[topic], rows.output_columns(topic, records), kept)
 
-    def _buffer(self, table: str, row: tuple[Any, ...], source: Message | None) -> None:
-        self._tables[table].add(row, source)
-        self._pending += 1
+    def _buffer_checked(self, table: str, columns: list[list[Any]], sources: list[Message]) -> None:
+        """Buffer rows, parking those whose values ClickHouse would clamp (``out_of_range``)."""
+        rejected = rows.out_of_range(self._tables[table].spec, columns)
+        if rejected:
+            for i, exc in sorted(rejected.items()):
+                self._park(sources[i], "out_of_range", f"{table}.{exc}")
+            columns = keep_rows(columns, set(rejected))
+            sources = [m for i, m in enumerate(sources) if i not in rejected]
+        self._buffer(table, columns, sources)
+
+    def _buffer(self, table: str, columns: list[list[Any]], sources: list[Message | None]) -> None:
+        if not sources:
+            return
+        self._tables[table].extend(columns, sources)
+        self._buffered += len(sources)
+        self._pending += len(sources)
         if self._oldest is None:
             self._oldest = time.monotonic()
 
     def _park(self, msg: Message, reason: str, detail: str) -> None:
         """Queue a dead letter (source ``sink``) for ``msg``; it is inserted in the same round."""
-        name, partition, offset = msg.topic(), msg.partition(), msg.offset()
-        raw = {
-            "dead_letter_id": dead_letter_id(name, partition, offset),
-            "source": SOURCE,
-            "topic": name,
-            "partition": partition,
-            "offset": offset,
-            "key": msg.key(),
-            "value": msg.value(),
-            "reason": reason,
-            "detail": detail[:2000],
-            "received_at": self._clock_ms(),
-        }
-        self.metrics.dead_letters.labels(source=SOURCE, topic=name, reason=reason).inc()
-        log.warning(
-            "record parked in dead_letters",
-            extra={
-                "topic": name,
-                "partition": partition,
-                "offset": offset,
-                "reason": reason,
-                "detail": detail[:300],
-            },
-        )
-        self._buffer(rows.DEAD_LETTERS_TABLE, rows.dead_letter_row(raw), None)
+        dead = self._tables[rows.DEAD_LETTERS_TABLE]
+        before = len(dead)
+        park(dead, msg, reason, detail, self.metrics, self._clock_ms())
+        self._buffered += len(dead) - before
+        self._pending += len(dead) - before
+        if self._oldest is None:
+            self._oldest = time.monotonic()
 
     # -- flushing ----------------------------------------------------------------------------------
     def _flush_due(self) -> bool:
-        if self._pending == 0:
+        if self._buffered == 0:
             return False
         if self._pending >= self.config.max_pending_rows:
             return True
-        if any(len(b.rows) >= self.config.batch_rows for b in self._tables.values()):
+        if any(len(b) >= self.config.batch_rows for b in self._tables.values()):
             return True
         return self._oldest is not None and time.monotonic() - self._oldest >= self.config.max_batch_age_s
 
-    def flush_and_commit(self) -> None:
-        """Insert every buffered row (dead letters last), then commit the offsets read so far."""
-        if self._pending:
-            started = time.monotonic()
-            for name, buffer in self._tables.items():
-                if name != rows.DEAD_LETTERS_TABLE and buffer.rows:
-                    self._insert_buffer(buffer)
-            dead = self._tables[rows.DEAD_LETTERS_TABLE]
-            while dead.rows:  # rows refused above were parked here; refused dead letters re-park once
-                self._insert_buffer(dead)
-            self._pending = 0
-            self._oldest = None
-            self.metrics.processing_seconds.labels(component=SOURCE).observe(time.monotonic() - started)
-        self.metrics.sink_pending_rows.set(0)
-        self._commit()
-
-    def _insert_buffer(self, buffer: TableBuffer) -> None:
-        """Insert a table's rows, bisecting around refused rows, retrying transient failures."""
-        batch, sources = buffer.take()
-        spec = buffer.spec
-        slices: deque[tuple[int, int]] = deque([(0, len(batch))])
-        while slices:
-            lo, hi = slices[0]
-            try:
-                arrow = spec.to_arrow(batch[lo:hi])
-                self._insert_with_retry(spec.table, arrow)
-            except (DataRejected, *ARROW_DATA_ERRORS) as exc:
-                slices.popleft()
-                if hi - lo > 1:
-                    mid = (lo + hi) // 2
-                    slices.appendleft((mid, hi))
-                    slices.appendleft((lo, mid))
-                else:
-                    self._refused(spec, batch[lo], sources[lo], exc)
-                continue
-            slices.popleft()
-            self.metrics.sink_rows.labels(table=spec.table).inc(hi - lo)
-            self.metrics.sink_batches.labels(table=spec.table).inc()
-            self.metrics.batch_size.labels(component=SOURCE).observe(hi - lo)
-            self.rows_inserted += hi - lo
-
-    def _refused(self, spec: TableSpec, row: tuple[Any, ...], source: Message | None, exc: Exception) -> None:
-        detail = f"{spec.table}: ClickHouse refused the row: {str(exc).splitlines()[0][:500]}"
-        if source is None:
-            raise SinkFatal(f"{detail}; the row was built by the sink itself: {row!r:.300}") from exc
-        self.metrics.sink_errors.labels(table=spec.table, error="rejected").inc()
-        self._park(source, "rejected_by_clickhouse", detail)
-
-    def _insert_with_retry(self, table: str, arrow: pa.Table) -> None:
-        def attempt() -> None:
-            try:
-                self.inserter.insert_arrow(table, arrow)
-            except Exception as exc:  # classified: data problems bisect, everything else retries
-                raise classify(exc) from exc
-
-        retrying = Retrying(
-            retry=retry_if_exception_type(TransientInsertError),
-            wait=wait_exponential_jitter(multiplier=self.config.retry_initial_s, max=self.config.retry_max_s),
-            stop=self._give_up,
-            sleep=self._sleep_paused,
-            before_sleep=lambda state: self._on_retry(table, state),
-            reraise=True,
+    def _submit(self) -> None:
+        """Hand every buffered row to the insert thread with the offsets read so far."""
+        assert self._worker is not None and self._inflight is None
+        batches = [b.take() for name, b in self._tables.items() if name != rows.DEAD_LETTERS_TABLE and len(b)]
+        job = InsertJob(
+            batches=batches,
+            dead_letters=self._tables[rows.DEAD_LETTERS_TABLE].take(),
+            positions=dict(self._positions),
+            rows=self._buffered,
         )
-        try:
-            retrying(attempt)
-        finally:
-            if self._paused:
-                self._resume()
+        self._buffered = 0
+        self._oldest = None
+        self._inflight = job
+        self._worker.submit(job)
 
-    def _give_up(self, state: RetryCallState) -> bool:
-        """Retry forever while running; after a stop request, for ``shutdown_timeout_s`` more."""
-        if self._stop_requested_at is None and self._stop.is_set():
-            self._stop_requested_at = time.monotonic()
-        if self._stop_requested_at is None:
-            return False
-        if time.monotonic() - self._stop_requested_at > self.config.shutdown_timeout_s:
-            raise SinkShutdownTimeout(
-                f"ClickHouse still down {self.config.shutdown_timeout_s:.0f} s after the stop request; "
-                f"exiting without committing {self._pending} buffered rows (they will be re-read)"
-            )
-        return False
-
-    def _on_retry(self, table: str, state: RetryCallState) -> None:
-        exc = state.outcome.exception() if state.outcome else None
-        self.metrics.sink_errors.labels(table=table, error="unavailable").inc()
-        self.metrics.sink_pending_rows.set(self._pending)
-        wait = state.next_action.sleep if state.next_action else 0.0
-        log.warning(
-            "ClickHouse insert failed; retrying",
-            extra={
-                "table": table,
-                "attempt": state.attempt_number,
-                "retry_in_s": round(wait, 2),
-                "error": str(exc).splitlines()[0][:300] if exc else "",
-            },
-        )
-
-    def _sleep_paused(self, seconds: float) -> None:
-        """Back-off sleep that keeps the consumer polled (group membership) but paused (no reads)."""
-        consumer = self._consumer
-        if consumer is None:
-            time.sleep(seconds)
+    def _collect(self) -> None:
+        """If the insert in flight is done: re-raise its failure, or commit its offsets."""
+        job = self._inflight
+        if job is None or not job.done.is_set():
             return
-        if not self._paused:
-            self._pause()
-        deadline = time.monotonic() + seconds
-        while (left := deadline - time.monotonic()) > 0:
-            self._held.extend(
-                consumer.consume(num_messages=self.config.consume_batch, timeout=min(left, 0.5))
-            )
+        self._inflight = None
+        if job.error is not None:
+            raise job.error
+        self._commit(job.positions)
+        self.rows_inserted += job.inserted
+        self._pending -= job.rows
+        self.metrics.sink_pending_rows.set(self._pending)
+
+    def _wait_inflight(self) -> None:
+        job = self._inflight
+        if job is None:
+            return
+        while not job.done.wait(0.5):
+            if self._consumer is not None:  # served callbacks keep the group membership
+                self._held.extend(self._consumer.consume(num_messages=self.config.consume_batch, timeout=0))
+        self._collect()
 
     def _pause(self) -> None:
         if self._consumer is not None:
@@ -478,13 +414,13 @@ class Sink:
         self._paused = False
 
     # -- offsets -----------------------------------------------------------------------------------
-    def _commit(self) -> None:
+    def _commit(self, positions: dict[tuple[str, int], int]) -> None:
         consumer = self._consumer
         if consumer is None:
             return
         offsets = [
             TopicPartition(t, p, o)
-            for (t, p), o in self._positions.items()
+            for (t, p), o in positions.items()
             if (t, p) in self._assigned and self._committed.get((t, p)) != o
         ]
         if not offsets:
