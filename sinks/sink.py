@@ -52,6 +52,7 @@ from schemas.codec import Codec, DecodeError
 from schemas.validation import InvalidRecord, validate_event
 from sinks import rows
 from sinks.sink_batch import TableBatch, keep_rows
+from sinks.sink_validate import batch_valid
 from sinks.sink_writer import (
     ARROW_DATA_ERRORS,
     DATA_ERROR_CODES,
@@ -276,22 +277,50 @@ class Sink:
     def _ingest_events(self, topic: str, name: str, msgs: list[Message], now_ms: int) -> None:
         """Decode and validate agency events; what fails is skipped and counted (the processors
         dead-letter it), the rest is buffered for ``events``."""
-        decode = self.codec.decode
-        skew = self.settings.max_future_skew_ms
-        positions = self._positions
+        partitions = [m.partition() for m in msgs]
+        offsets = [m.offset() for m in msgs]
+        self._positions.update({(name, p): o + 1 for p, o in zip(partitions, offsets, strict=True)})
+        skipped: Counter[str] = Counter()
         records: list[dict[str, Any]] = []
         kept: list[Message] = []
-        partitions: list[int] = []
-        offsets: list[int] = []
-        skipped: Counter[str] = Counter()
+        decode = self.codec.decode
         for msg in msgs:
-            partition, offset = msg.partition(), msg.offset()
-            positions[(name, partition)] = offset + 1
             try:
-                raw = decode(topic, msg.value())
+                records.append(decode(topic, msg.value()))
             except DecodeError as exc:
                 skipped[exc.reason] += 1
                 continue
+            kept.append(msg)
+        if len(kept) != len(msgs):
+            partitions = [m.partition() for m in kept]
+            offsets = [m.offset() for m in kept]
+        if records:
+            columns = rows.event_columns(topic, records, partitions, offsets)
+            invalid = self._invalid_events(topic, columns, records, kept, now_ms)
+            if invalid:
+                skipped["invalid_record"] += len(invalid)
+                columns = keep_rows(columns, invalid)
+                kept = [m for i, m in enumerate(kept) if i not in invalid]
+            self._buffer_checked(rows.EVENTS_TABLE, columns, kept)
+        for reason, n in skipped.items():
+            self.metrics.sink_skipped.labels(topic=topic, reason=reason).inc(n)
+
+    def _invalid_events(
+        self,
+        topic: str,
+        columns: list[list[Any]],
+        records: list[dict[str, Any]],
+        msgs: list[Message],
+        now_ms: int,
+    ) -> set[int]:
+        """Indexes of the events the processors dead-letter: a batch-wide check first
+        (:mod:`sinks.sink_validate`), ``validate_event`` per record only if it is not conclusive."""
+        skew = self.settings.max_future_skew_ms
+        by_name = dict(zip(rows.events_spec().names, columns, strict=True))
+        if batch_valid(topic, by_name, [m.key() for m in msgs], now_ms, skew):
+            return set()
+        invalid: set[int] = set()
+        for i, (raw, msg) in enumerate(zip(records, msgs, strict=True)):
             key = msg.key()
             ts_type, ts = msg.timestamp()
             try:
@@ -300,17 +329,8 @@ class Sink:
                 at_ms = max(now_ms, ts if ts_type and ts > 0 else 0)
                 validate_event(topic, raw, at_ms, max_future_skew_ms=skew)
             except InvalidRecord:
-                skipped["invalid_record"] += 1
-                continue
-            records.append(raw)
-            kept.append(msg)
-            partitions.append(partition)
-            offsets.append(offset)
-        for reason, n in skipped.items():
-            self.metrics.sink_skipped.labels(topic=topic, reason=reason).inc(n)
-        if records:
-            columns = rows.event_columns(topic, records, partitions, offsets)
-            self._buffer_checked(rows.EVENTS_TABLE, columns, kept)
+                invalid.add(i)
+        return invalid
 
     def _ingest_outputs(self, topic: str, name: str, msgs: list[Message]) -> None:
         """Decode records of an output topic; undecodable ones are the sink's to park."""
