@@ -443,6 +443,12 @@ def recompute(
 
 
 def _create_tables(client: Client, version: int) -> None:
+    """The version's two MergeTree tables (they must survive a restart).
+
+    The KPI table is sorted by ``window_end`` only: the board reads it by a ``window_end`` range,
+    and sorting millions of rows on insert by the stream table's eight-column key (LowCardinality
+    strings first) cost about a CPU second per 5M windows, more than the key saves a reader.
+    """
     client.command(
         table_ddl(
             stage_table(version),
@@ -454,8 +460,7 @@ def _create_tables(client: Client, version: int) -> None:
         table_ddl(
             kpi_table(version),
             KPI_WINDOW_COLUMNS,
-            "ENGINE = MergeTree "
-            "ORDER BY (window, mission, journey, stage, window_start, owner_agency, province, port)",
+            "ENGINE = MergeTree ORDER BY window_end",
         )
     )
 
