@@ -63,6 +63,13 @@ class Metrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
+        self.flush_seconds = Histogram(
+            "backbone_output_flush_seconds",
+            "Wait for the broker to acknowledge one batch's outputs and state changelog.",
+            ["component"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
         self.end_to_end_seconds = Histogram(
             "backbone_end_to_end_latency_seconds",
             "Event published_at to processed.",

@@ -9,9 +9,15 @@ Every batch, sweep and tick goes through :meth:`ProcessorRuntime._run`, the one 
 the at-least-once order is kept:
 
 1. the engine computes outputs; its state writes stay pending (:mod:`stream_processors.state`);
-2. the outputs are produced and flushed (retried until the broker acknowledges all of them);
-3. only then are the state writes applied to the table (changelog), and the batch's events
-   acked by Faust, whose commit flushes the changelog before committing offsets.
+2. the delivery before it, if still in flight, is awaited (:meth:`ProcessorRuntime.settle`);
+3. the outputs and the state changelog are produced and flushed (retried until the broker
+   acknowledges all of them) and the state writes applied to the table.
+
+On the fast path an input batch's flush is left in flight (pipelined) while Faust hands over
+the next batch, which is computed meanwhile; every offset commit, including a rebalance's,
+first awaits :meth:`ProcessorRuntime.settle` (the consumer's commit barrier), so no offset is
+committed before its outputs and changelog are acknowledged. Timer outputs are delivered
+before the timer returns.
 
 A crash anywhere replays the batch; the outputs carry deterministic ids and hop 2 skips facts
 it has already applied (offsets in its state), so nothing downstream double counts.
@@ -118,6 +124,10 @@ def processing_error_dead_letter(msg: InputMessage, exc: BaseException, now_ms: 
     }
 
 
+class DeliveryFailed(RuntimeError):
+    """A pipelined batch delivery raised: not an engine error, so not retried message by message."""
+
+
 class ProcessorRuntime:
     """Owns the engines, stores, output producer, clock and metrics of one worker."""
 
@@ -143,6 +153,9 @@ class ProcessorRuntime:
         self.journey_lock = asyncio.Lock()
         self.kpi_lock = asyncio.Lock()
         self.delivery_lock = asyncio.Lock()
+        self.pipelining = False
+        """Leave a batch's delivery in flight while the next is computed (needs the commit barrier)."""
+        self._in_flight: asyncio.Future[None] | None = None
         self.ready = False
         """True between a completed rebalance (state recovered) and the next revocation."""
         self.batches = 0
@@ -163,7 +176,9 @@ class ProcessorRuntime:
         self.events = 0
 
     # -- the one ordered path: compute, deliver, then commit state -----------------------------
-    async def _deliver(self, outputs: Outputs, changelog: list[ChangelogRecord]) -> dict[str, int]:
+    async def _deliver(
+        self, component: str, outputs: Outputs, changelog: list[ChangelogRecord]
+    ) -> dict[str, int]:
         """Produce and flush ``outputs`` and state ``changelog``, retrying until all are acknowledged.
 
         One delivery at a time (both hops share the producer, and a flush's failures must be
@@ -174,8 +189,11 @@ class ProcessorRuntime:
             while True:
                 self.producer.send(outputs)
                 self.producer.send_changelog(changelog)
+                started = time.perf_counter()
                 try:
-                    return dict(await asyncio.get_running_loop().run_in_executor(None, self.producer.flush))
+                    acked = await asyncio.get_running_loop().run_in_executor(None, self.producer.flush)
+                    self.metrics.flushed(component, time.perf_counter() - started)
+                    return dict(acked)
                 except OutputDeliveryError as exc:
                     log.error("output delivery failed; retrying the same records", extra={"error": str(exc)})
                     await asyncio.sleep(delay)
@@ -200,20 +218,66 @@ class ProcessorRuntime:
             return max(0, now - self.settings.grace_ms)
         return now
 
+    async def settle(self) -> None:
+        """Wait until the batch delivery in flight, if any, is acknowledged by the broker.
+
+        The commit barrier of the pipelined path (the Faust consumer awaits it before every
+        offset commit) and the first step of every delivery, so at most one delivery is in
+        flight and outputs leave in the order they were computed. Raises
+        :class:`DeliveryFailed` if that delivery raised (its retry loop only gives up on errors
+        it cannot retry): the worker must stop, its offsets uncommitted.
+        """
+        task = self._in_flight
+        if task is None:
+            return
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if not task.done():
+                raise  # this waiter was cancelled; the delivery goes on
+            raise DeliveryFailed("the pipelined output delivery was cancelled") from None
+        except Exception as exc:  # noqa: BLE001 - re-raised as the one error the batch path lets through
+            raise DeliveryFailed(f"the pipelined output delivery failed: {exc!r}") from exc
+        finally:
+            if self._in_flight is task and task.done():
+                self._in_flight = None
+
+    async def _deliver_counted(
+        self, component: str, outputs: Outputs, changelog: list[ChangelogRecord]
+    ) -> None:
+        delivered = await self._deliver(component, outputs, changelog)
+        self.metrics.outputs(outputs, delivered, self.clock.now_ms())
+
     async def _run(
         self,
         component: str,
         store: PartitionedTableStore,
         call: Callable[[int], Outputs],
         now_ms: int | None = None,
+        pipelined: bool = False,
     ) -> Outputs:
+        """Compute, deliver, apply state (module docstring).
+
+        ``pipelined`` (input batches, when :attr:`pipelining` is on): the delivery is left in
+        flight and the state applied at once, so the next batch is computed while the broker
+        acknowledges this one's outputs. Offsets stay safe because every commit first waits for
+        :meth:`settle`; a crash loses only uncommitted work, replayed from the changelog and
+        the committed offsets as before.
+        """
         now_ms = self.clock.now_ms() if now_ms is None else now_ms
         outputs = call(now_ms)
         changelog = store.changelog()
-        delivered = await self._deliver(outputs, changelog) if len(outputs) or changelog else {}
+        await self.settle()
+        if len(outputs) or changelog:
+            delivery = self._deliver_counted(component, outputs, changelog)
+            if pipelined and self.pipelining:
+                self._in_flight = asyncio.ensure_future(delivery)
+            else:
+                await delivery
+        else:
+            self.metrics.outputs(outputs, {}, self.clock.now_ms())
         store.apply()
         self._observe_clock(outputs)
-        self.metrics.outputs(outputs, delivered, self.clock.now_ms())
         return outputs
 
     async def _batch(
@@ -233,7 +297,9 @@ class ProcessorRuntime:
         async with lock:
             store.route(routes)
             try:
-                await self._run(component, store, lambda now: engine_call(batch, store, now))
+                await self._run(component, store, lambda now: engine_call(batch, store, now), pipelined=True)
+            except DeliveryFailed:
+                raise
             except Exception:  # noqa: BLE001 - an engine bug must not lose the batch or kill the worker
                 log.exception(
                     "engine raised on a batch; isolating the message(s) it raised on",
@@ -266,6 +332,8 @@ class ProcessorRuntime:
                 store.route({msg.key.decode("utf-8", "replace"): msg.partition})
             try:
                 await self._run(component, store, lambda now, msg=msg: engine_call([msg], store, now))
+            except DeliveryFailed:
+                raise
             except Exception as exc:  # noqa: BLE001
                 log.exception(
                     "engine raised on one message; dead-lettered",
@@ -386,8 +454,10 @@ class ProcessorRuntime:
             },
         )
 
-    def on_revoked(self) -> None:
+    async def on_revoked(self) -> None:
+        """Stop the timers' work and let the delivery in flight land before the state moves on."""
         self.ready = False
+        await self.settle()
 
 
 def committed_offsets(
@@ -492,6 +562,9 @@ def build_worker(
         from stream_processors.faust_fast import RawSchema
 
         raw = {"schema": RawSchema()}
+        # Pipelined delivery is safe only with the fast consumer's commit barrier.
+        app.transport.commit_barrier = runtime.settle  # type: ignore[attr-defined]
+        runtime.pipelining = True
 
     def highwater(topic: str, partition: int) -> int | None:
         try:
@@ -533,7 +606,7 @@ def build_worker(
 
     @app.on_partitions_revoked.connect
     async def on_partitions_revoked(sender: faust.App, revoked: set[Any], **_: Any) -> None:
-        runtime.on_revoked()
+        await runtime.on_revoked()
 
     return app, runtime
 

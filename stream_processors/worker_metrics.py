@@ -54,6 +54,9 @@ class WorkerMetrics:
         for topic, ts in oldest.items():
             m.end_to_end_seconds.labels(topic).observe(max(0.0, (now_ms - ts) / 1000))
 
+    def flushed(self, component: str, seconds: float) -> None:
+        self.m.flush_seconds.labels(component).observe(seconds)
+
     def outputs(self, outputs: Outputs, delivered: dict[str, int], now_ms: int) -> None:
         m = self.m
         for topic, n in delivered.items():

@@ -1,0 +1,168 @@
+"""Pipelined delivery: the next batch is computed while the broker acknowledges the last one.
+
+What must hold (stream_processors/worker.py): a batch's outputs are sent only after the delivery
+before them is acknowledged (outputs leave in computed order, at most one delivery in flight);
+the state is the same as without pipelining; every offset commit first awaits the delivery in
+flight (the consumer's commit barrier), so no offset is committed ahead of its outputs.
+
+Real engine, store and runtime; the Faust table is a dict and the producer a stand-in whose
+flush blocks until the test releases it, so "in flight" is a state the test controls. The
+reference is the same engine and runtime without pipelining.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections import Counter
+from typing import Any
+
+from engine_fixtures import HOUR, T0, Feeder, export_case, missions
+from test_processor_isolation import Event, Table, records
+
+from backbone.config import Settings
+from backbone.metrics import Metrics
+from stream_processors.api import InputMessage, Outputs
+from stream_processors.app import create_app
+from stream_processors.clock import FixedClock
+from stream_processors.journeys import JourneyEngine
+from stream_processors.state import PartitionedTableStore
+from stream_processors.worker import ProcessorRuntime
+from stream_processors.worker_metrics import WorkerMetrics
+
+PARTITIONS = 3
+
+
+class GatedProducer:
+    """Records sends and flushes; each flush waits for :meth:`release` (it runs in a thread)."""
+
+    def __init__(self, gated: bool) -> None:
+        self.sent = Outputs()
+        self.log: list[str] = []
+        self.gated = gated
+        self._gate = threading.Semaphore(0)
+
+    def send(self, outputs: Outputs) -> int:
+        self.log.append(f"send {len(outputs.stage_records)}")
+        self.sent.extend(outputs)
+        return len(outputs)
+
+    def send_changelog(self, records: list[Any]) -> int:
+        return len(records)
+
+    def flush(self) -> Counter[str]:
+        if self.gated:
+            self._gate.acquire(timeout=30)
+        self.log.append("flushed")
+        return Counter()
+
+    def release(self) -> None:
+        self._gate.release()
+
+
+def runtime(pipelining: bool) -> tuple[ProcessorRuntime, PartitionedTableStore, GatedProducer]:
+    store = PartitionedTableStore(Table(), PARTITIONS)  # type: ignore[arg-type]
+    store.owned = frozenset(range(PARTITIONS))
+    producer = GatedProducer(gated=pipelining)
+    rt = ProcessorRuntime(
+        Settings(grace_ms=HOUR),
+        JourneyEngine(missions(), Settings(grace_ms=HOUR), wall_clock=FixedClock(T0)),
+        None,
+        store,
+        None,  # type: ignore[arg-type]
+        producer,  # type: ignore[arg-type]
+        WorkerMetrics(Metrics()),
+        FixedClock(T0 + 100 * HOUR),
+    )
+    rt.pipelining = pipelining
+    return rt, store, producer
+
+
+def batches() -> list[list[InputMessage]]:
+    events = [e for i in range(4) for e in export_case(f"CASE-{i}", T0 + i * HOUR)]
+    feeder = Feeder(PARTITIONS)
+    starts = feeder.messages([e for e in events if e[1]["status"] in ("FILED", "CLEARED")])
+    ends = feeder.messages([e for e in events if e[1]["status"] not in ("FILED", "CLEARED")])
+    return [starts, ends]
+
+
+def test_the_next_batch_is_computed_while_the_last_is_in_flight_and_sent_after_it() -> None:
+    first, second = batches()
+
+    async def scenario() -> tuple[list[str], list[str], ProcessorRuntime]:
+        rt, store, producer = runtime(pipelining=True)
+        await rt.on_journey_events([Event(m) for m in first])
+        await asyncio.sleep(0.05)
+        # The first batch's flush is in flight: the handler returned, its state is applied.
+        assert producer.log == [f"send {len(producer.sent.stage_records)}"]
+        assert producer.sent.stage_records  # the starts opened stage instances
+        assert rt._in_flight is not None and not rt._in_flight.done()
+        assert set(store.local) == {f"CASE-{i}" for i in range(4)}
+        second_done = asyncio.ensure_future(rt.on_journey_events([Event(m) for m in second]))
+        await asyncio.sleep(0.2)
+        # The second batch was computed (it waits in settle) but not sent before the first landed.
+        assert not second_done.done()
+        before_release = list(producer.log)
+        producer.release()
+        await second_done
+        producer.release()
+        await rt.settle()
+        return before_release, producer.log, rt
+
+    before_release, log, rt = asyncio.run(scenario())
+    assert len(before_release) == 1
+    assert [entry.split()[0] for entry in log] == ["send", "flushed", "send", "flushed"]
+    assert rt._in_flight is None
+
+
+def test_pipelined_outputs_and_state_equal_the_unpipelined_ones() -> None:
+    same = batches()
+
+    async def run(pipelining: bool) -> tuple[Outputs, dict[str, Any]]:
+        rt, store, producer = runtime(pipelining)
+        for batch in same:
+            producer.release()
+            await rt.on_journey_events([Event(m) for m in batch])
+        await rt.settle()
+        return producer.sent, dict(store.local)
+
+    piped, piped_state = asyncio.run(run(True))
+    plain, plain_state = asyncio.run(run(False))
+    assert len(records(plain)) == 4 * 4
+    assert records(piped) == records(plain)
+    assert piped.facts == plain.facts
+    assert piped_state == plain_state
+
+
+def test_every_commit_of_the_fast_consumer_first_awaits_the_barrier() -> None:
+    async def scenario() -> list[str]:
+        app = create_app(Settings(kafka_bootstrap_servers="127.0.0.1:1"), app_id="barrier-test")
+        order: list[str] = []
+        released = asyncio.Event()
+
+        async def barrier() -> None:
+            order.append("barrier entered")
+            await released.wait()
+            order.append("barrier passed")
+
+        app.transport.commit_barrier = barrier  # type: ignore[attr-defined]
+        commit = asyncio.ensure_future(app.consumer._handle_attached({}))
+        await asyncio.sleep(0.05)
+        assert not commit.done()  # the commit waits for the delivery in flight
+        released.set()
+        await commit
+        order.append("commit went on")
+        return order
+
+    assert asyncio.run(scenario()) == ["barrier entered", "barrier passed", "commit went on"]
+
+
+def test_the_worker_pipelines_only_with_the_fast_consumer(tmp_path: Any) -> None:
+    from stream_processors.worker import WorkerOptions, build_worker
+
+    settings = Settings(kafka_bootstrap_servers="127.0.0.1:1", data_dir=tmp_path)
+    app, rt = build_worker(settings, WorkerOptions(app_id="pipe-test"))
+    assert rt.pipelining and app.transport.commit_barrier == rt.settle  # type: ignore[attr-defined]
+    stock_app, stock_rt = build_worker(settings, WorkerOptions(app_id="pipe-test-stock", stock=True))
+    assert not stock_rt.pipelining
+    assert getattr(stock_app.transport, "commit_barrier", None) is None
