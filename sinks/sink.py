@@ -5,8 +5,8 @@ Contract:
   table each) in consumer group ``backbone-sink`` with auto-commit off.
 * Decodes a whole consume batch per topic and buffers it column by column per table
   (:mod:`sinks.sink_batch`). A flush round is due when a table's batch is full, when the
-  buffered rows reach ``max_pending_rows``, or when the oldest buffered row is
-  ``max_batch_age_s`` old; it hands every table's batch to the insert thread
+  buffered rows reach ``max_pending_rows`` (or ``min_batch_rows`` with no insert running), or
+  when the oldest buffered row is ``max_batch_age_s`` old; it hands every table's batch to the insert thread
   (:mod:`sinks.sink_writer`) and goes on consuming while it is inserted. One round is in flight
   at a time: rows read meanwhile wait for the next round, so batches grow by themselves while
   catching up. The offsets read before a round are committed only after ClickHouse accepted
@@ -98,6 +98,9 @@ class SinkConfig:
 
     group_id: str = DEFAULT_GROUP
     batch_rows: int = 50_000  # a table's batch is flushed at this many rows (and inserted in such chunks)
+    # with no insert running, this many buffered rows go at once instead of waiting for their age:
+    # a catch-up starts inserting after one consume batch, and inserts stay large enough for MergeTree
+    min_batch_rows: int = 10_000
     max_pending_rows: int = 200_000  # buffered + being inserted, all tables together; bounds memory
     max_batch_age_s: float = 0.5  # freshness bound: the board lags the topics by about this much
     consume_batch: int = 10_000
@@ -381,6 +384,8 @@ class Sink:
         if self._buffered == 0:
             return False
         if self._pending >= self.config.max_pending_rows:
+            return True
+        if self._inflight is None and self._buffered >= self.config.min_batch_rows:
             return True
         if any(len(b) >= self.config.batch_rows for b in self._tables.values()):
             return True
