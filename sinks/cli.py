@@ -62,6 +62,32 @@ def _stop_board(board: tuple[Any, Any] | None) -> None:
     query.close()
 
 
+def _require_tables(client: Any, database: str) -> None:
+    """Exit with status 2 naming what is missing when the sink's tables are not there (--no-migrate)."""
+    from clickhouse_connect.driver.exceptions import DatabaseError
+
+    from sinks import rows
+
+    wanted = {rows.EVENTS_TABLE, *rows.OUTPUT_TABLES.values()}
+    try:
+        result = client.query(
+            "SELECT name FROM system.tables WHERE database = {db:String}", parameters={"db": database}
+        )
+        present = {r[0] for r in result.result_rows}
+    except DatabaseError as exc:
+        present = set()
+        log.error("cannot list the sink's tables", extra={"error": str(exc).splitlines()[0][:300]})
+    missing = sorted(wanted - present)
+    if missing:
+        client.close()
+        typer.echo(
+            f"error: --no-migrate but database {database} lacks {', '.join(missing)}; "
+            "run `backbone db migrate` (with a user that may create tables) first",
+            err=True,
+        )
+        raise typer.Exit(2)
+
+
 @sink_app.command("run")
 def sink_run(
     serve_board: bool = typer.Option(
@@ -74,6 +100,12 @@ def sink_run(
     max_batch_age: float = typer.Option(
         0.5, min=0.01, help="Flush when the oldest buffered row is this old (s)."
     ),
+    migrate_schema: bool = typer.Option(
+        True,
+        "--migrate/--no-migrate",
+        help="Apply missing migrations at start; --no-migrate lets a writer user without CREATE "
+        "rights run the sink (run `backbone db migrate` with an admin user first).",
+    ),
 ) -> None:
     """Run the sink until SIGINT/SIGTERM: migrate, consume, insert in batches, commit after inserts."""
     from backbone.cli import settings_or_exit
@@ -85,8 +117,11 @@ def sink_run(
 
     settings = settings_or_exit()
     setup_logging(settings.log_level, "backbone.sink")
-    client = open_client(settings)
-    migrate(client)
+    client = open_client(settings, create_database=migrate_schema)
+    if migrate_schema:
+        migrate(client)
+    else:
+        _require_tables(client, settings.clickhouse_database)
     metrics = Metrics()
     port = serve(metrics, settings.sink_metrics_port, settings.metrics_address)
     config = SinkConfig(group_id=group, batch_rows=batch_rows, max_batch_age_s=max_batch_age)

@@ -48,7 +48,7 @@ from backbone.config import Settings
 from backbone.kafka import FAST_GROUP_SETTINGS, client_config
 from backbone.metrics import Metrics
 from schemas import contracts
-from schemas.codec import Codec, DecodeError
+from schemas.codec import Codec, DecodeError, codec_for
 from schemas.validation import InvalidRecord, validate_event
 from sinks import rows
 from sinks.sink_batch import TableBatch, keep_rows
@@ -129,7 +129,7 @@ class Sink:
         self.inserter = inserter
         self.metrics = metrics or Metrics()
         self.config = config or SinkConfig()
-        self.codec = codec or Codec()
+        self.codec = codec or codec_for(settings)  # the framing the producers write (registry or not)
         self._clock_ms = clock_ms or (lambda: int(time.time() * 1000))
         logical = contracts.INPUT_TOPICS + contracts.OUTPUT_TOPICS
         names = {t: (topic_names or {}).get(t, t) for t in logical}

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 import uuid
 from decimal import Decimal
 from pathlib import Path
@@ -17,6 +21,7 @@ from sink_fixtures import (  # noqa: F401
     agency_events,
     alert,
     backlog,
+    committed_total,
     customs_event,
     dead_letter,
     freshness,
@@ -26,6 +31,7 @@ from sink_fixtures import (  # noqa: F401
     produce_bytes,
     sink_settings,
     stage_record,
+    wait_for,
 )
 
 from backbone.config import Settings
@@ -36,6 +42,7 @@ from sinks.client import open_client
 from sinks.migrate import migrate
 
 pytestmark = pytest.mark.integration
+REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
@@ -266,3 +273,70 @@ def test_db_migrate_command_is_idempotent(tmp_path: Path, monkeypatch: pytest.Mo
     assert "applied 0001_events, 0002_pipeline_outputs" in first.output
     second = runner.invoke(app, ["db", "migrate"])
     assert second.exit_code == 0 and "none (up to date)" in second.output
+
+
+def _backbone(*args: str) -> subprocess.Popen[bytes]:
+    """``python -m backbone <args>`` in a child (a chdb path is one process's at a time)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "backbone", *args],
+        env=dict(os.environ),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        cwd=REPO,
+        start_new_session=True,
+    )
+
+
+def _tables(settings: Settings) -> set[str] | None:
+    """The tables of the configured database, or None when the database does not exist."""
+    import clickhouse_connect
+
+    from sinks.client import client_dsn
+
+    client = clickhouse_connect.get_client(dsn=client_dsn(settings))
+    try:
+        db = {"db": settings.clickhouse_database}
+        found = client.query("SELECT name FROM system.databases WHERE name = {db:String}", parameters=db)
+        if not found.result_rows:
+            return None
+        result = client.query("SELECT name FROM system.tables WHERE database = {db:String}", parameters=db)
+        return {r[0] for r in result.result_rows}
+    finally:
+        client.close()
+
+
+def test_sink_run_no_migrate_refuses_an_unmigrated_database_and_creates_nothing(
+    sink_settings: Settings,  # noqa: F811
+) -> None:
+    child = _backbone("sink", "run", "--no-migrate")
+    output, _ = child.communicate(timeout=60)
+    assert child.returncode == 2, output.decode()
+    assert b"lacks alerts, backlog, dead_letters, events" in output and b"backbone db migrate" in output
+    assert _tables(sink_settings) is None  # nothing created: not even the database
+
+
+def test_sink_run_no_migrate_stores_into_a_migrated_database(
+    sink_settings: Settings,  # noqa: F811
+) -> None:
+    migrate_child = _backbone("db", "migrate")
+    output, _ = migrate_child.communicate(timeout=60)
+    assert migrate_child.returncode == 0, output.decode()
+    assert {"events", "stage_records", "schema_migrations"} <= (_tables(sink_settings) or set())
+    events = agency_events(30, seed=41)
+    produce(sink_settings, events)
+    group = f"sink-{uuid.uuid4().hex[:8]}"
+    sink = _backbone("sink", "run", "--no-migrate", "--group", group)
+    try:
+        wait_for(lambda: committed_total(sink_settings, group, ALL_TOPICS) >= len(events), 60, "the commit")
+        sink.send_signal(signal.SIGINT)
+        assert sink.wait(30) == 0
+    finally:
+        if sink.poll() is None:
+            sink.kill()
+        sink.communicate()
+    client = open_client(sink_settings)
+    try:
+        stored = {r[0] for r in client.query("SELECT toString(event_id) FROM events_distinct").result_rows}
+        assert stored == {e["event_id"] for _, e in events}
+    finally:
+        client.close()
