@@ -10,7 +10,9 @@ or patching Faust's functions at import:
   ``wait_first(handler, suspend_flow.wait())``, which wraps every message in four asyncio
   tasks. When flow *is* suspended (a rebalance in progress) it keeps the stock behaviour.
 * :class:`FastStream` (the ``Stream`` setting): the stream iterator yields to the event loop
-  every :attr:`FastStream.yield_every` events instead of before every event. The loop still
+  every :attr:`FastStream.yield_every` events instead of before every event, and
+  :meth:`FastStream.take_events` takes batches straight from the channel queue instead of
+  through a background drainer and a buffering coroutine per event. The loop still
   turns whenever the channel queue runs empty (the get awaits), so the consumer, heartbeats
   and timers are not starved.
 * :class:`QuietMonitor` (the ``Monitor`` setting): drops the monitor's per-event bookkeeping
@@ -48,6 +50,7 @@ from faust.transport.drivers import aiokafka as aiokafka_driver
 from faust.transport.producer import ProducerBuffer
 from faust.types import TP, EventT, Message, StreamT
 from faust.types.topics import ChannelT
+from mode.utils.times import want_seconds
 
 log = logging.getLogger(__name__)
 
@@ -151,6 +154,104 @@ class FastStream(Stream):
                             on_message_out(message.tp, message.offset, message)
         except StopAsyncIteration:
             return
+        finally:
+            self._channel_stop_iteration(channel)
+            if started_by_aiter:
+                await self.stop()
+                self.service_reset()
+
+    def take_events(self, max_: int, within: Any) -> AsyncIterator[list[EventT]]:  # type: ignore[override]
+        """Batches of up to ``max_`` events, each yielded at most ``within`` seconds after its first.
+
+        Stock ``take_events`` runs the stream's iterator as a background drainer that hands
+        each event to a buffering processor coroutine, awaits ``on_merge`` and the iterator's
+        generator step per event, and acks each event with a coroutine after the batch. Here
+        (measured on a replay: the time between 2,000-event batches 60 -> 30 ms, i.e. ~30 ->
+        ~15 µs of Faust per event) the agent's own task takes events
+        straight from the channel queue with the same per-event bookkeeping as the iterator
+        (flow-control and generation checks, unacked tracking, sensors) and acks the batch's
+        events, as stock does, only when the agent asks for the next batch (its work is done).
+        Events of a previous consumer generation (a rebalance) are acked as skipped, as stock.
+        """
+        if self._processors or not isinstance(self.channel, ChannelT):
+            return super().take_events(max_, within)  # values to transform per event: stock path
+        agen = self._fast_take_events(max_, within)
+        self._active_agens.add(agen)  # as stock: Stream.on_stop closes abandoned generators
+        return agen
+
+    async def _fast_take_events(self, max_: int, within: Any) -> AsyncIterator[list[EventT]]:
+        self._finalized = True
+        started_by_aiter = await self.maybe_start()
+        channel = cast(ChannelT, self.channel)
+        queue = channel.queue
+        queue_empty, quick_get, errors = queue.empty, queue.get_nowait, queue._errors  # type: ignore[attr-defined]
+        app = self.app
+        flow_control_active = app.flow_control.is_active
+        add_unacked = app.consumer.unacked.add
+        acking_topics = app.topics.acking_topics
+        on_message_in, on_message_out = self._on_message_in, self._on_message_out
+        on_event_in, on_event_out = self._on_stream_event_in, self._on_stream_event_out
+        timeout = float(want_seconds(within)) if within else None
+        loop_time = asyncio.get_running_loop().time
+        yield_every = self.yield_every
+        batch: list[EventT] = []
+        states: list[Any] = []
+
+        def ack(event: EventT, sensor_state: Any) -> None:
+            message = event.message
+            last_stream_to_ack = event.ack()
+            on_event_out(message.tp, message.offset, self, event, sensor_state)
+            if last_stream_to_ack:
+                on_message_out(message.tp, message.offset, message)
+
+        try:
+            while not self.should_stop:
+                deadline: float | None = None
+                taken = 0
+                while len(batch) < max_:
+                    if errors:
+                        raise errors.popleft()
+                    if not queue_empty():
+                        taken += 1
+                        if taken % yield_every == 0:
+                            await asyncio.sleep(0)
+                        item = quick_get()
+                    elif deadline is None:
+                        item = await queue.get()
+                    else:
+                        remaining = deadline - loop_time()
+                        if remaining <= 0:
+                            break
+                        try:
+                            item = await asyncio.wait_for(queue.get(), remaining)
+                        except TimeoutError:
+                            break
+                    if not isinstance(item, EventT):
+                        raise TypeError(f"take_events on a channel of non-events: {type(item).__name__}")
+                    message = item.message
+                    if not flow_control_active() or message.generation_id != app.consumer_generation_id:
+                        ack(item, None)  # stock: a previous generation's event is skipped and acked
+                        continue
+                    if message.topic in acking_topics and not message.tracked:
+                        message.tracked = True
+                        add_unacked(message)
+                        on_message_in(message.tp, message.offset, message)
+                    states.append(on_event_in(message.tp, message.offset, self, item))
+                    batch.append(item)
+                    if deadline is None and timeout is not None:
+                        deadline = loop_time() + timeout
+                if not batch:
+                    continue
+                self.events_total += len(batch)
+                try:
+                    yield list(batch)
+                finally:
+                    for event, sensor_state in zip(batch, states, strict=True):
+                        ack(event, sensor_state)
+                    batch.clear()
+                    states.clear()
+        except StopAsyncIteration:
+            return  # the channel was told to stop (Faust throws it into the queue), as stock
         finally:
             self._channel_stop_iteration(channel)
             if started_by_aiter:

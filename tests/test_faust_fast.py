@@ -1,15 +1,17 @@
-"""How the processors' Faust apps build their Kafka consumer (no broker needed: nothing starts)."""
+"""The processors' Faust classes without a broker: how the consumer is built, how streams batch."""
 
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from backbone.config import load_settings
+from backbone.config import Settings, load_settings
 from stream_processors.app import create_app
-from stream_processors.faust_fast import FETCH_MAX_WAIT_MS, ShortFetchWaitConsumerThread
+from stream_processors.faust_fast import FETCH_MAX_WAIT_MS, FastStream, ShortFetchWaitConsumerThread
 
 
 @pytest.mark.parametrize("stock", [False, True], ids=["fast", "stock"])
@@ -29,3 +31,41 @@ def test_worker_consumer_fetch_waits_at_most_the_short_wait(tmp_path: Path, stoc
             await consumer.stop()  # never started: releases the client it created
 
     assert asyncio.run(build()) == FETCH_MAX_WAIT_MS == 100
+
+
+def test_take_events_batches_by_size_or_age_and_acks_after_the_batch_is_done() -> None:
+    """FastStream.take_events: full batches at once, a partial one ``within`` after its first
+    event, and a batch's events acked only when the agent asks for the next batch."""
+
+    async def scenario() -> list[tuple[list[int], float, bool, bool]]:
+        app = create_app(Settings(kafka_bootstrap_servers="127.0.0.1:1"), app_id="take-test")
+        app.flow_control.resume()
+        channel = app.channel()
+        stream = app.stream(channel)
+        assert isinstance(stream, FastStream)
+        for i in range(5):
+            await channel.send(value=i)
+        seen: list[tuple[list[int], float, bool, bool]] = []
+        previous: list[Any] = []
+        started = time.monotonic()
+        async for batch in stream.take_events(3, within=0.3):
+            previous_acked = all(e.message.acked for e in previous)
+            seen.append(
+                (
+                    [e.value for e in batch],
+                    time.monotonic() - started,
+                    any(e.message.acked for e in batch),
+                    previous_acked,
+                )
+            )
+            previous = list(batch)
+            if sum(len(values) for values, *_ in seen) >= 5:
+                break
+        return seen
+
+    (first, at1, acked1, _), (second, at2, acked2, prev_acked) = asyncio.run(scenario())
+    assert (first, second) == ([0, 1, 2], [3, 4])
+    assert at1 < 0.25  # a full batch does not wait
+    assert 0.25 <= at2 < 2.0  # a partial batch waits ``within`` after its first event, then goes
+    assert not acked1 and not acked2  # not acked while the agent works on it...
+    assert prev_acked  # ...and acked once it asks for the next batch
