@@ -71,10 +71,13 @@ class RaisesOnPoison(JourneyEngine):
         return out
 
 
-def runtime(engine: JourneyEngine) -> tuple[ProcessorRuntime, PartitionedTableStore, Producer]:
+def runtime(
+    engine: JourneyEngine, producer: Any = None
+) -> tuple[ProcessorRuntime, PartitionedTableStore, Any]:
+    """A runtime around ``engine`` with a dict table and a stand-in producer (default: :class:`Producer`)."""
     store = PartitionedTableStore(Table(), PARTITIONS)  # type: ignore[arg-type]
     store.owned = frozenset(range(PARTITIONS))
-    producer = Producer()
+    producer = producer or Producer()
     rt = ProcessorRuntime(
         Settings(grace_ms=HOUR),
         engine,

@@ -18,19 +18,16 @@ from collections import Counter
 from typing import Any
 
 from engine_fixtures import HOUR, T0, Feeder, export_case, missions
-from test_processor_isolation import Event, Table, records
+from test_processor_isolation import PARTITIONS, Event, records
+from test_processor_isolation import runtime as isolation_runtime
 
 from backbone.config import Settings
-from backbone.metrics import Metrics
 from stream_processors.api import InputMessage, Outputs
 from stream_processors.app import create_app
 from stream_processors.clock import FixedClock
 from stream_processors.journeys import JourneyEngine
 from stream_processors.state import PartitionedTableStore
 from stream_processors.worker import ProcessorRuntime
-from stream_processors.worker_metrics import WorkerMetrics
-
-PARTITIONS = 3
 
 
 class GatedProducer:
@@ -61,19 +58,8 @@ class GatedProducer:
 
 
 def runtime(pipelining: bool) -> tuple[ProcessorRuntime, PartitionedTableStore, GatedProducer]:
-    store = PartitionedTableStore(Table(), PARTITIONS)  # type: ignore[arg-type]
-    store.owned = frozenset(range(PARTITIONS))
-    producer = GatedProducer(gated=pipelining)
-    rt = ProcessorRuntime(
-        Settings(grace_ms=HOUR),
-        JourneyEngine(missions(), Settings(grace_ms=HOUR), wall_clock=FixedClock(T0)),
-        None,
-        store,
-        None,  # type: ignore[arg-type]
-        producer,  # type: ignore[arg-type]
-        WorkerMetrics(Metrics()),
-        FixedClock(T0 + 100 * HOUR),
-    )
+    engine = JourneyEngine(missions(), Settings(grace_ms=HOUR), wall_clock=FixedClock(T0))
+    rt, store, producer = isolation_runtime(engine, GatedProducer(gated=pipelining))
     rt.pipelining = pipelining
     return rt, store, producer
 
