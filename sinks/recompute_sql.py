@@ -41,9 +41,16 @@ KPI_ID_SQL = (
     "lower(hex(SHA1(concat(window, '|', toString(toUnixTimestamp64Milli(window_start)), '|', mission, '|', "
     "journey, '|', stage, '|', owner_agency, '|', province, '|', port))))"
 )
+SLA_COMPLIANCE_SQL = "if(completions = 0, NULL, sla_met / completions)"
+THROUGHPUT_SQL = (
+    "completions / ((toUnixTimestamp64Milli(window_end) - toUnixTimestamp64Milli(window_start)) / 3600000)"
+)
 
 # The version tables: the columns of the stream's tables (same names, types and order, so the
-# board views can union them), with the ids as ALIAS columns. ``version`` is 0: a recomputed row
+# board views can union them), with the ids and the two ratios of a KPI window (exactly the
+# stream's ``met / n if n else None`` and ``n / (size_ms / 3_600_000)``, functions of stored
+# columns) as ALIAS columns: computing and writing them for millions of windows cost ~10% of the
+# KPI step, a reader computes them for the few rows it reads. ``version`` is 0: a recomputed row
 # is not a processor emission.
 STAGE_RECORD_COLUMNS: tuple[tuple[str, str], ...] = (
     ("record_id", f"String ALIAS {RECORD_ID_SQL}"),
@@ -77,11 +84,11 @@ KPI_WINDOW_COLUMNS: tuple[tuple[str, str], ...] = (
     ("port", "LowCardinality(String)"),
     ("completions", "Int64"),
     ("sla_met", "Int64"),
-    ("sla_compliance", "Nullable(Float64)"),
+    ("sla_compliance", f"Nullable(Float64) ALIAS {SLA_COMPLIANCE_SQL}"),
     ("p50_ms", "Nullable(Int64)"),
     ("p90_ms", "Nullable(Int64)"),
     ("mean_ms", "Nullable(Float64)"),
-    ("throughput_per_h", "Float64"),
+    ("throughput_per_h", f"Float64 ALIAS {THROUGHPUT_SQL}"),
     ("late_events", "Int64"),
     ("version", "UInt64"),
     ("ingested_at", "DateTime64(3, 'UTC') DEFAULT now64(3) CODEC(Delta, ZSTD(1))"),
@@ -99,11 +106,6 @@ def string_array(values: list[str]) -> str:
 
 def int_array(values: list[int]) -> str:
     return "[" + ", ".join(str(v) for v in values) + "]"
-
-
-def float_literal(value: float) -> str:
-    """``repr`` round-trips a double exactly, so ClickHouse divides by the same number Python does."""
-    return repr(float(value))
 
 
 def ms_literal(ms: int) -> str:
@@ -300,7 +302,8 @@ ARRAY JOIN arrayFilter(x -> x.2 != {NOT_SEEN}, [
         windows, so its cost is the hash aggregation. The KPI group is replaced by its position
         ``gi`` in the list of the groups present (a scalar subquery, read once), and the keys are
         ``(w UInt8, gi UInt16, pane UInt32)``: seven bytes that ClickHouse packs into one 64-bit
-        hash key. The group's names are read back from that list by position, so no join.
+        hash key. The group's names are read back by position from one list per column (a list
+        of tuples would build all six strings for each of the six reads), so no join.
         ``throwIf`` guards the narrow types. With ``from_ms``, only windows that end after it are
         computed.
         """
@@ -311,7 +314,6 @@ ARRAY JOIN arrayFilter(x -> x.2 != {NOT_SEEN}, [
         sizes = int_array([w.size_ms for w in windows])
         steps = int_array([w.step_ms for w in windows])
         per = int_array([w.size_ms // w.step_ms for w in windows])
-        hours = "[" + ", ".join(float_literal(w.size_ms / 3_600_000) for w in windows) + "]"
         spec_ids = f"range(1, {len(windows) + 1})"
         offset = max(w.size_ms // w.step_ms for w in windows)  # keeps ``pane - j`` unsigned
         group = ", ".join(GROUP_COLUMNS)
@@ -322,13 +324,14 @@ ARRAY JOIN arrayFilter(x -> x.2 != {NOT_SEEN}, [
             record_filter += f" AND ended_at > {ms_literal(from_ms - longest)}"
             window_end = f"(toInt64(window_pane) - {offset}) * {steps}[w] + {sizes}[w]"
             window_filter = f"\n    HAVING {window_end} > {from_ms}"
-        names_of_group = ", ".join(f"groups.2[gi].{n + 1} AS {c}" for n, c in enumerate(GROUP_COLUMNS))
+        group_lists = ", ".join(f"groupArray({c})" for c in GROUP_COLUMNS)
+        names_of_group = ", ".join(f"groups.{n + 2}[gi] AS {c}" for n, c in enumerate(GROUP_COLUMNS))
         quantiles = ",\n    ".join(
             f"sorted[toUInt64(floor({q} * (n - 1))) + 1] AS {name}" for name, q in QUANTILES
         )
         return f"""WITH
     (
-        SELECT (groupArray(cityHash64({group})), groupArray(({group})))
+        SELECT (groupArray(cityHash64({group})), {group_lists})
         FROM (SELECT DISTINCT {group} FROM {records} WHERE {record_filter})
     ) AS groups
 SELECT
@@ -338,10 +341,8 @@ SELECT
     {names_of_group},
     toInt64(n) AS completions,
     toInt64(met) AS sla_met,
-    met / n AS sla_compliance,
     {quantiles},
     total / n AS mean_ms,
-    n / {hours}[w] AS throughput_per_h,
     0 AS late_events,
     0 AS version
 FROM
