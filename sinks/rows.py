@@ -144,15 +144,37 @@ class TableSpec:
         return self.columns_to_arrow(columns)
 
     def columns_to_arrow(self, columns: Sequence[Sequence[Any]]) -> pa.Table:
-        """Arrow table of one Python sequence per column; raises ``pa.ArrowException``/``OverflowError``/
-        ``TypeError`` when a value does not fit its column type (the caller bisects to find the row)."""
+        """Arrow table of one Python sequence (or :class:`Repeated`) per column; raises
+        ``pa.ArrowException``/``OverflowError``/``TypeError`` when a value does not fit its column
+        type (the caller bisects to find the row)."""
         arrays = []
         for col, values in zip(self.columns, columns, strict=True):
-            if col.kind == "money":
+            arrow_type = _MONEY if col.kind == "money" else _ARROW_TYPES[col.kind]
+            if isinstance(values, Repeated):
+                arrays.append(pa.repeat(pa.scalar(values.value, type=arrow_type), len(values)))
+            elif col.kind == "money":
                 arrays.append(_money_array(values))
             else:
-                arrays.append(pa.array(values, type=_ARROW_TYPES[col.kind]))
+                arrays.append(pa.array(values, type=arrow_type))
         return pa.Table.from_arrays(arrays, schema=self.arrow_schema)
+
+
+@dataclass(frozen=True)
+class Repeated(Sequence[Any]):
+    """``n`` copies of one value: a column a family of events does not have, without a per-row list."""
+
+    value: Any
+    n: int
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, index: Any) -> Any:
+        if isinstance(index, slice):
+            return Repeated(self.value, len(range(*index.indices(self.n))))
+        if not -self.n <= index < self.n:
+            raise IndexError(index)
+        return self.value
 
 
 def _money_array(paisa: Sequence[int | None]) -> pa.Array:
@@ -200,6 +222,10 @@ def out_of_range(spec: TableSpec, columns: Sequence[Sequence[Any]]) -> dict[int,
     rejected: dict[int, RowRejected] = {}
     for i, name, kind in spec.checked:
         values = columns[i]
+        if isinstance(values, Repeated):  # the same value on every row
+            if _range_problem(name, kind, values.value) is None:
+                continue
+            values = [values.value] * len(values)
         present = [v for v in values if v is not None] if None in values else values
         lo, hi = _BOUNDS[kind]
         if not present or (lo <= min(present) and max(present) <= hi):
@@ -292,14 +318,15 @@ def event_row(topic: str, raw: Mapping[str, Any], partition: int, offset: int) -
 
 def event_columns(
     topic: str, records: Sequence[Mapping[str, Any]], partitions: list[int], offsets: list[int]
-) -> list[list[Any]]:
-    """The ``events`` columns of decoded agency events of one topic (raw shape), with their provenance.
+) -> list[Sequence[Any]]:
+    """The ``events`` columns of decoded agency events of one topic (raw shape), with their provenance;
+    the columns the family lacks (and ``topic``) are :class:`Repeated`.
 
     Not range-checked: see :func:`out_of_range`.
     """
     n = len(records)
-    columns = [
-        list(map(itemgetter(name), records)) if name is not None else [fixed] * n
+    columns: list[Sequence[Any]] = [
+        list(map(itemgetter(name), records)) if name is not None else Repeated(fixed, n)
         for name, fixed in _event_row_plan(topic)
     ]
     columns[-2] = partitions
@@ -307,7 +334,7 @@ def event_columns(
     return columns
 
 
-def output_columns(topic: str, records: Sequence[Mapping[str, Any]]) -> list[list[Any]]:
+def output_columns(topic: str, records: Sequence[Mapping[str, Any]]) -> list[Sequence[Any]]:
     """The columns of an output table from decoded ``backbone.*`` records (raw shape); not range-checked."""
     return [[r.get(name) for r in records] for name in output_spec(topic).names]
 

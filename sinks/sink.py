@@ -38,10 +38,11 @@ import logging
 import threading
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import pyarrow as pa
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from backbone.config import Settings
@@ -51,7 +52,8 @@ from schemas import contracts
 from schemas.codec import Codec, DecodeError, codec_for
 from schemas.validation import InvalidRecord, validate_event
 from sinks import rows
-from sinks.sink_batch import TableBatch, keep_rows
+from sinks.rows import TableSpec
+from sinks.sink_batch import TableBatch, keep_rows, slice_columns
 from sinks.sink_validate import batch_valid
 from sinks.sink_writer import (
     ARROW_DATA_ERRORS,
@@ -311,7 +313,7 @@ class Sink:
     def _invalid_events(
         self,
         topic: str,
-        columns: list[list[Any]],
+        columns: list[Sequence[Any]],
         records: list[dict[str, Any]],
         msgs: list[Message],
         now_ms: int,
@@ -350,20 +352,37 @@ class Sink:
         if records:
             self._buffer_checked(rows.OUTPUT_TABLES[topic], rows.output_columns(topic, records), kept)
 
-    def _buffer_checked(self, table: str, columns: list[list[Any]], sources: list[Message]) -> None:
-        """Buffer rows, parking those whose values ClickHouse would clamp (``out_of_range``)."""
-        rejected = rows.out_of_range(self._tables[table].spec, columns)
+    def _buffer_checked(self, table: str, columns: list[Sequence[Any]], sources: list[Message]) -> None:
+        """Buffer rows as Arrow, parking those whose values ClickHouse would clamp (``out_of_range``)
+        or that do not fit their column type (``rejected_by_clickhouse``, as ClickHouse would)."""
+        spec = self._tables[table].spec
+        rejected = rows.out_of_range(spec, columns)
         if rejected:
             for i, exc in sorted(rejected.items()):
                 self._park(sources[i], "out_of_range", f"{table}.{exc}")
             columns = keep_rows(columns, set(rejected))
             sources = [m for i, m in enumerate(sources) if i not in rejected]
-        self._buffer(table, columns, sources)
+        if sources:
+            self._convert(spec, columns, sources)
 
-    def _buffer(self, table: str, columns: list[list[Any]], sources: list[Message | None]) -> None:
-        if not sources:
+    def _convert(self, spec: TableSpec, columns: Sequence[Sequence[Any]], sources: list[Message]) -> None:
+        """Columns → Arrow → buffer; on a conversion error, bisect to park exactly the rows at fault."""
+        try:
+            arrow = spec.columns_to_arrow(columns)
+        except ARROW_DATA_ERRORS as exc:
+            if len(sources) == 1:
+                self.metrics.sink_errors.labels(table=spec.table, error="rejected").inc()
+                detail = f"{spec.table}: ClickHouse refused the row: {str(exc).splitlines()[0][:500]}"
+                self._park(sources[0], "rejected_by_clickhouse", detail)
+                return
+            mid = len(sources) // 2
+            self._convert(spec, slice_columns(columns, 0, mid), sources[:mid])
+            self._convert(spec, slice_columns(columns, mid, len(sources)), sources[mid:])
             return
-        self._tables[table].extend(columns, sources)
+        self._buffer(spec.table, arrow, sources)
+
+    def _buffer(self, table: str, arrow: pa.Table, sources: list[Message | None]) -> None:
+        self._tables[table].extend(arrow, sources)
         self._buffered += len(sources)
         self._pending += len(sources)
         if self._oldest is None:

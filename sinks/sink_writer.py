@@ -138,7 +138,14 @@ def park(
             "detail": detail[:300],
         },
     )
-    into.extend([[v] for v in rows.dead_letter_row(raw)], [None])
+    columns = [[v] for v in rows.dead_letter_row(raw)]
+    try:
+        dead_letter = into.spec.columns_to_arrow(columns)
+    except ARROW_DATA_ERRORS as exc:
+        raise SinkFatal(
+            f"the dead letter built for {name}[{partition}]@{offset} does not fit: {exc}"
+        ) from exc
+    into.extend(dead_letter, [None])
 
 
 @dataclass
@@ -217,38 +224,39 @@ class InsertWorker:
 
     def _insert_batch(self, batch: TableBatch, job: InsertJob) -> None:
         """Insert in chunks of ``chunk_rows``, bisecting around refused rows."""
+        table = batch.table()
         step = self.config.chunk_rows
         for lo in range(0, len(batch), step):
-            self._insert_slice(batch, lo, min(lo + step, len(batch)), job)
+            self._insert_slice(batch, table, lo, min(lo + step, len(batch)), job)
 
-    def _insert_slice(self, batch: TableBatch, start: int, end: int, job: InsertJob) -> None:
-        spec = batch.spec
+    def _insert_slice(self, batch: TableBatch, table: pa.Table, start: int, end: int, job: InsertJob) -> None:
+        name = batch.spec.table
         slices: deque[tuple[int, int]] = deque([(start, end)])
         while slices:
             lo, hi = slices.popleft()
             try:
-                arrow = spec.columns_to_arrow(batch.slice_columns(lo, hi))
-                self._insert_with_retry(spec.table, arrow)
-            except (DataRejected, *ARROW_DATA_ERRORS) as exc:
+                self._insert_with_retry(name, table.slice(lo, hi - lo))
+            except DataRejected as exc:
                 if hi - lo > 1:
                     mid = (lo + hi) // 2
                     slices.appendleft((mid, hi))
                     slices.appendleft((lo, mid))
                 else:
-                    self._refused(batch, lo, exc, job.dead_letters)
+                    self._refused(batch, table, lo, exc, job.dead_letters)
                 continue
-            self.metrics.sink_rows.labels(table=spec.table).inc(hi - lo)
-            self.metrics.sink_batches.labels(table=spec.table).inc()
+            self.metrics.sink_rows.labels(table=name).inc(hi - lo)
+            self.metrics.sink_batches.labels(table=name).inc()
             self.metrics.batch_size.labels(component=SOURCE).observe(hi - lo)
             job.inserted += hi - lo
 
-    def _refused(self, batch: TableBatch, i: int, exc: Exception, dead: TableBatch) -> None:
-        table = batch.spec.table
-        detail = f"{table}: ClickHouse refused the row: {str(exc).splitlines()[0][:500]}"
+    def _refused(self, batch: TableBatch, table: pa.Table, i: int, exc: Exception, dead: TableBatch) -> None:
+        name = batch.spec.table
+        detail = f"{name}: ClickHouse refused the row: {str(exc).splitlines()[0][:500]}"
         source = batch.sources[i]
         if source is None:
-            raise SinkFatal(f"{detail}; the row was built by the sink itself: {batch.row(i)!r:.300}") from exc
-        self.metrics.sink_errors.labels(table=table, error="rejected").inc()
+            row = table.slice(i, 1).to_pylist()
+            raise SinkFatal(f"{detail}; the row was built by the sink itself: {row!r:.300}") from exc
+        self.metrics.sink_errors.labels(table=name, error="rejected").inc()
         park(dead, source, "rejected_by_clickhouse", detail, self.metrics, self._clock_ms())
 
     # -- retries ---------------------------------------------------------------------------------
