@@ -365,9 +365,7 @@ def recompute(
         kpi_cols = ", ".join(_stored(KPI_WINDOW_COLUMNS))
         phase(
             "stage records",
-            lambda: client.command(
-                f"INSERT INTO {stage_t} ({stage_cols}) {sql.stage_records_select('events', case_filter)}"
-            ),
+            lambda: _write_stage_records(client, sql, version, stage_cols, case_filter),
         )
         if from_ms is not None:
             phase(
@@ -440,6 +438,24 @@ def recompute(
         phases=phases,
         dropped=dropped,
     )
+
+
+def pivot_table(version: int) -> str:
+    """The scratch table of a recompute's per-case pivot (dropped when its stages are written)."""
+    return f"recompute_pivot_v{version}"
+
+
+def _write_stage_records(
+    client: Client, sql: RecomputeSql, version: int, columns: str, case_filter: str | None
+) -> None:
+    """Pivot the events per case into a scratch table, then write every stage's records from it."""
+    pivot = pivot_table(version)
+    client.command(f"DROP TABLE IF EXISTS {pivot}")
+    try:
+        client.command(sql.pivot_table_ddl(pivot, "events", case_filter))
+        client.command(f"INSERT INTO {stage_table(version)} ({columns}) {sql.stage_records_select(pivot)}")
+    finally:
+        client.command(f"DROP TABLE IF EXISTS {pivot}")
 
 
 def _create_tables(client: Client, version: int) -> None:

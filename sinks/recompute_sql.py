@@ -12,7 +12,8 @@ table:
   smallest ``event_id``, compared in the byte order of its text form). Each stage then reads
   its start, end and cancel columns. ``min``/``argMin`` give the same answer however often an
   event is stored, so copies of an event that background merges have not removed yet change
-  nothing: the result is a function of the *distinct* events, without a ``FINAL`` pass.
+  nothing: the result is a function of the *distinct* events, without a ``FINAL`` pass. The
+  pivot is stored once in a ``Memory`` table and each stage is one ``SELECT`` over it.
 * **KPI windows**: from the closed stage records of the new version. Completions are first
   summed per *pane* (a tumbling bucket of the window's step), then each pane is added to the
   ``size / step`` windows that contain it; the exact lower quantile is
@@ -230,68 +231,58 @@ class RecomputeSql:
             return quote(stage.owner)
         return f"multiIf({', '.join(arms)}, {quote(stage.owner)})"
 
-    def _stage_tuple(self, n: int, ref: StageRef) -> str:
+    def _stage_select(self, ref: StageRef, pivot: str) -> str:
+        """The records of one stage: a row per case of ``pivot`` whose start boundary was seen."""
         s = ref.stage
         start = self._index(s.start)
         attrs = self._start_attributes[start]
         province = f"a{start}_province"
         port = f"a{start}_port" if "port" in attrs else "''"
+        money = f"a{start}_{s.money_field}"
         amount = (
-            f"if(a{start}_{s.money_field} = {NOT_SEEN}, NULL, toDecimal64(a{start}_{s.money_field}, 2) / 100)"
+            f"if({money} = {NOT_SEEN}, NULL, toDecimal64({money}, 2) / 100)"
             if s.money_field
-            else "NULL"
+            else "CAST(NULL, 'Nullable(Decimal(18, 2))')"
         )
         if s.cancel_on:
             cancels = [f"b{self._index(c)}" for c in s.cancel_on]
             cancel = cancels[0] if len(cancels) == 1 else f"least({', '.join(cancels)})"
         else:
             cancel = str(NOT_SEEN)
-        parts = [
-            str(n),
-            f"b{start}",
-            f"b{self._index(s.end)}",
-            cancel,
-            province,
-            port,
-            self._owner_sql(ref, province, port),
-            amount,
-        ]
-        return (
-            f"CAST(({', '.join(parts)}), 'Tuple(UInt16, Int64, Int64, Int64, String, String, String, "
-            "Nullable(Decimal(18, 2)))')"
-        )
-
-    def stage_records_select(self, source: str, case_filter: str | None = None) -> str:
-        """Rows of a stage-records version table (every column but the ALIAS id), from ``source`` events."""
-        stages = self.missions.stages
-        tuples = ",\n            ".join(self._stage_tuple(n, ref) for n, ref in enumerate(stages))
-        missions = string_array([r.mission.id for r in stages])
-        journeys = string_array([r.journey.id for r in stages])
-        stage_ids = string_array([r.stage.id for r in stages])
-        slas = int_array([r.stage.sla_ms for r in stages])
+        begin, end = f"b{start}", f"b{self._index(s.end)}"
+        closed = f"{end} != {NOT_SEEN}"
         return f"""SELECT
     case_id,
-    {missions}[s.1 + 1] AS mission,
-    {journeys}[s.1 + 1] AS journey,
-    {stage_ids}[s.1 + 1] AS stage,
-    s.7 AS owner_agency,
-    s.5 AS province,
-    s.6 AS port,
-    multiIf(s.3 != {NOT_SEEN}, 'CLOSED', s.4 != {NOT_SEEN}, 'CANCELLED', 'OPEN') AS state,
-    fromUnixTimestamp64Milli(s.2, 'UTC') AS started_at,
-    if(s.3 != {NOT_SEEN}, fromUnixTimestamp64Milli(s.3, 'UTC'), NULL) AS ended_at,
-    if(s.3 != {NOT_SEEN}, greatest(s.3 - s.2, 0), NULL) AS duration_ms,
-    {slas}[s.1 + 1] AS sla_ms,
-    if(s.3 != {NOT_SEEN}, greatest(s.3 - s.2, 0) <= sla_ms, NULL) AS sla_met,
-    s.8 AS amount_pkr,
+    {quote(ref.mission.id)} AS mission,
+    {quote(ref.journey.id)} AS journey,
+    {quote(s.id)} AS stage,
+    {self._owner_sql(ref, province, port)} AS owner_agency,
+    {province} AS province,
+    {port} AS port,
+    multiIf({closed}, 'CLOSED', {cancel} != {NOT_SEEN}, 'CANCELLED', 'OPEN') AS state,
+    fromUnixTimestamp64Milli({begin}, 'UTC') AS started_at,
+    if({closed}, fromUnixTimestamp64Milli({end}, 'UTC'), NULL) AS ended_at,
+    if({closed}, greatest({end} - {begin}, 0), NULL) AS duration_ms,
+    {s.sla_ms} AS sla_ms,
+    if({closed}, greatest({end} - {begin}, 0) <= {s.sla_ms}, NULL) AS sla_met,
+    {amount} AS amount_pkr,
     0 AS version
-FROM
-(
-    {self.pivot(source, case_filter)}
-)
-ARRAY JOIN arrayFilter(x -> x.2 != {NOT_SEEN}, [
-            {tuples}
-        ]) AS s"""
+FROM {pivot}
+WHERE {begin} != {NOT_SEEN}"""
+
+    def pivot_table_ddl(self, table: str, source: str, case_filter: str | None = None) -> str:
+        """A ``Memory`` table holding the per-case pivot, which every stage then reads.
+
+        Why a table: one ``SELECT`` per stage over a stored pivot (plain column arithmetic) cost
+        about 30% less CPU than one query that built a tuple per stage and case and ``ARRAY JOIN``ed
+        them, and ClickHouse would compute a shared subquery once per ``UNION ALL`` branch.
+        """
+        return f"CREATE TABLE {table} ENGINE = Memory AS\n{self.pivot(source, case_filter)}"
+
+    def stage_records_select(self, pivot: str) -> str:
+        """Rows of a stage-records version table (every column but the ALIAS id), from the
+        pivot table ``pivot`` (:meth:`pivot_table_ddl`): one ``UNION ALL`` branch per stage."""
+        return "\nUNION ALL\n".join(self._stage_select(ref, pivot) for ref in self.missions.stages)
 
     # -- KPI windows --------------------------------------------------------------------------------
     def kpi_windows_select(self, records: str, from_ms: int | None = None) -> str:
