@@ -40,6 +40,7 @@ from sinks.recompute import (
     parse_from,
     recompute,
 )
+from sinks.recompute_sql import KPI_WINDOW_COLUMNS, table_ddl
 from stream_processors.api import FACTS_TOPIC, InputMessage, Outputs
 from stream_processors.journeys import JourneyEngine
 from stream_processors.kpis import KpiEngine
@@ -232,6 +233,31 @@ def test_uuid_order_used_for_start_ties_is_the_order_of_the_uuid_text(db: Client
         "ORDER BY toUInt128(u))"
     ).result_rows[0][0]
     assert ordered == sorted(ordered)
+
+
+def test_version_tables_derive_the_window_ratios_as_the_stream_does(db: Client) -> None:
+    """``sla_compliance`` and ``throughput_per_h`` are ALIAS columns of a version table: they must
+    equal the stream's ``met / n if n else None`` and ``n / size_hours``, also for a window without
+    completions that ``--from`` copies from the stream."""
+    table = "kpi_windows_v99"
+    db.command(table_ddl(table, KPI_WINDOW_COLUMNS, "ENGINE = MergeTree ORDER BY window_end"))
+    start = T0
+    rows = [("24h", DAY, 3, 2), ("1h", HOUR, 0, 0)]
+    for window, size, n, met in rows:
+        db.command(
+            f"INSERT INTO {table} (window, window_start, window_end, mission, journey, stage, owner_agency, "
+            "province, port, completions, sla_met, p50_ms, p90_ms, mean_ms, late_events, version) VALUES "
+            f"('{window}', fromUnixTimestamp64Milli({start}, 'UTC'), "
+            f"fromUnixTimestamp64Milli({start + size}, 'UTC'), "
+            f"'m', 'j', 's', 'A', 'PK-SD', '', {n}, {met}, NULL, NULL, NULL, 0, 0)"
+        )
+    got = {
+        r["window"]: r
+        for r in db.query(f"SELECT window, sla_compliance, throughput_per_h FROM {table}").named_results()
+    }
+    for window, size, n, met in rows:
+        assert got[window]["sla_compliance"] == (met / n if n else None)
+        assert got[window]["throughput_per_h"] == n / (size / 3_600_000)
 
 
 def test_recompute_equals_the_oracle_and_the_stream_processors(
