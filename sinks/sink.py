@@ -207,6 +207,9 @@ class Sink:
             clock_ms=self._clock_ms,
         )
         consumer.subscribe(self.topics, on_assign=self._on_assign, on_revoke=self._on_revoke)
+        for buffer in self._tables.values():
+            # the first tz-aware Arrow timestamp imports pandas (~0.5 s): pay it while the group forms
+            buffer.spec.columns_to_arrow([[] for _ in buffer.spec.columns])
         self.metrics.worker_up.labels(component=SOURCE).set(1)
         if ready is not None:
             ready.set()
