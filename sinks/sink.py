@@ -3,9 +3,9 @@
 Contract:
 * Reads the five agency topics (→ ``events``) and the six ``backbone.*`` output topics (→ one
   table each) in consumer group ``backbone-sink`` with auto-commit off.
-* Decodes a whole consume batch per topic and buffers it column by column per table
-  (:mod:`sinks.sink_batch`). A flush round is due when a table's batch is full, when the
-  buffered rows reach ``max_pending_rows`` (or ``min_batch_rows`` with no insert running, or
+* Decodes and validates a whole consume batch per topic at once and buffers it as an Arrow
+  table per table (:mod:`sinks.sink_batch`, :mod:`sinks.sink_validate`). A flush round is due
+  when a table's batch is full, when the buffered rows reach ``max_pending_rows`` (or ``min_batch_rows`` with no insert running, or
   whatever is left once a catch-up has read everything), or when the oldest buffered row is
   ``max_batch_age_s`` old; it hands every table's batch to the insert thread
   (:mod:`sinks.sink_writer`) and goes on consuming while it is inserted. One round is in flight
