@@ -5,15 +5,15 @@ Contract:
   table each) in consumer group ``backbone-sink`` with auto-commit off.
 * Decodes and validates a whole consume batch per topic at once and buffers it as an Arrow
   table per table (:mod:`sinks.sink_batch`, :mod:`sinks.sink_validate`). A flush round is due
-  when a table's batch is full, when the buffered rows reach ``max_pending_rows`` (or ``min_batch_rows`` with no insert running, or
-  whatever is left once a catch-up has read everything), or when the oldest buffered row is
-  ``max_batch_age_s`` old; it hands every table's batch to the insert thread
-  (:mod:`sinks.sink_writer`) and goes on consuming while it is inserted. One round is in flight
-  at a time: rows read meanwhile wait for the next round, so batches grow by themselves while
-  catching up. The offsets read before a round are committed only after ClickHouse accepted
-  every row of it, in order. A crash re-reads at most the uncommitted rows; the tables are
-  ReplacingMergeTrees keyed on each record's id, so a re-insert replaces instead of adding (the
-  ``*_latest`` views hide copies until merges run).
+  when a table's batch is full, when the buffered rows reach ``max_pending_rows`` (or
+  ``min_batch_rows`` with no insert running, or whatever is left once a catch-up has read
+  everything), or when the oldest buffered row is ``max_batch_age_s`` old; it hands every
+  table's batch to the insert thread (:mod:`sinks.sink_writer`) and goes on consuming while it
+  is inserted. One round is in flight at a time: rows read meanwhile wait for the next round,
+  so batches grow by themselves while catching up. The offsets read before a round are
+  committed only after ClickHouse accepted every row of it, in order. A crash re-reads at most
+  the uncommitted rows; the tables are ReplacingMergeTrees keyed on each record's id, so a
+  re-insert replaces instead of adding (the ``*_latest`` views hide copies until merges run).
 * ClickHouse slow or unavailable: the insert is retried forever while running, with bounded
   exponential back-off (tenacity); once ``max_pending_rows`` are held the consumer is paused but
   still polled (group membership kept, nothing more buffered, memory bounded) and
