@@ -39,7 +39,7 @@ from typer.testing import CliRunner
 DEPLOYMENT_DOC = REPO / "docs" / "DEPLOYMENT.md"
 PROJECT_IMAGE_COMMANDS = {
     "processor": ["process"],
-    "sink": ["sink", "run"],
+    "sink": ["sink", "run", "--no-migrate"],
     "alert-forwarder": ["alerting", "forward"],
     "migrate": ["db", "migrate"],
     "simulator": ["simulate", "--live"],

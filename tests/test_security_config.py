@@ -523,7 +523,7 @@ def test_clickhouse_grants_are_as_narrow_as_documented(users_xml: ET.Element) ->
     assert grants("backbone_reader") == "GRANT SELECT ON backbone.*"
     writer = grants("backbone_writer")
     assert "INSERT" in writer and "SELECT" in writer
-    for forbidden in ("DROP", "ALTER", "TRUNCATE", "ALL", "ON *.*"):
+    for forbidden in ("DROP", "ALTER", "TRUNCATE", "CREATE", "ALL", "ON *.*"):
         assert forbidden not in writer, f"writer holds {forbidden}"
     for user in ("backbone_migrator", "backbone_writer", "backbone_reader"):
         for query in users_xml.findall(f"users/{user}/grants/query"):
