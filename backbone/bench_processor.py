@@ -284,7 +284,9 @@ def run(opts: BenchOptions) -> list[BenchRow]:
                 job_row(
                     f"our KPI job, tuned, {sustained.events // 1000}k-event replay",
                     sustained,
-                    "steady state: the replay's fixed tail (quiet check, last tick) is a smaller share",
+                    "steady state: the replay's fixed tail (quiet check, last tick) is a smaller share; "
+                    f"{ratio(sustained, naive):.1f}x naive, {ratio(sustained, quix):.1f}x Quix, "
+                    f"{ratio(sustained, stock):.1f}x stock (their rates from the short run)",
                     target=target,
                 )
             ]
