@@ -63,10 +63,10 @@ TARGET_EVENTS_PER_S = 15_000
 STRETCH_EVENTS_PER_S = 50_000
 JOB_TIMEOUT_S = 1800.0
 PEER_BUDGET_S = 30.0
-SUSTAINED_EVENTS = 100_000
-"""Our job alone is also measured on a replay this long when ``--events`` is smaller."""
 """Stock, naive and Quix jobs are measured over at most this long (they take minutes on 20k events);
 their outputs are compared with ours only when they finish within it (small ``--events``)."""
+SUSTAINED_EVENTS = 100_000
+"""Our job alone is also measured on a replay this long when ``--events`` is smaller."""
 WINDOWS = load_missions(DEFAULT_MISSIONS_FILE).windows
 WATCHED = ("backbone_events_in_total", "backbone_records_out_total", "backbone_batch_size")
 
