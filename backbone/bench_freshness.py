@@ -54,7 +54,7 @@ WARMUP_EVENTS = 300
 """Published first and waited for, so group formation and chdb start-up are not measured."""
 TARGET_P99_S = 2.0
 MAX_LAG_S = 3.0
-"""Backlog (seconds of input) allowed when publishing ends: the 2 s target + the sink's 0.5 s batch age and slack."""
+"""Input backlog (seconds) allowed when publishing ends: the 2 s target, the sink's 0.5 s batch age, slack."""
 ATTEMPTS = 3
 MIN_RATE = 100
 DRAIN_TIMEOUT_S = 120.0

@@ -34,11 +34,12 @@ import threading
 import time
 import urllib.error
 import urllib.request
-import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
+
+from backbone.child_process import ChildProcess
 
 TESTS = Path(__file__).resolve().parent
 REPO = TESTS.parent
@@ -249,8 +250,11 @@ def metric_sum(text: str | None, name: str, **labels: str) -> float:
 
 
 @dataclass
-class SinkProcess:
-    """``backbone sink run`` (or the flaky variant, when ``down_flag`` is set) as a child process."""
+class SinkProcess(ChildProcess):
+    """``backbone sink run`` (or the flaky variant, when ``down_flag`` is set) as a child process.
+
+    :meth:`stop` sends SIGTERM: the sink flushes, commits and exits 0.
+    """
 
     env: dict[str, str]
     log_path: Path
@@ -259,6 +263,7 @@ class SinkProcess:
     max_batch_age_s: float = 0.5
     metrics_port: int = 0
     process: subprocess.Popen[bytes] | None = None
+    stop_timeout_s: ClassVar[float] = 60.0
 
     def start(self) -> SinkProcess:
         self.metrics_port = free_port()
@@ -268,42 +273,11 @@ class SinkProcess:
             argv = [sys.executable, str(Path(__file__)), "flaky-sink", "--group", self.group]
             argv += ["--down-flag", str(self.down_flag)]
         argv += ["--max-batch-age", str(self.max_batch_age_s)]
-        env = {**self.env, "BACKBONE_SINK_METRICS_PORT": str(self.metrics_port)}
-        out = open(self.log_path, "ab")  # noqa: SIM115 - the child's for its life
-        self.process = subprocess.Popen(
-            argv, env=env, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-        )
+        self.spawn(argv, {**self.env, "BACKBONE_SINK_METRICS_PORT": str(self.metrics_port)})
         return self
-
-    @property
-    def alive(self) -> bool:
-        return self.process is not None and self.process.poll() is None
 
     def metric(self, name: str, **labels: str) -> float:
         return metric_sum(metrics_text(self.metrics_port), name, **labels)
-
-    def kill9(self) -> None:
-        assert self.process is not None
-        os.killpg(self.process.pid, signal.SIGKILL)
-        self.process.wait(15)
-
-    def stop(self, timeout_s: float = 60.0) -> int | None:
-        """SIGTERM: the sink flushes, commits and exits 0; SIGKILL after ``timeout_s``."""
-        if self.process is None or self.process.poll() is not None:
-            return None if self.process is None else self.process.returncode
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            return self.process.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(15)
-            return None
-
-    def log_tail(self, n: int = 40) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
-        except FileNotFoundError:
-            return "(no log)"
 
 
 def child_env(bootstrap: str, data_dir: Path) -> dict[str, str]:
@@ -337,51 +311,17 @@ def wait_for(
 
 
 # -- reading the dead letters ------------------------------------------------------------------
-class DeadLetterReader:
+def dead_letter_reader(bootstrap: str) -> OutputReader:
     """The dead-letter topic from the beginning, decoded without the codec's 1 MB limit (a dead
     letter carries the original value, which may itself be a record too large to process)."""
+    from schemas.codec import Codec
 
-    def __init__(self, bootstrap: str) -> None:
-        from confluent_kafka import Consumer, TopicPartition
+    return OutputReader(bootstrap, (contracts.DEAD_LETTERS,), Codec(max_message_bytes=256 * 1024 * 1024))
 
-        from schemas.codec import Codec
 
-        self._codec = Codec(max_message_bytes=256 * 1024 * 1024)
-        self._consumer = Consumer(
-            {
-                "bootstrap.servers": bootstrap,
-                "group.id": f"dead-letter-reader-{uuid.uuid4().hex}",
-                "enable.auto.commit": False,
-                "log_level": 0,
-            }
-        )
-        md = self._consumer.list_topics(contracts.DEAD_LETTERS, timeout=10)
-        partitions = md.topics[contracts.DEAD_LETTERS].partitions
-        self._consumer.assign([TopicPartition(contracts.DEAD_LETTERS, p, 0) for p in partitions])
-        self.records: list[dict[str, Any]] = []
-
-    def poll(self, max_s: float = 1.0) -> int:
-        n = 0
-        deadline = time.monotonic() + max_s
-        while time.monotonic() < deadline:
-            msgs = self._consumer.consume(num_messages=10_000, timeout=0.2)
-            if not msgs:
-                break
-            for m in msgs:
-                if m.error() is not None:
-                    if m.error().code() != KafkaError._PARTITION_EOF:
-                        raise RuntimeError(f"dead-letter read failed: {m.error()}")
-                    continue
-                self.records.append(self._codec.decode(contracts.DEAD_LETTERS, m.value()))
-                n += 1
-        return n
-
-    def by_position(self) -> dict[tuple[str, int, int], dict[str, Any]]:
-        """The latest dead letter per original (topic, partition, offset)."""
-        return {(d["topic"], d["partition"], d["offset"]): d for d in self.records}
-
-    def close(self) -> None:
-        self._consumer.close()
+def dead_letters_by_position(reader: OutputReader) -> dict[tuple[str, int, int], dict[str, Any]]:
+    """The latest dead letter per original (topic, partition, offset)."""
+    return {(d["topic"], d["partition"], d["offset"]): d for d in reader.records[contracts.DEAD_LETTERS]}
 
 
 # -- one whole pipeline -----------------------------------------------------------------------
@@ -427,7 +367,7 @@ class Pipeline:
         self.sink_starts = 0
         self.worker_starts = 0
         self.reader: OutputReader | None = None  # the output topics but the dead letters
-        self.dead: DeadLetterReader | None = None
+        self.dead: OutputReader | None = None
         self.down_flag = tmp / "clickhouse-down"
         self.sink_data = tmp / "sink-data"
 
@@ -438,7 +378,7 @@ class Pipeline:
         self.workers.append(self._new_worker(1))
         self.sink = self._new_sink()
         self.reader = OutputReader(self.bootstrap, topics=OUTPUTS_BUT_DEAD_LETTERS)
-        self.dead = DeadLetterReader(self.bootstrap)
+        self.dead = dead_letter_reader(self.bootstrap)
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -611,7 +551,7 @@ class Pipeline:
         assert self.reader is not None and self.dead is not None
         self.reader.poll(1.0)
         self.dead.poll(1.0)
-        total = input_messages + sum(len(v) for v in self.reader.records.values()) + len(self.dead.records)
+        total = input_messages + sum(len(v) for r in (self.reader, self.dead) for v in r.records.values())
         topics = (*contracts.INPUT_TOPICS, *contracts.OUTPUT_TOPICS)
         settings = self.settings
         wait_for(

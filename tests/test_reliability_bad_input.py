@@ -47,6 +47,7 @@ from reliability_fixtures import (
     Pipeline,
     TrackingProducer,
     account,
+    dead_letters_by_position,
     expected_outputs,
     oracle_differences,
     read_board,
@@ -592,13 +593,13 @@ def test_bad_input_is_dead_lettered_or_rejected_with_its_reason_and_nothing_is_l
         assert reader is not None and dead is not None
 
         def settled() -> bool:
-            letters = dead.by_position()
+            letters = dead_letters_by_position(dead)
             if not all(s.position in letters for s in bad_sent):
                 return False
             return not oracle_differences(reader, expected_result, occurred)[0]
 
         matched = pipeline.wait_outputs(settled, timeout_s=180)
-        letters = dead.by_position()
+        letters = dead_letters_by_position(dead)
         missing = [s for s in bad_sent if s.position not in letters]
         assert not missing, f"{len(missing)} bad records never reached the dead letters, e.g. " + ", ".join(
             f"{s.kind} on {s.topic} ({len(s.value or b'')} bytes)" for s in missing[:8]

@@ -17,19 +17,18 @@ counters move only after the broker acknowledged the outputs they count, so "don
 
 from __future__ import annotations
 
-import os
 import re
-import signal
 import subprocess
 import time
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from backbone.config import REPO_ROOT
+from backbone.child_process import ChildProcess
 
 POLL_S = 0.2
 METRICS_LINE = re.compile(rb"metrics on 127\.0\.0\.1:(\d+)")
@@ -86,7 +85,7 @@ class JobRun:
 
 
 @dataclass
-class JobProcess:
+class JobProcess(ChildProcess):
     """A job child process (own session, so it and its children stop together)."""
 
     name: str
@@ -96,25 +95,11 @@ class JobProcess:
     process: subprocess.Popen[bytes] | None = None
     port: int | None = None
     _peak_rss: int = field(default=0, repr=False)
+    signal_group_on_stop: ClassVar[bool] = True
 
     def start(self) -> JobProcess:
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        out = open(self.log_path, "wb")  # noqa: SIM115 - owned by the child
-        self.process = subprocess.Popen(
-            self.argv,
-            env=self.env,
-            cwd=REPO_ROOT,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        self.spawn(self.argv, self.env, append_log=False)
         return self
-
-    def log_tail(self, n: int = 40) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
-        except FileNotFoundError:
-            return "(no log)"
 
     def _check_alive(self) -> None:
         assert self.process is not None
@@ -160,18 +145,11 @@ class JobProcess:
         self._peak_rss = max(self._peak_rss, peak_rss_bytes(self.process.pid))
         return self._peak_rss
 
-    def stop(self, timeout_s: float = 30.0) -> int | None:
+    def stop(self, timeout_s: float | None = None) -> int | None:
         """SIGTERM the job's process group, SIGKILL after ``timeout_s``; returns the exit code."""
-        if self.process is None or self.process.poll() is not None:
-            return None if self.process is None else self.process.returncode
-        self.sample_rss()
-        os.killpg(self.process.pid, signal.SIGTERM)
-        try:
-            return self.process.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(10)
-            return None
+        if self.alive:
+            self.sample_rss()
+        return super().stop(timeout_s)
 
     def run_until_done(
         self,
