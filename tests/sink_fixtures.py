@@ -75,92 +75,73 @@ def sha1(text: str) -> str:
     return hashlib.sha1(text.encode()).hexdigest()
 
 
-def customs_event(case_id: str, status: str, occurred_at: int, **over: Any) -> dict[str, Any]:
-    rec = {
+def envelope(
+    case_id: str, status: str, occurred_at: int, agency: str, province: str, publish_delay_ms: int
+) -> dict[str, Any]:
+    """The fields every agency event carries, first, in the contracts' order; each family's
+    builder adds its own fields after them (published ``publish_delay_ms`` after the event)."""
+    return {
         "event_id": str(uuid.uuid4()),
         "case_id": case_id,
-        "agency": "FBR-CUSTOMS",
-        "province": "PK-PB",
+        "agency": agency,
+        "province": province,
         "status": status,
         "occurred_at": occurred_at,
-        "published_at": occurred_at + 1000,
+        "published_at": occurred_at + publish_delay_ms,
+    }
+
+
+def customs_event(case_id: str, status: str, occurred_at: int, **over: Any) -> dict[str, Any]:
+    return {
+        **envelope(case_id, status, occurred_at, "FBR-CUSTOMS", "PK-PB", publish_delay_ms=1000),
         "port": "KPT",
         "hs_code": "520512",
         "declared_value_pkr": 1_234_567_89,
         "container_ids": ["MSCU1234565", "MSCU7654321"],
         "exporter_id": "NTN-1",
         "gd_number": None,
+        **over,
     }
-    rec.update(over)
-    return rec
 
 
 def permit_event(case_id: str, status: str, occurred_at: int, **over: Any) -> dict[str, Any]:
-    rec = {
-        "event_id": str(uuid.uuid4()),
-        "case_id": case_id,
-        "agency": "SD-TRANSPORT",
-        "province": "PK-SD",
-        "status": status,
-        "occurred_at": occurred_at,
-        "published_at": occurred_at + 500,
+    return {
+        **envelope(case_id, status, occurred_at, "SD-TRANSPORT", "PK-SD", publish_delay_ms=500),
         "from_province": "PK-PB",
         "to_province": "PK-SD",
         "vehicle_reg": "LES-1234",
+        **over,
     }
-    rec.update(over)
-    return rec
 
 
 def port_event(case_id: str, status: str, occurred_at: int, **over: Any) -> dict[str, Any]:
-    rec = {
-        "event_id": str(uuid.uuid4()),
-        "case_id": case_id,
-        "agency": "PQA",
-        "province": "PK-SD",
-        "status": status,
-        "occurred_at": occurred_at,
-        "published_at": occurred_at + 200,
+    return {
+        **envelope(case_id, status, occurred_at, "PQA", "PK-SD", publish_delay_ms=200),
         "port": "PQA",
         "terminal": "QICT",
         "container_id": "MSCU1234565",
         "vessel": None,
+        **over,
     }
-    rec.update(over)
-    return rec
 
 
 def rebate_event(case_id: str, status: str, occurred_at: int, **over: Any) -> dict[str, Any]:
-    rec = {
-        "event_id": str(uuid.uuid4()),
-        "case_id": case_id,
-        "agency": "FBR-DRAWBACK",
-        "province": "PK-PB",
-        "status": status,
-        "occurred_at": occurred_at,
-        "published_at": occurred_at + 100,
+    return {
+        **envelope(case_id, status, occurred_at, "FBR-DRAWBACK", "PK-PB", publish_delay_ms=100),
         "exporter_id": "NTN-9",
         "amount_pkr": 50_000_00,
+        **over,
     }
-    rec.update(over)
-    return rec
 
 
 def energy_event(case_id: str, status: str, occurred_at: int, **over: Any) -> dict[str, Any]:
-    rec = {
-        "event_id": str(uuid.uuid4()),
-        "case_id": case_id,
-        "agency": "NEPRA",
-        "province": "PK-IS",
-        "status": status,
-        "occurred_at": occurred_at,
-        "published_at": occurred_at + 100,
+    return {
+        **envelope(case_id, status, occurred_at, "NEPRA", "PK-IS", publish_delay_ms=100),
         "regulator": "NEPRA",
         "instrument": "SRO-1/2026",
         "sector": "power",
+        **over,
     }
-    rec.update(over)
-    return rec
 
 
 def agency_events(n_cases: int, seed: int = 1) -> list[tuple[str, dict[str, Any]]]:

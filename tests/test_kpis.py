@@ -13,8 +13,10 @@ from collections import defaultdict
 from typing import Any
 
 import pytest
-from engine_fixtures import DAY, HOUR, MIN, T0, C, Pipeline, R, event, export_case
+from engine_fixtures import DAY, HOUR, MIN, T0, C, Pipeline, R, event, export_case, partition_of
+from kpi_fixtures import assert_stream_windows_match, faulty_traffic
 
+from backbone.config import Settings
 from stream_processors.kpis import KpiEngine
 
 CUSTOMS_GROUP = "export_competitiveness|export_shipment|customs_clearance|FBR-CUSTOMS|PK-PB|KPT"
@@ -342,31 +344,17 @@ def interleave(msgs_by_tp: dict[tuple[str, int], list], rng: Any) -> list:
 @pytest.mark.parametrize("interleaved", [False, True], ids=["delivery-order", "partitions-interleaved"])
 def test_both_engines_equal_the_oracle_on_a_seeded_simulated_stream(interleaved: bool) -> None:
     import random
-    import zlib
 
     import oracle
 
-    from producers.simulator import NO_CUTOFF, SimulationConfig, generate
     from schemas.codec import Codec
-    from stream_processors.api import FACTS_TOPIC, InputMessage, Outputs
-    from stream_processors.journeys import JourneyEngine
+    from stream_processors.api import InputMessage
 
-    config = SimulationConfig(
-        start_ms=T0,
-        seed=11,
-        cases=250,
-        span_ms=3 * DAY,
-        until_ms=NO_CUTOFF,
-        duplicate_share=0.05,
-        out_of_order_share=0.1,
-        invalid_share=0.02,
-        energy_share=0.05,
-    )
-    events = list(generate(config))
+    events = faulty_traffic(T0, seed=11, cases=250, span_ms=3 * DAY)
     codec, partitions, rng = Codec(), 4, random.Random(3)
     by_tp: dict[tuple[str, int], list[InputMessage]] = defaultdict(list)
     for e in sorted(events, key=lambda e: e.deliver_at):
-        p = zlib.crc32(e.raw["case_id"].encode()) % partitions
+        p = partition_of(e.raw["case_id"], partitions)
         q = by_tp[(e.topic, p)]
         q.append(
             InputMessage(
@@ -376,17 +364,8 @@ def test_both_engines_equal_the_oracle_on_a_seeded_simulated_stream(interleaved:
     # Deliveries in time order, but each batch's partitions interleaved at random (as a consumer
     # that fetches several partitions would see them).
     stream = sorted((m for q in by_tp.values() for m in q), key=lambda m: m.timestamp_ms)
-    settings = Pipeline().settings.model_copy(update={"grace_ms": 2 * DAY})
-    missions = Pipeline().missions
-    from stream_processors.clock import FixedClock
-
-    wall = FixedClock()  # the simulated deliveries' clock is the wall clock of this run
-    journeys = JourneyEngine(missions, settings, wall_clock=wall)
-    kpis = KpiEngine(missions, settings, wall_clock=wall)
-    case_states: dict[str, Any] = {}
-    kpi_states: dict[str, Any] = {}
-    out = Outputs()
-    fact_offsets: dict[int, int] = defaultdict(int)
+    # The pipeline's wall clock follows the simulated deliveries' clock (each push and tick sets it).
+    pipeline = Pipeline(Settings(grace_ms=2 * DAY), partitions=partitions)
     clock = 0
     last_check: dict[tuple[str, int, int], int] = {}  # message → clock of the last alert check before it
     processing: list[tuple[str, Any]] = []  # ("batch", messages) and ("tick", clock), in order
@@ -401,24 +380,14 @@ def test_both_engines_equal_the_oracle_on_a_seeded_simulated_stream(interleaved:
             for m in batch:
                 last_check[(m.topic, m.partition, m.offset)] = clock
             clock = max(clock, max(m.timestamp_ms for m in batch))
-            wall.set(clock)
             processing.append(("batch", batch))
-            hop1 = journeys.process(batch, case_states, clock)
-            facts = []
-            for key, value in hop1.facts:
-                p = zlib.crc32(key.encode()) % partitions
-                facts.append(InputMessage(FACTS_TOPIC, p, fact_offsets[p], key.encode(), value, None))
-                fact_offsets[p] += 1
-            out.extend(hop1)
-            out.extend(kpis.apply(facts, kpi_states, clock))
+            pipeline.push_messages(batch, clock)
         processing.append(("tick", clock))
-        out.extend(journeys.sweep(case_states, clock))
-        out.extend(kpis.tick(kpi_states, clock))
+        pipeline.tick(clock)
     now = clock + HOUR
-    wall.set(now)
     processing.append(("tick", now))
-    out.extend(journeys.sweep(case_states, now))
-    out.extend(kpis.tick(kpi_states, now))
+    pipeline.tick(now)
+    out, missions, settings = pipeline.out, pipeline.missions, pipeline.settings
     want = oracle.compute(
         [(e.topic, e.raw) for e in events], now_ms=now, validation_now_ms=now, grace_ms=settings.grace_ms
     )
@@ -440,20 +409,7 @@ def test_both_engines_equal_the_oracle_on_a_seeded_simulated_stream(interleaved:
     assert sum(out.duplicates.values()) == want.duplicates
     assert sum(out.late_events.values()) == 0  # a 2-day grace: nothing in this run is late
 
-    windows = {k: w for k, w in latest(out.kpi_windows, "kpi_id").items() if w["completions"] > 0}
-    expected = oracle.as_mapping(want.kpi_windows, "kpi_id")
-    assert set(windows) == set(expected)
-    for k, exp in expected.items():
-        got = windows[k]
-        assert (got["completions"], got["sla_met"], got["window_start"], got["window_end"]) == (
-            exp["completions"],
-            exp["sla_met"],
-            exp["window_start"],
-            exp["window_end"],
-        )
-        assert math.isclose(got["mean_ms"], exp["mean_ms"])
-        for q in ("p50_ms", "p90_ms"):
-            assert abs(got[q] - exp[q]) <= 0.01 * exp[q]
+    assert_stream_windows_match(out.kpi_windows, oracle.as_mapping(want.kpi_windows, "kpi_id"))
 
     backlog = latest(out.backlog, "backlog_id")
     expected = oracle.as_mapping(want.backlog, "backlog_id")

@@ -12,8 +12,9 @@ from collections import defaultdict
 from typing import Any
 
 import oracle
+from kpi_fixtures import faulty_traffic
 
-from producers.simulator import DAY, NO_CUTOFF, SimulationConfig, generate
+from producers.simulator import DAY
 from schemas import contracts
 from stream_processors.missions import load_missions
 
@@ -391,18 +392,7 @@ def test_feed_freshness_and_silence_episodes() -> None:
 
 
 def test_oracle_agrees_with_a_plain_loop_on_simulated_traffic() -> None:
-    config = SimulationConfig(
-        start_ms=T0,
-        seed=31,
-        cases=400,
-        span_ms=3 * DAY,
-        until_ms=NO_CUTOFF,
-        duplicate_share=0.05,
-        out_of_order_share=0.1,
-        invalid_share=0.02,
-        energy_share=0.05,
-    )
-    events = list(generate(config))
+    events = faulty_traffic(T0, seed=31, cases=400, span_ms=3 * DAY)
     result = oracle.compute(events, now_ms=T0 + 60 * DAY)
     missions = load_missions(oracle.DEFAULT_MISSIONS)
 

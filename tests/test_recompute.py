@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 import threading
-import zlib
 from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,10 +21,10 @@ import pandas as pd
 import pytest
 import yaml
 from clickhouse_connect.driver.client import Client
-from engine_fixtures import DAY, HOUR, T0, latest
+from engine_fixtures import DAY, HOUR, T0, Pipeline, latest, partition_of
+from kpi_fixtures import assert_stream_windows_match, faulty_traffic
 
 from backbone.config import DEFAULT_MISSIONS_FILE, Settings, load_settings
-from producers.simulator import NO_CUTOFF, SimulationConfig, generate
 from schemas import contracts
 from schemas.codec import Codec
 from sinks import rows
@@ -41,9 +40,7 @@ from sinks.recompute import (
     recompute,
 )
 from sinks.recompute_sql import KPI_WINDOW_COLUMNS, table_ddl
-from stream_processors.api import FACTS_TOPIC, InputMessage, Outputs
-from stream_processors.journeys import JourneyEngine
-from stream_processors.kpis import KpiEngine
+from stream_processors.api import InputMessage, Outputs
 from stream_processors.missions import Missions, load_missions
 
 pytestmark = pytest.mark.integration
@@ -68,19 +65,7 @@ KPI_SELECT = (
 @pytest.fixture(scope="module")
 def traffic() -> list[Any]:
     """Seeded simulated events in delivery order (every fault the simulator has, invalid ones too)."""
-    config = SimulationConfig(
-        start_ms=T0,
-        seed=23,
-        cases=220,
-        span_ms=4 * DAY,
-        until_ms=NO_CUTOFF,
-        stall_share=0.06,
-        duplicate_share=0.05,
-        out_of_order_share=0.1,
-        invalid_share=0.02,
-        energy_share=0.05,
-    )
-    return list(generate(config))
+    return faulty_traffic(T0, seed=23, cases=220, span_ms=4 * DAY, stall_share=0.06)
 
 
 @pytest.fixture(scope="module")
@@ -91,20 +76,14 @@ def now_ms(traffic: list[Any]) -> int:
 @pytest.fixture(scope="module")
 def stream(traffic: list[Any], now_ms: int) -> Outputs:
     """Both stream engines over the traffic in delivery order, batches of 25, timers between."""
-    missions = load_missions(DEFAULT_MISSIONS_FILE)
-    settings = Settings(grace_ms=GRACE_MS)
-    journeys, kpis = JourneyEngine(missions, settings), KpiEngine(missions, settings)
     codec, partitions = Codec(), 4
+    pipeline = Pipeline(Settings(grace_ms=GRACE_MS), partitions=partitions)
     offsets: dict[tuple[str, int], int] = defaultdict(int)
-    fact_offsets: dict[int, int] = defaultdict(int)
-    case_states: dict[str, Any] = {}
-    kpi_states: dict[str, Any] = {}
-    out = Outputs()
     clock = 0
     for i in range(0, len(traffic), 25):
         batch = []
         for e in traffic[i : i + 25]:
-            p = zlib.crc32(e.raw["case_id"].encode()) % partitions
+            p = partition_of(e.raw["case_id"], partitions)
             key = e.raw["case_id"].encode()
             batch.append(
                 InputMessage(
@@ -113,19 +92,10 @@ def stream(traffic: list[Any], now_ms: int) -> Outputs:
             )
             offsets[(e.topic, p)] += 1
         clock = max(clock, max(m.timestamp_ms for m in batch))
-        hop1 = journeys.process(batch, case_states, clock)
-        facts = []
-        for key, value in hop1.facts:
-            p = zlib.crc32(key.encode()) % partitions
-            facts.append(InputMessage(FACTS_TOPIC, p, fact_offsets[p], key.encode(), value, None))
-            fact_offsets[p] += 1
-        out.extend(hop1)
-        out.extend(kpis.apply(facts, kpi_states, clock))
-        out.extend(journeys.sweep(case_states, clock))
-        out.extend(kpis.tick(kpi_states, clock))
-    out.extend(journeys.sweep(case_states, now_ms))
-    out.extend(kpis.tick(kpi_states, now_ms))
-    return out
+        pipeline.push_messages(batch, clock)
+        pipeline.tick(clock)
+    pipeline.tick(now_ms)
+    return pipeline.out
 
 
 def valid_copies(traffic: list[Any], now_ms: int) -> list[tuple[str, dict[str, Any]]]:
@@ -285,20 +255,7 @@ def test_recompute_equals_the_oracle_and_the_stream_processors(
     for rid, r in streamed.items():
         assert {c: r[c] for c in oracle.STAGE_COLUMNS} == {c: records[rid][c] for c in oracle.STAGE_COLUMNS}
     # ...and their KPI windows: the same counts; quantiles within the sketch's 1%.
-    windows = {k: w for k, w in latest(stream.kpi_windows, "kpi_id").items() if w["completions"] > 0}
-    recomputed = view_windows(db)
-    assert set(windows) == set(recomputed)
-    for k, w in windows.items():
-        g = recomputed[k]
-        assert (w["completions"], w["sla_met"], w["window_start"], w["window_end"]) == (
-            g["completions"],
-            g["sla_met"],
-            g["window_start"],
-            g["window_end"],
-        )
-        assert math.isclose(w["mean_ms"], g["mean_ms"], rel_tol=1e-9)
-        for q in ("p50_ms", "p90_ms"):
-            assert abs(w[q] - g[q]) <= 0.01 * g[q]
+    assert_stream_windows_match(stream.kpi_windows, view_windows(db))
 
 
 def test_changing_one_sla_changes_exactly_its_flags_and_kpis(
