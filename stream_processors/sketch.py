@@ -87,7 +87,15 @@ def quantiles(counts: Mapping[str, int], qs: Sequence[float]) -> list[int | None
 
     The cumulative counts are built and searched in C (``accumulate``, ``bisect``): windows are
     re-emitted often and a Python loop over every bucket was most of the cost of a KPI row.
+    A sketch of one bucket (most one-minute windows) needs no sort: every rank below its count
+    is that bucket.
     """
+    if len(counts) == 1:
+        ((key, c),) = counts.items()
+        if c <= 0:
+            return [None] * len(qs)
+        value = bucket_value(key)
+        return [value if math.floor(q * (c - 1)) < c else None for q in qs]
     keys = sorted(counts)
     if not keys:
         return [None] * len(qs)
