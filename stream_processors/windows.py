@@ -49,11 +49,25 @@ class WindowSpec:
         return range(window_start, window_start + self.size_ms, self.step_ms)
 
     def windows_of_panes(self, pane_starts: Iterable[int]) -> list[int]:
-        """Starts of the windows that contain any of the panes, ascending and distinct."""
-        out: set[int] = set()
-        for p in pane_starts:
-            out.update(self.windows_of_pane(p))
-        return sorted(out)
+        """Starts of the windows that contain any of the panes, ascending and distinct.
+
+        Pane starts are multiples of the step, so the windows of neighbouring panes overlap on
+        the same grid: walking the panes in order, each adds only the windows after the last
+        one listed (a tick lists the windows of every open pane, 24 per pane for a daily window).
+        """
+        step = self.step_ms
+        out: list[int] = []
+        last: int | None = None
+        panes = sorted(set(pane_starts))
+        for p in panes:
+            if p % step:  # off the grid: no overlap to share
+                return sorted({s for q in panes for s in self.windows_of_pane(q)})
+            first = p - self.size_ms + step
+            if last is not None and first <= last:
+                first = last + step
+            out.extend(range(first, p + 1, step))
+            last = p
+        return out
 
     def last_closed_start(self, closed_wm: int | None, grace_ms: int) -> int | None:
         """The newest window start that is closed at watermark ``closed_wm``, or ``None``.

@@ -164,3 +164,19 @@ def test_tick_rows_equal_rows_rebuilt_from_the_panes_before_the_tick() -> None:
                     assert summary == [version, n, met, p50, p90, row["mean_ms"], 0]
                     assert summary[S_COMPLETIONS] == n
     assert rows_seen > 1000 and closed_seen > 300
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.sampled_from([(1, 1), (12, 1), (4, 2), (24, 6)]),
+    st.lists(st.integers(-50, 50), max_size=20),
+    st.booleans(),
+)
+def test_windows_of_panes_equal_the_union_of_each_panes_windows(
+    shape: tuple[int, int], pane_steps: list[int], off_grid: bool
+) -> None:
+    size_panes, step = shape
+    spec = WindowSpec("w", size_panes * step * MIN, step * MIN)
+    panes = [p * step * MIN + (7 if off_grid and i == 0 else 0) for i, p in enumerate(pane_steps)]
+    want = sorted({s for p in panes for s in range(p - spec.size_ms + spec.step_ms, p + 1, spec.step_ms)})
+    assert spec.windows_of_panes(iter(panes)) == want
