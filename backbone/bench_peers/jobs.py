@@ -31,6 +31,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from backbone.child_process import ChildProcess
 
 POLL_S = 0.2
+BACKLOG_STABLE_S = 0.6
+"""How long the counters must rest for a backlog milestone to count (under the event clock's 1 s quiet)."""
 METRICS_LINE = re.compile(rb"metrics on 127\.0\.0\.1:(\d+)")
 
 
@@ -78,6 +80,13 @@ class JobRun:
     peak_rss_bytes: int
     complete: bool = True
     """False: stopped at its time budget before reading every input (``events`` = what it read)."""
+    backlog_s: float | None = None
+    """From the first input read to the scrape that saw the backlog drained (``backlog_drained``
+    of :meth:`JobProcess.run_until_done`), if asked for and seen."""
+
+    @property
+    def backlog_events_per_s(self) -> float | None:
+        return self.events / self.backlog_s if self.backlog_s else None
 
     @property
     def events_per_s(self) -> float:
@@ -160,12 +169,18 @@ class JobProcess(ChildProcess):
         quiet_s: float = 3.0,
         budget_s: float | None = None,
         consumed_by: Callable[[Counters], float] | None = None,
+        backlog_drained: Callable[[Counters], bool] | None = None,
     ) -> JobRun:
         """Scrape until the job is done (module docstring); raises :class:`JobFailed` on timeout.
 
         ``budget_s``: a job too slow to read everything in a short benchmark is measured over its
         first ``budget_s`` seconds instead (events read / time); the run is marked incomplete.
         ``consumed_by``: how many inputs the job has taken in (default ``backbone_events_in_total``).
+        ``backlog_drained``: a milestone before "done" (e.g. every input processed and its
+        per-event outputs delivered, the end-of-replay windows still to come); its time is
+        :attr:`JobRun.backlog_s`: the first scrape on which it holds and after which the watched
+        counters stay unchanged for :data:`BACKLOG_STABLE_S` (at most one poll late; a delivery
+        still in flight would move them).
         """
         consumed_of = consumed_by or (lambda c: c.total("backbone_events_in_total"))
         if self.port is None:
@@ -175,6 +190,8 @@ class JobProcess(ChildProcess):
         last_change = time.monotonic()
         previous: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
         counters = Counters({})
+        backlog_s: float | None = None
+        held_since: float | None = None
         while time.monotonic() < deadline:
             self._check_alive()
             now = time.monotonic()
@@ -183,8 +200,17 @@ class JobProcess(ChildProcess):
             if first_input is None and consumed > 0:
                 first_input = now
             current = counters.watched(watched)
-            if current != previous:
+            changed = current != previous
+            if changed:
                 last_change, previous = now, current
+            if backlog_drained is not None and backlog_s is None and first_input is not None:
+                if consumed >= events and backlog_drained(counters):
+                    if changed or held_since is None:
+                        held_since = now
+                    elif now - held_since >= BACKLOG_STABLE_S:
+                        backlog_s = held_since - first_input
+                else:
+                    held_since = None
             if budget_s is not None and first_input is not None and now - first_input >= budget_s:
                 if consumed < events:
                     self.sample_rss()
@@ -198,7 +224,8 @@ class JobProcess(ChildProcess):
                 and now - last_change >= quiet_s
             ):
                 self.sample_rss()
-                return JobRun(self.name, events, last_change - first_input, counters, self._peak_rss)
+                seconds = last_change - first_input
+                return JobRun(self.name, events, seconds, counters, self._peak_rss, backlog_s=backlog_s)
             self.sample_rss()
             time.sleep(POLL_S)
         raise JobFailed(
