@@ -79,7 +79,8 @@ STREAM_STAGE_TABLE = "stage_records"
 STREAM_KPI_TABLE = "kpi_windows"
 VERSIONS_TABLE = "recompute_versions"
 DEFAULT_STREAM_OVERLAP_MS = 5 * 60_000
-_VERSION_TABLE = re.compile(r"^(?:stage_records|kpi_windows)_v(\d+)$")
+_VERSION_TABLE = re.compile(r"^(?:stage_records|kpi_windows|recompute_pivot)_v(\d+)$")
+"""A version's tables, its scratch pivot included (a build killed mid-way leaves it behind)."""
 _VIEW_VERSION = re.compile(r"\bstage_records_v(\d+)\b|\bkpi_windows_v(\d+)\b")
 STAGE_KEY = "(case_id, mission, journey, stage)"
 KPI_KEY = "(window, window_start, mission, journey, stage, owner_agency, province, port)"
@@ -548,7 +549,7 @@ def drop_version(client: Client, version: int) -> None:
         raise RecomputeError(
             f"version {version} is what the board shows; activate another version (or 0) before dropping it"
         )
-    for table in (stage_table(version), kpi_table(version)):
+    for table in (stage_table(version), kpi_table(version), pivot_table(version)):
         client.command(f"DROP TABLE IF EXISTS {table}")
     if version in _latest_log(client):
         _log_row(client, version, "dropped")

@@ -39,7 +39,7 @@ from sinks.recompute import (
     parse_from,
     recompute,
 )
-from sinks.recompute_sql import KPI_WINDOW_COLUMNS, table_ddl
+from sinks.recompute_sql import KPI_WINDOW_COLUMNS, RecomputeSql, table_ddl
 from stream_processors.api import InputMessage, Outputs
 from stream_processors.missions import Missions, load_missions
 
@@ -469,6 +469,31 @@ def test_drop_old_versions_activate_and_refusals(
     with pytest.raises(RecomputeError, match="no tables"):
         activate(db, 1)
     assert view_records(db) == v1
+
+
+def test_a_build_killed_mid_way_is_listed_and_dropped_with_its_scratch_pivot(
+    db: Client, traffic: list[Any], now_ms: int
+) -> None:
+    """kill -9 during a recompute runs no cleanup: its tables, the scratch pivot included, stay."""
+    store_events(db, valid_copies(traffic, now_ms))
+    missions = load_missions(DEFAULT_MISSIONS_FILE)
+    recompute(db, missions, grace_ms=GRACE_MS)
+    board = view_records(db)
+    db.command(RecomputeSql(missions).pivot_table_ddl("recompute_pivot_v2", "events"))
+    db.command(table_ddl("kpi_windows_v2", KPI_WINDOW_COLUMNS, "ENGINE = MergeTree ORDER BY window_end"))
+
+    def tables() -> set[str]:
+        rows = db.query("SELECT name FROM system.tables WHERE database = currentDatabase()").result_rows
+        return {str(r[0]) for r in rows}
+
+    listed = {v.version: v for v in list_versions(db)}
+    assert listed[2].tables_present and not listed[2].active and listed[2].status == "unknown"
+    with pytest.raises(RecomputeError, match="not complete"):
+        activate(db, 2)
+    drop_version(db, 2)
+    assert not tables() & {"recompute_pivot_v2", "kpi_windows_v2"}
+    assert recompute(db, missions, grace_ms=GRACE_MS, drop_old=True).dropped == [1]
+    assert "recompute_pivot_v2" not in tables() and view_records(db) == board
 
 
 def test_a_failed_recompute_leaves_the_board_and_names_the_problem(
