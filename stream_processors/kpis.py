@@ -89,6 +89,17 @@ class GroupInfo:
     tracks_money: bool
     targets: tuple[TargetRule, ...]
 
+    def columns(self) -> dict[str, str]:
+        """The group's six columns, in the order the KPI window and backlog records list them."""
+        return {
+            "mission": self.mission,
+            "journey": self.journey,
+            "stage": self.stage,
+            "owner_agency": self.owner_agency,
+            "province": self.province,
+            "port": self.port,
+        }
+
 
 def _iso(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000, tz=UTC).strftime("%Y-%m-%d %H:%M UTC")
@@ -385,12 +396,7 @@ class KpiEngine:
         bl = st["bl"]
         return {
             "backlog_id": ids.backlog_id(info.key),
-            "mission": info.mission,
-            "journey": info.journey,
-            "stage": info.stage,
-            "owner_agency": info.owner_agency,
-            "province": info.province,
-            "port": info.port,
+            **info.columns(),
             "open_cases": len(bl),
             "oldest_started_at": bl[0] if bl else None,
             "amount_pkr_open": (st["amt"] or 0) if info.tracks_money else None,
@@ -434,12 +440,7 @@ class KpiEngine:
                 "window": spec.name,
                 "window_start": 0,
                 "window_end": 0,
-                "mission": info.mission,
-                "journey": info.journey,
-                "stage": info.stage,
-                "owner_agency": info.owner_agency,
-                "province": info.province,
-                "port": info.port,
+                **info.columns(),
                 "completions": 0,
                 "sla_met": 0,
                 "sla_compliance": None,
