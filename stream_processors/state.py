@@ -69,11 +69,31 @@ class PartitionedTableStore:
         self.local = table.data
         """The table's local store: read and written directly (the changelog is produced by us)."""
         self.num_partitions = num_partitions
-        self.owned: frozenset[int] = frozenset()
+        self._owned: frozenset[int] = frozenset()
         self._pending: dict[str, Any] = {}
         self._routes: dict[str, int] = {}
         self._before: dict[str, bytes] = {}
         """JSON of each stored value as the current call first read it (see :meth:`discard`)."""
+        self._encoded: dict[str, tuple[int, bytes]] = {}
+        """Partition and changelog JSON of each pending write, from :meth:`changelog` to :meth:`apply`."""
+        self._written: dict[str, tuple[list[Any], bytes]] = {}
+        """The stored ``[partition, state]`` lists :meth:`apply` wrote, with their changelog JSON.
+
+        That JSON is the pre-image the next call that reads the key needs: reusing it saves
+        encoding every state a call reads (about 3% of a replay's CPU, 6% of a live worker's).
+        It is used only while the table still holds that very list, so a value put there by
+        anything else (Faust's recovery, :meth:`discard`) is encoded afresh.
+        """
+
+    @property
+    def owned(self) -> frozenset[int]:
+        """The partitions whose keys this worker reads and writes (set on every assignment)."""
+        return self._owned
+
+    @owned.setter
+    def owned(self, partitions: frozenset[int]) -> None:
+        self._owned = partitions
+        self._written.clear()  # keys of partitions that left would be kept alive for nothing
 
     @property
     def changelog_topic(self) -> str:
@@ -107,12 +127,13 @@ class PartitionedTableStore:
         if pending is not _DELETED or key in self._pending:
             return default if pending is _DELETED else pending
         stored = self.local.get(key)
-        if stored is None or stored[0] not in self.owned:
+        if stored is None or stored[0] not in self._owned:
             return default
         if key not in self._before:
             # The engines update the state they read in place: keep its pre-image so a call
-            # that raises can be undone (orjson: ~1 µs for a case; the changelog pays the same).
-            self._before[key] = _json(stored)
+            # that raises can be undone (the JSON the last apply wrote, or ~1 µs of orjson).
+            written = self._written.get(key)
+            self._before[key] = written[1] if written is not None and written[0] is stored else _json(stored)
         return stored[1]
 
     def __getitem__(self, key: str) -> Any:
@@ -131,10 +152,10 @@ class PartitionedTableStore:
         if key in self._pending:
             return self._pending[key] is not _DELETED  # type: ignore[index]
         stored = self.local.get(key)
-        return stored is not None and stored[0] in self.owned
+        return stored is not None and stored[0] in self._owned
 
     def items(self) -> Iterator[tuple[str, Any]]:
-        owned = self.owned
+        owned = self._owned
         pending = self._pending
         for key, stored in list(self.local.items()):
             if key not in pending and stored is not None and stored[0] in owned:
@@ -158,33 +179,45 @@ class PartitionedTableStore:
         """The pending writes as changelog records, one per key (Faust's JSON table format)."""
         topic = self.changelog_topic
         out = []
+        encoded = self._encoded
+        encoded.clear()
         for key, value in self._pending.items():
             partition = self._partition_for_write(key)
             if value is _DELETED:
                 if key in self.local:
                     out.append(ChangelogRecord(topic, partition, _json(key), None))
             else:
-                out.append(ChangelogRecord(topic, partition, _json(key), _json([partition, value])))
+                data = _json([partition, value])
+                encoded[key] = (partition, data)
+                out.append(ChangelogRecord(topic, partition, _json(key), data))
         return out
 
     def apply(self) -> int:
         """Put the pending writes into the local table (after their changelog was flushed)."""
         local = self.local
+        encoded, written = self._encoded, self._written
         n = 0
         try:
             for key, value in self._pending.items():
                 if value is _DELETED:
                     if key in local:
                         del local[key]
+                    written.pop(key, None)
                 else:
                     stored = local.get(key)
                     partition = int(stored[0]) if stored is not None else self._partition_for_write(key)
-                    local[key] = [partition, value]
+                    local[key] = entry = [partition, value]
+                    sent = encoded.get(key)
+                    if sent is not None and sent[0] == partition:
+                        written[key] = (entry, sent[1])
+                    else:
+                        written.pop(key, None)
                 n += 1
         finally:
             self._pending.clear()
             self._routes.clear()
             self._before.clear()
+            encoded.clear()
         return n
 
     def discard(self) -> None:
@@ -201,3 +234,4 @@ class PartitionedTableStore:
         self._pending.clear()
         self._routes.clear()
         self._before.clear()
+        self._encoded.clear()

@@ -22,6 +22,7 @@ from engine_fixtures import HOUR, T0, Feeder, export_case, missions
 
 from backbone.config import Settings
 from backbone.metrics import Metrics
+from stream_processors import state as state_module
 from stream_processors.api import InputMessage, Outputs
 from stream_processors.clock import FixedClock
 from stream_processors.journeys import JourneyEngine
@@ -165,3 +166,25 @@ def test_a_batch_the_engine_raises_on_dead_letters_the_poison_and_keeps_every_ne
     assert fact_entries(producer.sent) == fact_entries(clean.sent)
     assert POISON not in store.local  # the poison case's state was never committed
     assert {k for k in store.local} == {f"CASE-{i}" for i in range(4)}
+
+
+def test_the_undo_restores_what_the_table_held_whoever_wrote_it(monkeypatch: Any) -> None:
+    """A read's pre-image is the JSON the store's last write produced (not encoded again), but
+    only while the table still holds that write: a value Faust's recovery put there since is
+    what an undo restores."""
+    store = PartitionedTableStore(Table(), PARTITIONS)  # type: ignore[arg-type]
+    store.owned = frozenset(range(PARTITIONS))
+    store.route({"CASE-A": 1, "CASE-B": 2})
+    store["CASE-A"], store["CASE-B"] = {"n": 1}, {"n": 1}
+    store.changelog()
+    store.apply()
+
+    encoded: list[Any] = []
+    real = state_module._json
+    monkeypatch.setattr(state_module, "_json", lambda v: encoded.append(json.loads(real(v))) or real(v))
+    store.local["CASE-B"] = [2, {"n": 7}]  # recovered from the changelog: another worker's write
+    for key in ("CASE-A", "CASE-B"):
+        store.get(key)["n"] = 99  # the engines change what they read in place...
+    store.discard()  # ...and the call raised
+    assert store.local == {"CASE-A": [1, {"n": 1}], "CASE-B": [2, {"n": 7}]}
+    assert encoded == [[2, {"n": 7}]]  # only the value the store did not write was encoded
