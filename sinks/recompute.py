@@ -448,6 +448,11 @@ def pivot_table(version: int) -> str:
     return f"recompute_pivot_v{version}"
 
 
+def tables_of(version: int) -> tuple[str, ...]:
+    """Every table a version may have (what :data:`_VERSION_TABLE` matches), scratch pivot included."""
+    return stage_table(version), kpi_table(version), pivot_table(version)
+
+
 def _write_stage_records(
     client: Client, sql: RecomputeSql, version: int, columns: str, case_filter: str | None
 ) -> None:
@@ -514,7 +519,7 @@ def _create_tables(client: Client, version: int) -> None:
 
 def _discard(client: Client, version: int, reason: str) -> None:
     """Drop a version that failed half-way (never the one the views read) and log why."""
-    for table in (stage_table(version), kpi_table(version)):
+    for table in tables_of(version):
         try:
             client.command(f"DROP TABLE IF EXISTS {table}")
         except Exception:  # noqa: BLE001 - best effort: the failure being reported matters more
@@ -549,7 +554,7 @@ def drop_version(client: Client, version: int) -> None:
         raise RecomputeError(
             f"version {version} is what the board shows; activate another version (or 0) before dropping it"
         )
-    for table in (stage_table(version), kpi_table(version), pivot_table(version)):
+    for table in tables_of(version):
         client.command(f"DROP TABLE IF EXISTS {table}")
     if version in _latest_log(client):
         _log_row(client, version, "dropped")

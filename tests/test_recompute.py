@@ -158,6 +158,11 @@ def with_sla(tmp_path: Path, stage: str, sla: str) -> Missions:
     return load_missions(path)
 
 
+def table_names(client: Client) -> set[str]:
+    rows = client.query("SELECT name FROM system.tables WHERE database = currentDatabase()").result_rows
+    return {str(r[0]) for r in rows}
+
+
 def view_records(client: Client) -> dict[str, dict[str, Any]]:
     out = {}
     for r in client.query(STAGE_SELECT).named_results():
@@ -457,10 +462,7 @@ def test_drop_old_versions_activate_and_refusals(
     assert active_version(db) is None and view_records(db) == stream_only
     third = recompute(db, missions, grace_ms=GRACE_MS, drop_old=True)
     assert third.dropped == [1, 2]
-    names = {
-        r[0]
-        for r in db.query("SELECT name FROM system.tables WHERE database = currentDatabase()").result_rows
-    }
+    names = table_names(db)
     assert {"stage_records_v3", "kpi_windows_v3"} <= names
     assert not names & {"stage_records_v1", "kpi_windows_v1", "stage_records_v2", "kpi_windows_v2"}
     listed = {v.version: v for v in list_versions(db)}
@@ -482,18 +484,14 @@ def test_a_build_killed_mid_way_is_listed_and_dropped_with_its_scratch_pivot(
     db.command(RecomputeSql(missions).pivot_table_ddl("recompute_pivot_v2", "events"))
     db.command(table_ddl("kpi_windows_v2", KPI_WINDOW_COLUMNS, "ENGINE = MergeTree ORDER BY window_end"))
 
-    def tables() -> set[str]:
-        rows = db.query("SELECT name FROM system.tables WHERE database = currentDatabase()").result_rows
-        return {str(r[0]) for r in rows}
-
     listed = {v.version: v for v in list_versions(db)}
     assert listed[2].tables_present and not listed[2].active and listed[2].status == "unknown"
     with pytest.raises(RecomputeError, match="not complete"):
         activate(db, 2)
     drop_version(db, 2)
-    assert not tables() & {"recompute_pivot_v2", "kpi_windows_v2"}
+    assert not table_names(db) & {"recompute_pivot_v2", "kpi_windows_v2"}
     assert recompute(db, missions, grace_ms=GRACE_MS, drop_old=True).dropped == [1]
-    assert "recompute_pivot_v2" not in tables() and view_records(db) == board
+    assert "recompute_pivot_v2" not in table_names(db) and view_records(db) == board
 
 
 def test_a_failed_recompute_leaves_the_board_and_names_the_problem(
