@@ -204,14 +204,13 @@ class PartitionedTableStore:
                         del local[key]
                     written.pop(key, None)
                 else:
-                    stored = local.get(key)
-                    partition = int(stored[0]) if stored is not None else self._partition_for_write(key)
-                    local[key] = entry = [partition, value]
                     sent = encoded.get(key)
-                    if sent is not None and sent[0] == partition:
-                        written[key] = (entry, sent[1])
-                    else:
+                    if sent is None:  # applied without a changelog (not the worker's path)
+                        local[key] = [self._partition_for_write(key), value]
                         written.pop(key, None)
+                    else:
+                        local[key] = entry = [sent[0], value]
+                        written[key] = (entry, sent[1])
                 n += 1
         finally:
             self._pending.clear()

@@ -62,9 +62,7 @@ class WindowSpec:
         for p in panes:
             if p % step:  # off the grid: no overlap to share
                 return sorted({s for q in panes for s in self.windows_of_pane(q)})
-            first = p - self.size_ms + step
-            if last is not None and first <= last:
-                first = last + step
+            first = p - self.size_ms + step if last is None else max(p - self.size_ms, last) + step
             out.extend(range(first, p + 1, step))
             last = p
         return out
