@@ -235,6 +235,7 @@ def run(opts: BenchOptions) -> list[BenchRow]:
     notes = (
         f"{events:,} events ({cases:,} journeys over a year, generated in {generated_s:.0f} s) -> "
         f"{result.stage_records:,} stage records, {result.kpi_windows:,} KPI windows "
+        f"(in {result.kpi_slices} slice{'s' if result.kpi_slices > 1 else ''} of history) "
         f"in {result.seconds:.2f} s "
         f"({phases}); ceiling {before_s:.2f} s before, {after_s:.2f} s after; "
         f"CPU {recompute_cpu:.2f} s vs ceiling {ceiling_cpu:.2f} s (CPU ratio {cpu_ratio:.2f}); chdb"

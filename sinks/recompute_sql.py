@@ -285,7 +285,32 @@ WHERE {begin} != {NOT_SEEN}"""
         return "\nUNION ALL\n".join(self._stage_select(ref, pivot) for ref in self.missions.stages)
 
     # -- KPI windows --------------------------------------------------------------------------------
-    def kpi_windows_select(self, records: str, from_ms: int | None = None) -> str:
+    def closed_records_filter(self, from_ms: int | None = None) -> str:
+        """The records the KPI windows are built from: closed, and with ``from_ms`` only those that
+        can fall in a window ending after it."""
+        where = "state = 'CLOSED'"
+        if from_ms is not None:
+            longest = max(w.size_ms for w in self.missions.windows)
+            where += f" AND ended_at > {ms_literal(from_ms - longest)}"
+        return where
+
+    def kpi_slice_edges(self, records: str, slices: int, from_ms: int | None = None) -> str:
+        """``slices - 1`` end times (ms, approximate quantiles) that split the closed records of
+        ``records`` into ``slices`` parts of about the same size: where to cut history for
+        :meth:`kpi_windows_select`'s ``starts`` (any cut gives the same windows; even parts
+        bound each part's memory)."""
+        levels = ", ".join(repr(i / slices) for i in range(1, slices))
+        return (
+            f"SELECT quantiles({levels})(toUnixTimestamp64Milli(ended_at)) "
+            f"FROM {records} WHERE {self.closed_records_filter(from_ms)}"
+        )
+
+    def kpi_windows_select(
+        self,
+        records: str,
+        from_ms: int | None = None,
+        starts: tuple[int | None, int | None] = (None, None),
+    ) -> str:
         """Rows of a KPI-windows version table from the closed records of ``records``.
 
         Completions are summed per pane (``step`` ms) and each pane is added to the ``size / step``
@@ -296,7 +321,9 @@ WHERE {begin} != {NOT_SEEN}"""
         hash key. The group's names are read back by position from one list per column (a list
         of tuples would build all six strings for each of the six reads), so no join.
         ``throwIf`` guards the narrow types. With ``from_ms``, only windows that end after it are
-        computed.
+        computed. ``starts = (lo, hi)`` keeps the windows that start in ``[lo, hi)`` (``None``: no
+        bound) and reads only the records such a window can hold (ended in ``[lo, hi + longest)``),
+        so the windows can be built a slice of history at a time.
         """
         windows = self.missions.windows
         if len(windows) > 255:
@@ -307,14 +334,21 @@ WHERE {begin} != {NOT_SEEN}"""
         per = int_array([w.size_ms // w.step_ms for w in windows])
         spec_ids = f"range(1, {len(windows) + 1})"
         offset = max(w.size_ms // w.step_ms for w in windows)  # keeps ``pane - j`` unsigned
+        longest = max(w.size_ms for w in windows)
         group = ", ".join(GROUP_COLUMNS)
-        record_filter = "state = 'CLOSED'"
-        window_filter = ""
+        record_filter = self.closed_records_filter(from_ms)
+        window_start = f"(toInt64(window_pane) - {offset}) * {steps}[w]"
+        having = []
         if from_ms is not None:
-            longest = max(w.size_ms for w in windows)
-            record_filter += f" AND ended_at > {ms_literal(from_ms - longest)}"
-            window_end = f"(toInt64(window_pane) - {offset}) * {steps}[w] + {sizes}[w]"
-            window_filter = f"\n    HAVING {window_end} > {from_ms}"
+            having.append(f"{window_start} + {sizes}[w] > {from_ms}")
+        lo, hi = starts
+        if lo is not None:
+            record_filter += f" AND ended_at >= {ms_literal(lo)}"
+            having.append(f"{window_start} >= {lo}")
+        if hi is not None:
+            record_filter += f" AND ended_at < {ms_literal(hi + longest)}"
+            having.append(f"{window_start} < {hi}")
+        window_filter = f"\n    HAVING {' AND '.join(having)}" if having else ""
         group_lists = ", ".join(f"groupArray({c})" for c in GROUP_COLUMNS)
         names_of_group = ", ".join(f"groups.{n + 2}[gi] AS {c}" for n, c in enumerate(GROUP_COLUMNS))
         quantiles = ",\n    ".join(

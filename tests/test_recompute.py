@@ -31,6 +31,7 @@ from sinks import rows
 from sinks.client import open_client
 from sinks.migrate import migrate
 from sinks.recompute import (
+    KPI_SLICE_RECORDS,
     RecomputeError,
     activate,
     active_version,
@@ -46,6 +47,8 @@ from stream_processors.missions import Missions, load_missions
 pytestmark = pytest.mark.integration
 
 GRACE_MS = 2 * DAY
+SMALL_SLICE = 40
+"""Closed records per KPI-windows INSERT that cut the test traffic's history into many slices."""
 STAGE_SELECT = (
     "SELECT record_id, case_id, mission, journey, stage, owner_agency, province, port, state, "
     "toUnixTimestamp64Milli(started_at) AS started_at, toUnixTimestamp64Milli(ended_at) AS ended_at, "
@@ -235,15 +238,20 @@ def test_version_tables_derive_the_window_ratios_as_the_stream_does(db: Client) 
         assert got[window]["throughput_per_h"] == n / (size / 3_600_000)
 
 
+@pytest.mark.parametrize("slice_records", [KPI_SLICE_RECORDS, SMALL_SLICE], ids=["one-slice", "sliced"])
 def test_recompute_equals_the_oracle_and_the_stream_processors(
-    db: Client, traffic: list[Any], now_ms: int, stream: Outputs
+    db: Client, traffic: list[Any], now_ms: int, stream: Outputs, slice_records: int
 ) -> None:
     stored = valid_copies(traffic, now_ms)
     store_events(db, stored)
     distinct, total = db.query("SELECT uniqExact(event_id), count() FROM events").result_rows[0]
     assert total > distinct  # the re-sent copies are really there, unmerged
-    result = recompute(db, load_missions(DEFAULT_MISSIONS_FILE), grace_ms=GRACE_MS)
+    result = recompute(
+        db, load_missions(DEFAULT_MISSIONS_FILE), grace_ms=GRACE_MS, kpi_slice_records=slice_records
+    )
     assert (result.version, active_version(db)) == (1, 1)
+    # Built in one INSERT, or a slice of history at a time (windows straddle every cut).
+    assert (result.kpi_slices == 1) == (slice_records == KPI_SLICE_RECORDS) and result.kpi_slices < 50
 
     want = oracle.compute([(e.topic, e.raw) for e in traffic], now_ms=now_ms, validation_now_ms=now_ms)
     assert want.duplicates > 0 and len(want.invalid) > 0
@@ -314,7 +322,8 @@ def test_from_date_recomputes_cases_active_from_it_and_keeps_earlier_history(
     tighter = with_sla(tmp_path, "customs_clearance", "8h")
     cut = parse_from("2026-01-03")
     assert cut == T0 + 2 * DAY
-    result = recompute(db, tighter, grace_ms=GRACE_MS, from_ms=cut)
+    result = recompute(db, tighter, grace_ms=GRACE_MS, from_ms=cut, kpi_slice_records=SMALL_SLICE)
+    assert result.kpi_slices > 1
 
     events = [(e.topic, e.raw) for e in traffic]
     old = oracle.compute(events, now_ms=now_ms, missions=default, validation_now_ms=now_ms)
