@@ -49,7 +49,7 @@ def test_invalid_values_name_the_variable(monkeypatch: pytest.MonkeyPatch) -> No
 
 def test_unknown_variable_is_rejected(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     cfg = tmp_path / "backbone.toml"
-    cfg.write_text('topic_partitions = 3\nno_such_setting = 1\n')
+    cfg.write_text("topic_partitions = 3\nno_such_setting = 1\n")
     monkeypatch.setenv("BACKBONE_CONFIG_FILE", str(cfg))
     with pytest.raises(ConfigError) as err:
         load_settings()

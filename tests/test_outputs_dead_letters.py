@@ -11,9 +11,16 @@ from stream_processors.outputs import MAX_DEAD_LETTER_BYTES, bounded_dead_letter
 
 def _dead_letter(value: bytes, key: bytes | None = b"EXP-1") -> dict[str, object]:
     return {
-        "dead_letter_id": "d" * 40, "source": "processor", "topic": contracts.CUSTOMS, "partition": 3,
-        "offset": 1234, "key": key, "value": value, "reason": "too_large",
-        "detail": "4000000 bytes exceeds the 1000000 byte limit", "received_at": 1_767_225_600_000,
+        "dead_letter_id": "d" * 40,
+        "source": "processor",
+        "topic": contracts.CUSTOMS,
+        "partition": 3,
+        "offset": 1234,
+        "key": key,
+        "value": value,
+        "reason": "too_large",
+        "detail": "4000000 bytes exceeds the 1000000 byte limit",
+        "received_at": 1_767_225_600_000,
     }
 
 

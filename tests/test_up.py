@@ -38,7 +38,11 @@ def test_up_runs_the_embedded_stack_and_events_flow(tmp_path: Path) -> None:
     )
     proc = subprocess.Popen(
         [sys.executable, "-m", "backbone", "up", "--rate", "100", "--duration", "75"],
-        env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     board_seen = False
     deadline = time.monotonic() + 60
