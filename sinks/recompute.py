@@ -371,7 +371,6 @@ def recompute(
         events = int(_scalar(client, "SELECT count() FROM events"))
         window_cutoff_ms = int(watermark or 0) - grace_ms
         phase("create tables", lambda: _create_tables(client, version))
-        deferred = _defer_merges(client, (stage_t, kpi_t))
         case_filter = None
         if from_ms is not None:
             case_filter = (
@@ -412,7 +411,6 @@ def recompute(
         if isinstance(exc, RecomputeError):
             raise
         raise RecomputeError(f"version {version}: {exc}") from exc
-    _resume_merges(client, deferred)
     seconds = time.perf_counter() - started
     done = {
         **common,
@@ -500,36 +498,22 @@ def _write_kpi_windows(
     return len(edges) + 1
 
 
-def _defer_merges(client: Client, tables: tuple[str, ...]) -> list[str]:
-    """Stop background merges of the version's tables while it is built; the tables it stopped.
+NO_MERGES = (
+    "SETTINGS max_bytes_to_merge_at_max_space_in_pool = 1, max_bytes_to_merge_at_min_space_in_pool = 1"
+)
+"""Table settings under which ClickHouse never merges a version table's parts in the background.
 
-    Why: each insert writes a part per ~1M rows, and merging the stage records' parts in the
-    background competed with the KPI step for the same cores (bench, 3M events, 2 cores: KPI step
-    5.9-7.4 s with the merges beside it, 3.9-4.1 s without; the same CPU in total). The merges
-    run after the switch instead. Best effort: a server user without the SYSTEM privilege just
-    builds with merges on.
-    """
-    stopped = []
-    for table in tables:
-        try:
-            client.command(f"SYSTEM STOP MERGES {table}")
-            stopped.append(table)
-        except Exception:  # noqa: BLE001 - an optimisation only; the recompute goes on without it
-            log.warning("could not defer merges", extra={"table": table}, exc_info=True)
-    return stopped
-
-
-def _resume_merges(client: Client, tables: list[str]) -> None:
-    """Let the active version's parts merge (a failure is logged: the switch has happened)."""
-    for table in tables:
-        try:
-            client.command(f"SYSTEM START MERGES {table}")
-        except Exception:  # noqa: BLE001 - the version is live; merges also resume on a restart
-            log.warning("could not resume merges", extra={"table": table}, exc_info=True)
+Why: a version is written once (a part per ~1M rows of each INSERT) and then only read, so a
+merge buys a board almost nothing and costs the machine a lot. Measured on the bench's 3M
+events: merging the KPI windows' six parts into one took 5.4-6.1 s of CPU after the switch, more
+than the KPI step itself. (Before, merges were stopped with ``SYSTEM STOP MERGES`` during the
+build and resumed after the switch; that flag also does not survive a restart.)
+"""
 
 
 def _create_tables(client: Client, version: int) -> None:
-    """The version's two MergeTree tables (they must survive a restart).
+    """The version's two MergeTree tables (they must survive a restart; they are never merged,
+    see :data:`NO_MERGES`).
 
     The KPI table is sorted by ``window_end`` only: the board reads it by a ``window_end`` range,
     and sorting millions of rows on insert by the stream table's eight-column key (LowCardinality
@@ -539,14 +523,14 @@ def _create_tables(client: Client, version: int) -> None:
         table_ddl(
             stage_table(version),
             STAGE_RECORD_COLUMNS,
-            "ENGINE = MergeTree ORDER BY (mission, journey, stage, case_id)",
+            f"ENGINE = MergeTree ORDER BY (mission, journey, stage, case_id) {NO_MERGES}",
         )
     )
     client.command(
         table_ddl(
             kpi_table(version),
             KPI_WINDOW_COLUMNS,
-            "ENGINE = MergeTree ORDER BY window_end",
+            f"ENGINE = MergeTree ORDER BY window_end {NO_MERGES}",
         )
     )
 

@@ -252,6 +252,13 @@ def test_recompute_equals_the_oracle_and_the_stream_processors(
     assert (result.version, active_version(db)) == (1, 1)
     # Built in one INSERT, or a slice of history at a time (windows straddle every cut).
     assert (result.kpi_slices == 1) == (slice_records == KPI_SLICE_RECORDS) and result.kpi_slices < 50
+    # A version is written once and then only read: ClickHouse must not spend CPU merging its parts.
+    engines = db.query(
+        "SELECT name, engine_full FROM system.tables WHERE database = currentDatabase() "
+        "AND name IN ('stage_records_v1', 'kpi_windows_v1')"
+    ).result_rows
+    assert len(engines) == 2
+    assert all("max_bytes_to_merge_at_max_space_in_pool = 1" in engine for _, engine in engines), engines
 
     want = oracle.compute([(e.topic, e.raw) for e in traffic], now_ms=now_ms, validation_now_ms=now_ms)
     assert want.duplicates > 0 and len(want.invalid) > 0
