@@ -174,11 +174,11 @@ def run_up(
         "BACKBONE_DATA_DIR": str(data_dir),
         "BACKBONE_MISSIONS_FILE": str(missions_file),
     }
-    if simulate and "BACKBONE_CLOCK" not in os.environ:
-        # The simulator backfills a warm-up of history at start; judged by the wall clock, every
-        # stage of it would look overdue until its end event is consumed. Event time is the
-        # truthful clock for a replay; after the warm-up it runs with the wall clock anyway.
-        env["BACKBONE_CLOCK"] = "event"
+    # The processors run on the wall clock, as in production (``BACKBONE_CLOCK`` overrides). The
+    # simulator's warm-up of history is a backlog like any other: sweeps judge it at the catch-up
+    # clock (the newest event time of the partitions still being read), so it raises no false
+    # CASE_SLA. (Up to 2026-12 `up` forced the event clock, whose timer waits for a second of quiet
+    # input that live agencies never leave: not one KPI window reached the board.)
     services = planned_services(settings, simulate, rate, workers, seed, time_scale)
     stopping = threading.Event()
 
