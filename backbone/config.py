@@ -108,7 +108,8 @@ class Settings(BaseSettings):
     clock: Literal["wall", "event"] = Field(
         "wall",
         description="'wall': now is the system clock; 'event': now is "
-        "the newest event time seen (replays, tests).",
+        "the newest event time seen (replays, tests: its timer waits for a quiet second of input, "
+        "so live traffic gets no KPI windows).",
     )
     max_future_skew_ms: int = Field(
         600_000, ge=0, description="Events stamped further than this in the future are rejected as invalid."
