@@ -40,6 +40,7 @@ from backbone.bench_processor import job_env, our_job_argv
 from backbone.config import load_settings
 from backbone.embedded.broker import TansuBroker, free_port
 from backbone.kafka import ensure_topics
+from producers.publisher import LINGER_MS
 from producers.simulator import HOUR, SimEvent, SimulationConfig, generate, mean_events_per_case
 from schemas import contracts
 from schemas.codec import Codec
@@ -210,7 +211,7 @@ def run_attempt(
                 "bootstrap.servers": bootstrap,
                 "enable.idempotence": True,
                 "acks": "all",
-                "linger.ms": 5,
+                "linger.ms": LINGER_MS,  # as agencies publishing through producers.Publisher
                 "log_level": 0,
             }
         )

@@ -36,6 +36,17 @@ from schemas.registry import Registry
 from schemas.validation import InvalidRecord
 
 DEFAULT_MESSAGE_TIMEOUT_MS = 30_000
+LINGER_MS = 50
+"""How long the producer gathers records into one batch per partition before sending it.
+
+Every batch is a request the broker handles and, on the embedded Tansu broker, an object it
+keeps forever: a fetch that finds new data lists every batch the partition holds, so the
+broker's cost grows with the number of batches, not records (measured: 10,000 ev/s into 6
+partitions cost the broker 25 µs per record at 5 ms and 9 µs at 50 ms; in the freshness bench
+at 6,000 ev/s the broker's CPU per event halved and the stage-record p99 fell from 3.5 s to
+1.1 s). On Apache Kafka bigger batches likewise mean fewer requests. The price is at most
+50 ms more between ``publish`` and the broker, well inside the 2 s freshness target.
+"""
 # librdkafka's own log lines (connection refused, retries) go here instead of raw stderr.
 KAFKA_LOG = logging.getLogger("producers.kafka")
 
@@ -132,7 +143,7 @@ class Publisher:
                 "retry.backoff.ms": 100,
                 "retry.backoff.max.ms": 1000,
                 "socket.connection.setup.timeout.ms": min(message_timeout_ms, 10_000),
-                "linger.ms": 5,
+                "linger.ms": LINGER_MS,
                 "error_cb": self._on_client_error,
                 "logger": KAFKA_LOG,
             }
