@@ -21,6 +21,9 @@ def register(app: typer.Typer) -> None:
         batch_within: float = typer.Option(
             0.1, "--batch-within", min=0.01, help="Longest wait to fill a batch (s)."
         ),
+        timer_interval: float = typer.Option(
+            0.5, "--timer-interval", min=0.05, help="How often the timer sweeps and emits KPI windows (s)."
+        ),
         app_id: str = typer.Option(
             "backbone-processors",
             "--app-id",
@@ -53,6 +56,7 @@ def register(app: typer.Typer) -> None:
                 stock=stock,
                 batch_max=batch_max,
                 batch_within_s=batch_within,
+                timer_interval_s=timer_interval,
                 app_id=app_id,
                 metrics_port=None if metrics_port < 0 else metrics_port,
             ),

@@ -1,0 +1,76 @@
+"""Pieces of `backbone up` that keep the embedded broker cheap: the burst-reading topic counter and
+the processors' cadence on the embedded broker."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+
+import pytest
+from confluent_kafka import Producer
+
+from backbone.config import Settings, load_settings
+from backbone.embedded.broker import TansuBroker
+from backbone.kafka import ensure_topics
+from backbone.runtime import EMBEDDED_PROCESSOR_CADENCE, TopicCounter, planned_services
+
+
+def _processor_argv(**settings: object) -> list[str]:
+    services = planned_services(load_settings(**settings), simulate=False, rate=1, workers=1, seed=1)
+    return next(s.argv for s in services if s.name == "processor-1")
+
+
+def test_processors_flush_less_often_only_on_the_embedded_broker(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("BACKBONE_KAFKA_BOOTSTRAP_SERVERS", raising=False)
+    argv = _processor_argv()
+    assert argv[-len(EMBEDDED_PROCESSOR_CADENCE) :] == list(EMBEDDED_PROCESSOR_CADENCE)
+    assert "--timer-interval" not in _processor_argv(kafka_bootstrap_servers="kafka:9092")
+
+
+def _wait_counts(counter: TopicCounter, want: dict[str, int], timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and any(counter.counts[t] < n for t, n in want.items()):
+        time.sleep(0.1)
+
+
+@pytest.mark.integration
+def test_topic_counter_counts_each_message_once_across_its_pauses(
+    broker: TansuBroker, settings: Settings, unique: str
+) -> None:
+    """The counter pauses its partitions between bursts. Under steady traffic (as in ``up``) a
+    burst must wait for the fetch that a resume restarts (about a second on Tansu), or it never
+    counts anything; and no message may be skipped or counted twice across the pauses."""
+    topics = (f"count-a-{unique}", f"count-b-{unique}")
+    ensure_topics(settings, broker.bootstrap, topics, partitions=3)
+    counter = TopicCounter({"bootstrap.servers": broker.bootstrap, "log_level": 0}, topics)
+    producer = Producer({"bootstrap.servers": broker.bootstrap, "linger.ms": 5})
+    sent: Counter[str] = Counter()
+    steady = threading.Event()
+
+    def publish() -> None:
+        i = 0
+        while not steady.is_set():
+            topic = topics[i % 2]
+            producer.produce(topic, b"v", str(i).encode())
+            sent[topic] += 1
+            producer.poll(0)
+            i += 1
+            time.sleep(0.01)
+
+    publisher = threading.Thread(target=publish)
+    counter.start()
+    publisher.start()
+    try:
+        time.sleep(3 * (TopicCounter.EVERY_S + TopicCounter.IDLE_BURST_S))  # at least two bursts
+        assert sum(counter.counts.values()) > 0, "no burst counted anything under steady traffic"
+        steady.set()
+        publisher.join()
+        assert producer.flush(30) == 0
+        _wait_counts(counter, dict(sent))
+        time.sleep(TopicCounter.EVERY_S + 2)  # another burst: nothing may be counted twice
+        assert dict(counter.counts) == dict(sent)
+    finally:
+        steady.set()
+        counter.stop()
+        counter.join(10)
