@@ -50,14 +50,14 @@ def _has(module: str) -> bool:
 
 
 EMBEDDED_PROCESSOR_CADENCE = ("--batch-within", "1.0", "--timer-interval", "2.0")
-"""On the embedded broker, ``up``'s processors flush their outputs at most once a second and run
-their timer every 2 s (production: 0.1 s and 0.5 s).
+"""On the embedded broker, ``up``'s processors close a batch (and flush its outputs) up to a second
+after its first event, and run their timer every 2 s (production: 0.1 s and 0.5 s).
 
 Why: Tansu's memory engine keeps every batch it receives, and each fetch that finds new data
 lists every batch of that partition, so the broker's CPU grows with the batches stored times
 the batches fetched. At demo rates nearly every flush is a batch per partition it touches, so
 the flush and timer cadence, not the traffic, set how fast the broker slows down. The board
-shows a stage record or KPI window up to about a second later.
+shows a stage record up to about a second later, a KPI window up to about 1.5 s later.
 """
 
 
