@@ -215,7 +215,13 @@ class FastStream(Stream):
                         taken += 1
                         if taken % yield_every == 0:
                             await asyncio.sleep(0)
-                        item = quick_get()
+                        try:
+                            item = quick_get()
+                        except asyncio.QueueEmpty:
+                            # Emptied while we yielded: a rebalance clears the channel queues
+                            # (seen once in CI right after recovery; the agent crashed and the
+                            # events it had taken were neither processed nor acked).
+                            continue
                     elif deadline is None:
                         item = await queue.get()
                     else:

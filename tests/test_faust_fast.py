@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -69,3 +70,47 @@ def test_take_events_batches_by_size_or_age_and_acks_after_the_batch_is_done() -
     assert 0.25 <= at2 < 2.0  # a partial batch waits ``within`` after its first event, then goes
     assert not acked1 and not acked2  # not acked while the agent works on it...
     assert prev_acked  # ...and acked once it asks for the next batch
+
+
+def test_take_events_survives_the_queue_being_emptied_while_it_yields(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A rebalance clears the channel queues; if that happens while the stream yields to the loop
+    between its emptiness check and its take, the stream waits for new events instead of crashing
+    the agent (``QueueEmpty``), which lost the events it had already taken."""
+    real_sleep = asyncio.sleep
+
+    async def scenario() -> list[list[int]]:
+        app = create_app(Settings(kafka_bootstrap_servers="127.0.0.1:1"), app_id="take-clear-test")
+        app.flow_control.resume()
+        channel = app.channel()
+        stream = app.stream(channel)
+        assert isinstance(stream, FastStream)
+        stream.yield_every = 1  # yield before every take: the window the rebalance hits
+        rebalanced: list[bool] = []
+        later: list[asyncio.Task[None]] = []
+
+        async def sleep_through_a_rebalance(delay: float, *args: Any, **kwargs: Any) -> Any:
+            if not rebalanced and sys._getframe(1).f_code.co_name == "_fast_take_events":
+                rebalanced.append(True)
+                stream.channel.queue.clear()  # the queue the stream reads (a clone's)
+                later.append(asyncio.get_running_loop().create_task(send_later()))
+            return await real_sleep(delay, *args, **kwargs)
+
+        async def send_later() -> None:  # new events after the rebalance
+            await real_sleep(0.05)
+            for i in (10, 11):
+                await channel.send(value=i)
+
+        monkeypatch.setattr(asyncio, "sleep", sleep_through_a_rebalance)
+        for i in range(3):
+            await channel.send(value=i)
+        batches: list[list[int]] = []
+        async for batch in stream.take_events(10, within=0.2):
+            batches.append([e.value for e in batch])
+            break
+        assert rebalanced, "the stream never yielded inside its take loop"
+        await asyncio.gather(*later)
+        return batches
+
+    assert asyncio.run(scenario()) == [[10, 11]]
