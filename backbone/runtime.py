@@ -73,8 +73,8 @@ def planned_services(
     if _has("sinks.cli"):
         services.append(Service("sink", _cli("sink", "run", "--serve-board")))
     if _has("stream_processors.cli"):
+        cadence = EMBEDDED_PROCESSOR_CADENCE if settings.embedded_kafka else ()
         for i in range(workers):
-            cadence = EMBEDDED_PROCESSOR_CADENCE if settings.embedded_kafka else ()
             argv = _cli("process", "--worker-id", str(i + 1), *cadence)
             services.append(Service(f"processor-{i + 1}", argv))
     if _has("alerting.forwarder"):

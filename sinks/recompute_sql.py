@@ -285,13 +285,17 @@ WHERE {begin} != {NOT_SEEN}"""
         return "\nUNION ALL\n".join(self._stage_select(ref, pivot) for ref in self.missions.stages)
 
     # -- KPI windows --------------------------------------------------------------------------------
+    @cached_property
+    def longest_window_ms(self) -> int:
+        """The size of the longest KPI window: how far back a window can reach for its records."""
+        return max(w.size_ms for w in self.missions.windows)
+
     def closed_records_filter(self, from_ms: int | None = None) -> str:
         """The records the KPI windows are built from: closed, and with ``from_ms`` only those that
         can fall in a window ending after it."""
         where = "state = 'CLOSED'"
         if from_ms is not None:
-            longest = max(w.size_ms for w in self.missions.windows)
-            where += f" AND ended_at > {ms_literal(from_ms - longest)}"
+            where += f" AND ended_at > {ms_literal(from_ms - self.longest_window_ms)}"
         return where
 
     def kpi_slice_edges(self, records: str, slices: int, from_ms: int | None = None) -> str:
@@ -334,7 +338,6 @@ WHERE {begin} != {NOT_SEEN}"""
         per = int_array([w.size_ms // w.step_ms for w in windows])
         spec_ids = f"range(1, {len(windows) + 1})"
         offset = max(w.size_ms // w.step_ms for w in windows)  # keeps ``pane - j`` unsigned
-        longest = max(w.size_ms for w in windows)
         group = ", ".join(GROUP_COLUMNS)
         record_filter = self.closed_records_filter(from_ms)
         window_start = f"(toInt64(window_pane) - {offset}) * {steps}[w]"
@@ -346,7 +349,7 @@ WHERE {begin} != {NOT_SEEN}"""
             record_filter += f" AND ended_at >= {ms_literal(lo)}"
             having.append(f"{window_start} >= {lo}")
         if hi is not None:
-            record_filter += f" AND ended_at < {ms_literal(hi + longest)}"
+            record_filter += f" AND ended_at < {ms_literal(hi + self.longest_window_ms)}"
             having.append(f"{window_start} < {hi}")
         window_filter = f"\n    HAVING {' AND '.join(having)}" if having else ""
         group_lists = ", ".join(f"groupArray({c})" for c in GROUP_COLUMNS)
