@@ -8,7 +8,9 @@ would accept *every* record of the batch. It may return False for a batch that i
 (its checks are stricter: e.g. the UUID must match exactly, without the trailing newline ``$``
 lets through, and a record's "now" is the batch's clock, never the later message timestamp);
 the sink then validates record by record with ``validate_event``, which decides. So a batch is
-never accepted here that the processors would dead-letter.
+never accepted here that the processors would dead-letter. :func:`frame_valid` is the same
+contract over a batch decoded into a polars DataFrame (:mod:`schemas.columnar_reader`); both read
+one list of rules per topic.
 
 The rules mirror ``schemas/validation.py``; the registry sets come from the same
 :func:`schemas.registry.default_registry`. If that file changes (a digest of it is pinned in
@@ -26,8 +28,11 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+import polars as pl
+
 from schemas import contracts, validation
 from schemas.registry import Registry, default_registry
+from sinks.rows import MAX_ABS_PAISA
 
 log = logging.getLogger(__name__)
 
@@ -92,33 +97,47 @@ def _allowed(names: Iterable[str], max_len: int) -> frozenset[str]:
     return frozenset(n for n in names if n.strip() and len(n) <= max_len)
 
 
+Rule = tuple[str, str, Any]
+"""(field, check, argument): check ``among`` (argument: the allowed names), ``text`` (argument: the
+maximum length), ``money`` or ``list``: one rule of ``schemas.validation.FAMILY_CHECKS``."""
+
+
 @cache
-def _family_check(topic: str) -> Callable[[Columns], bool]:
-    """The family rules of ``topic`` (``schemas.validation.FAMILY_CHECKS``) over columns."""
+def _family_rules(topic: str) -> tuple[Rule, ...]:
+    """The family rules of ``topic`` (``schemas.validation.FAMILY_CHECKS``) as data, so the column
+    check here and the DataFrame check below read the same list."""
     reg = default_registry()
     ports = _allowed(reg.ports, validation.MAX_STRING_LEN)
     provinces = _allowed(reg.provinces, validation.MAX_STRING_LEN)
-    checks: dict[str, Callable[[Columns], bool]] = {
-        contracts.CUSTOMS: lambda c: (
-            _among(c["port"], ports)
-            and _texts(c["hs_code"], 16)
-            and _money(c["declared_value_pkr"])
-            and _lists(c["container_ids"])
+    rules: dict[str, tuple[Rule, ...]] = {
+        contracts.CUSTOMS: (
+            ("port", "among", ports),
+            ("hs_code", "text", 16),
+            ("declared_value_pkr", "money", None),
+            ("container_ids", "list", None),
         ),
-        contracts.PERMITS: lambda c: (
-            _among(c["from_province"], provinces)
-            and _among(c["to_province"], provinces)
-            and _texts(c["vehicle_reg"], 32)
+        contracts.PERMITS: (
+            ("from_province", "among", provinces),
+            ("to_province", "among", provinces),
+            ("vehicle_reg", "text", 32),
         ),
-        contracts.PORTS: lambda c: (
-            _among(c["port"], ports) and _texts(c["terminal"], 64) and _texts(c["container_id"], 32)
-        ),
-        contracts.REBATES: lambda c: _texts(c["exporter_id"], 64) and _money(c["amount_pkr"]),
-        contracts.ENERGY: lambda c: (
-            _texts(c["instrument"], validation.MAX_STRING_LEN) and _texts(c["sector"], 64)
-        ),
+        contracts.PORTS: (("port", "among", ports), ("terminal", "text", 64), ("container_id", "text", 32)),
+        contracts.REBATES: (("exporter_id", "text", 64), ("amount_pkr", "money", None)),
+        contracts.ENERGY: (("instrument", "text", validation.MAX_STRING_LEN), ("sector", "text", 64)),
     }
-    return checks[topic]
+    return rules[topic]
+
+
+_COLUMN_CHECKS: dict[str, Callable[[Any, Any], bool]] = {
+    "among": _among,
+    "text": _texts,
+    "money": lambda values, _: _money(values),
+    "list": lambda values, _: _lists(values),
+}
+
+
+def _family_check(topic: str, columns: Columns) -> bool:
+    return all(_COLUMN_CHECKS[check](columns[name], arg) for name, check, arg in _family_rules(topic))
 
 
 @cache
@@ -129,25 +148,85 @@ def _envelope_sets(topic: str) -> tuple[frozenset[str], frozenset[str]]:
     return agencies, _allowed(reg.provinces, validation.MAX_STRING_LEN)
 
 
+def _envelope_rules(topic: str) -> tuple[Rule, ...]:
+    """The envelope rules of ``validate_event`` (the UUID, the case id, who may publish, times)."""
+    agencies, provinces = _envelope_sets(topic)
+    return (
+        ("event_id", "uuid", None),
+        ("case_id", "text", validation.MAX_CASE_ID_LEN),
+        ("agency", "among", agencies),
+        ("province", "among", provinces),
+        ("occurred_at", "time", None),
+        ("published_at", "time", None),
+    )
+
+
 def batch_valid(
     topic: str, columns: Columns, keys: Sequence[bytes | None], now_ms: int, max_future_skew_ms: int
 ) -> bool:
     """True only if every event (columns by field name, ``keys`` the message keys) is valid."""
     if topic not in contracts.INPUT_TOPICS or not fast_path_enabled():
         return False
-    agencies, provinces = _envelope_sets(topic)
     latest_ms = now_ms + max_future_skew_ms
-    case_ids = columns["case_id"]
+    checks: dict[str, Callable[[Any, Any], bool]] = {
+        **_COLUMN_CHECKS,
+        "uuid": lambda values, _: _uuids(values),
+        "time": lambda values, _: _times(values, latest_ms),
+    }
     try:
         return bool(
-            _uuids(columns["event_id"])
-            and _texts(case_ids, validation.MAX_CASE_ID_LEN)
-            and list(keys) == [c.encode() for c in case_ids]
-            and _among(columns["agency"], agencies)
-            and _among(columns["province"], provinces)
-            and _times(columns["occurred_at"], latest_ms)
-            and _times(columns["published_at"], latest_ms)
-            and _family_check(topic)(columns)
+            list(keys) == [c.encode() if type(c) is str else None for c in columns["case_id"]]
+            and all(
+                checks[check](columns[name], arg)
+                for name, check, arg in _envelope_rules(topic) + _family_rules(topic)
+            )
         )
     except TypeError:  # a value of an unexpected type (unhashable, not comparable): not conclusive
         return False
+
+
+# -- the same rules over a decoded DataFrame (schemas.columnar_reader) ------------------------------
+_UUID_ANCHORED = f"^{_UUID_EXACT.pattern}$"  # Rust regex: $ is the end of the text, never before a newline
+# "non-blank" without Python's Unicode whitespace table: a value with an ASCII letter or digit is not
+# blank; one without (all punctuation, or another script) takes the record-by-record path
+_NOT_BLANK = "[0-9A-Za-z]"
+
+
+def _frame_check(name: str, check: str, arg: Any, latest_ms: int) -> pl.Expr:
+    """A boolean expression, true on the rows where ``name`` passes ``check`` (never null)."""
+    col = pl.col(name)
+    if check == "uuid":
+        ok = col.str.contains(_UUID_ANCHORED)
+    elif check == "text":
+        ok = (col.str.len_chars() <= arg) & col.str.contains(_NOT_BLANK)
+    elif check == "among":
+        ok = col.cast(pl.String).is_in(sorted(arg))
+    elif check == "time":
+        ms = col.dt.epoch("ms")
+        ok = (ms >= validation.MIN_EVENT_TIME_MS) & (ms <= latest_ms)
+    elif check == "money":
+        # also within Decimal(18, 2), which the column-by-column path checks at conversion (rows.out_of_range)
+        paisa = (col * 100).cast(pl.Int64, strict=False)
+        ok = (paisa >= 0) & (paisa <= MAX_ABS_PAISA)
+    elif check == "list":
+        ok = col.list.len() >= 1
+    else:
+        raise ValueError(f"unknown check {check!r}")
+    return ok.fill_null(False).all()
+
+
+def frame_valid(
+    topic: str, frame: pl.DataFrame, keys: Sequence[bytes | None], now_ms: int, max_future_skew_ms: int
+) -> bool:
+    """:func:`batch_valid` for a batch decoded into a DataFrame: True only if every event is valid
+    and its money fits ``events``' Decimal(18, 2)."""
+    if topic not in contracts.INPUT_TOPICS or not fast_path_enabled() or frame.height != len(keys):
+        return False
+    latest_ms = now_ms + max_future_skew_ms
+    key_series = pl.Series("key", keys, dtype=pl.Binary)
+    checks = [
+        _frame_check(name, check, arg, latest_ms)
+        for name, check, arg in _envelope_rules(topic) + _family_rules(topic)
+    ]
+    checks.append((pl.col("case_id").cast(pl.Binary) == key_series).fill_null(False).all())
+    return frame.select(pl.all_horizontal(checks)).item() is True

@@ -12,8 +12,10 @@ from hypothesis import strategies as st
 from sink_fixtures import BASE_MS, HOUR_MS, agency_events
 
 from schemas import contracts
+from schemas.codec import Codec
+from schemas.columnar_reader import read_columns
 from schemas.validation import DEFAULT_MAX_FUTURE_SKEW_MS, InvalidRecord, validate_event
-from sinks.sink_validate import batch_valid, fast_path_enabled
+from sinks.sink_validate import batch_valid, fast_path_enabled, frame_valid
 
 NOW_MS = BASE_MS + 400 * 24 * HOUR_MS  # after every fixture event
 SKEW = DEFAULT_MAX_FUTURE_SKEW_MS
@@ -29,6 +31,24 @@ def _columns(topic: str, records: list[dict[str, Any]]) -> dict[str, list[Any]]:
 
 def _keys(records: list[dict[str, Any]]) -> list[bytes | None]:
     return [str(r["case_id"]).encode() for r in records]
+
+
+def _accepts_columns(topic: str, records: list[dict[str, Any]], keys: list[bytes | None]) -> bool:
+    return batch_valid(topic, _columns(topic, records), keys, NOW_MS, SKEW)
+
+
+def _accepts_frame(topic: str, records: list[dict[str, Any]], keys: list[bytes | None]) -> bool:
+    """The sink's columnar path: the records encoded, read as one DataFrame, checked by frame_valid."""
+    codec = Codec()
+    try:
+        values = [codec.encode(topic, r) for r in records]
+    except (ValueError, TypeError, OverflowError):  # e.g. an enum symbol the schema lacks
+        return False  # no decoder yields such a record: nothing to accept
+    frame = read_columns(codec, topic, values)
+    return frame is not None and frame_valid(topic, frame, keys, NOW_MS, SKEW)
+
+
+CHECKS = pytest.mark.parametrize("accepts", [_accepts_columns, _accepts_frame], ids=["columns", "frame"])
 
 
 def _avro_kind(topic: str, field: str) -> tuple[type, bool]:
@@ -75,11 +95,12 @@ def test_fast_path_mirrors_the_current_validation_rules() -> None:
     assert fast_path_enabled()
 
 
+@CHECKS
 @pytest.mark.parametrize("topic", contracts.INPUT_TOPICS)
-def test_valid_traffic_is_accepted_in_one_pass(topic: str) -> None:
+def test_valid_traffic_is_accepted_in_one_pass(topic: str, accepts: Any) -> None:
     records = _batch(topic)
     assert records and _all_valid(topic, records, _keys(records))
-    assert batch_valid(topic, _columns(topic, records), _keys(records), NOW_MS, SKEW)
+    assert accepts(topic, records, _keys(records))
 
 
 BAD_VALUES: list[Any] = [
@@ -107,8 +128,9 @@ BAD_VALUES: list[Any] = [
 ]
 
 
+@CHECKS
 @pytest.mark.parametrize("topic", contracts.INPUT_TOPICS)
-def test_one_bad_field_never_slips_through(topic: str) -> None:
+def test_one_bad_field_never_slips_through(topic: str, accepts: Any) -> None:
     """Every field of one record set to each awkward value: batch accepted ⇒ every record valid."""
     base = _batch(topic)
     rejected = 0
@@ -121,12 +143,13 @@ def test_one_bad_field_never_slips_through(topic: str) -> None:
             records[len(records) // 2][field] = value
             keys = _keys(records)
             valid = _all_valid(topic, records, keys)
-            accepted = batch_valid(topic, _columns(topic, records), keys, NOW_MS, SKEW)
+            accepted = accepts(topic, records, keys)
             assert not accepted or valid, (field, value)
             rejected += not valid
     assert rejected > 20  # the mutations do break records: the check above can fail
 
 
+@CHECKS
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     topic=st.sampled_from(contracts.INPUT_TOPICS),
@@ -141,7 +164,9 @@ def test_one_bad_field_never_slips_through(topic: str) -> None:
     ),
     key=st.one_of(st.none(), st.binary(max_size=12), st.just(b"same")),
 )
-def test_random_corruption_never_slips_through(topic: str, data: Any, value: Any, key: Any) -> None:
+def test_random_corruption_never_slips_through(
+    topic: str, data: Any, value: Any, key: Any, accepts: Any
+) -> None:
     records = _batch(topic)[:12]
     field = data.draw(st.sampled_from(contracts.current(topic).field_names))
     assume(_decodable(topic, field, value))
@@ -150,5 +175,5 @@ def test_random_corruption_never_slips_through(topic: str, data: Any, value: Any
     keys = _keys(records)
     if key != b"same":
         keys[index] = key
-    accepted = batch_valid(topic, _columns(topic, records), keys, NOW_MS, SKEW)
+    accepted = accepts(topic, records, keys)
     assert not accepted or _all_valid(topic, records, keys)

@@ -1,0 +1,181 @@
+"""The whole-batch columnar reader returns exactly what the codec decodes record by record, or
+nothing: on random records of every agency schema, on simulated traffic, on random corruptions,
+and on the bodies whose boundaries concatenation would blur (trailing bytes, overlong varints,
+split array blocks)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import polars as pl
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from sink_fixtures import agency_events
+from test_fast_reader import _raw_schema, _write, strategy
+
+from schemas import contracts
+from schemas.codec import Codec, DecodeError, paisa_to_bytes
+from schemas.columnar_reader import read_columns
+from schemas.wire import SINGLE_OBJECT_MAGIC
+
+AGENCY = [contracts.current(t) for t in contracts.INPUT_TOPICS]
+
+
+def _records(frame: pl.DataFrame, sv: contracts.SchemaVersion) -> list[dict[str, Any]]:
+    """The frame in the codec's raw shape (enum names, epoch ms, integer paisa)."""
+    exprs = []
+    for name in sv.field_names:
+        col = pl.col(name)
+        dtype = frame.schema[name]
+        if dtype == pl.Categorical:
+            col = col.cast(pl.String)
+        elif isinstance(dtype, pl.Datetime):
+            col = col.dt.epoch("ms")
+        elif isinstance(dtype, pl.Decimal):
+            col = (col * 100).cast(pl.Int64)
+        exprs.append(col.alias(name))
+    return frame.select(exprs).to_dicts()
+
+
+def _decoded(codec: Codec, topic: str, values: list[bytes]) -> list[dict[str, Any]] | None:
+    """Every value decoded record by record, or None if any of them is refused."""
+    try:
+        return [codec.decode(topic, v) for v in values]
+    except DecodeError:
+        return None
+
+
+def _frame(sv: contracts.SchemaVersion, body: bytes) -> bytes:
+    return SINGLE_OBJECT_MAGIC + sv.fingerprint + body
+
+
+@pytest.mark.parametrize("sv", AGENCY, ids=lambda sv: sv.topic)
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_random_records_read_as_the_codec_reads_them(sv: contracts.SchemaVersion, data: Any) -> None:
+    """Random field values (any string, any long, any amount up to Decimal(18, 2)), written by
+    fastavro: read as columns, and every record equals the codec's."""
+    schema = _raw_schema(sv)
+    records = data.draw(st.lists(strategy(schema, {}), min_size=1, max_size=6))
+    for record in records:
+        for name in sv.money_fields:  # the raw schema's decimal is any bytes: make it an amount
+            record[name] = paisa_to_bytes(data.draw(st.integers(0, 10**18 - 1)))
+    values = [_frame(sv, _write(schema, r)) for r in records]
+    codec = Codec()
+    frame = read_columns(codec, sv.topic, values)
+    assert frame is not None
+    assert _records(frame, sv) == _decoded(codec, sv.topic, values)
+
+
+@pytest.mark.parametrize("sv", AGENCY, ids=lambda sv: sv.topic)
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_any_decimal_bytes_read_as_the_codec_reads_them_or_not_at_all(
+    sv: contracts.SchemaVersion, data: Any
+) -> None:
+    """Arbitrary decimal bytes (negative, non-minimal, longer than 16 bytes) are never misread."""
+    schema = _raw_schema(sv)
+    records = data.draw(st.lists(strategy(schema, {}), min_size=1, max_size=4))
+    values = [_frame(sv, _write(schema, r)) for r in records]
+    codec = Codec()
+    frame = read_columns(codec, sv.topic, values)
+    if frame is not None:
+        assert _records(frame, sv) == _decoded(codec, sv.topic, values)
+
+
+@pytest.mark.parametrize("sv", AGENCY, ids=lambda sv: sv.topic)
+def test_traffic_written_by_our_producers_is_read_in_one_call(sv: contracts.SchemaVersion) -> None:
+    codec = Codec()
+    values = [codec.encode(t, raw) for t, raw in agency_events(80, seed=3) if t == sv.topic]
+    assert values
+    frame = read_columns(codec, sv.topic, values)
+    assert frame is not None, "canonical current-schema bodies must take the columnar path"
+    assert _records(frame, sv) == [codec.decode(sv.topic, v) for v in values]
+
+
+@pytest.mark.parametrize("sv", AGENCY, ids=lambda sv: sv.topic)
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_a_corrupted_message_never_shifts_or_changes_a_record(sv: contracts.SchemaVersion, data: Any) -> None:
+    """Truncations, flips, insertions and appended bytes in one message of a batch: either the
+    columnar read refuses the batch, or every record equals the codec's (and the codec accepts it)."""
+    codec = Codec()
+    values = [codec.encode(t, raw) for t, raw in agency_events(30, seed=7) if t == sv.topic][:5]
+    index = data.draw(st.integers(0, len(values) - 1))
+    body = bytearray(values[index])
+    for _ in range(data.draw(st.integers(1, 3))):
+        how = data.draw(st.sampled_from(["truncate", "flip", "insert", "append"]))
+        at = data.draw(st.integers(10, max(10, len(body) - 1)))
+        if how == "truncate":
+            del body[at:]
+        elif how == "flip" and at < len(body):
+            body[at] = data.draw(st.integers(0, 255))
+        elif how == "insert":
+            body[at:at] = bytes([data.draw(st.integers(0, 255))])
+        else:
+            body += bytes([data.draw(st.integers(0, 255))])
+    values[index] = bytes(body)
+    frame = read_columns(codec, sv.topic, values)
+    if frame is not None:
+        expected = _decoded(codec, sv.topic, values)
+        assert expected is not None, "a batch with a record the codec refuses was read as columns"
+        assert _records(frame, sv) == expected
+
+
+def _ports_batch() -> tuple[Codec, list[bytes]]:
+    codec = Codec()
+    return codec, [codec.encode(t, raw) for t, raw in agency_events(40, seed=2) if t == contracts.PORTS][:6]
+
+
+@pytest.mark.parametrize("where", [0, 2, -1])
+def test_a_trailing_byte_anywhere_sends_the_batch_to_the_codec(where: int) -> None:
+    """The last record's trailing byte included: the reader itself does not notice that one."""
+    codec, values = _ports_batch()
+    values[where] += b"\x00"
+    assert read_columns(codec, contracts.PORTS, values) is None
+    with pytest.raises(DecodeError, match="trailing"):
+        codec.decode(contracts.PORTS, values[where])
+
+
+def test_non_canonical_but_valid_encodings_take_the_codec_path() -> None:
+    """An overlong varint and an array written as two blocks decode fine one by one; the columnar
+    read cannot prove their boundaries, so it leaves them to the codec."""
+    codec, values = _ports_batch()
+    sv = contracts.current(contracts.PORTS)
+    body = values[1][10:]
+    assert body[0] == 72  # the event id's length, 36 (zigzag 72), in one byte
+    values[1] = _frame(sv, bytes([0xC8, 0x00]) + body[1:])  # the same length in two bytes
+    assert codec.decode(contracts.PORTS, values[1])["event_id"]
+    assert read_columns(codec, contracts.PORTS, values) is None
+
+    customs = contracts.current(contracts.CUSTOMS)
+    raw = next(raw for t, raw in agency_events(20, seed=2) if t == contracts.CUSTOMS)
+    raw = {**raw, "container_ids": ["MSCU1234565", "MSCU7654321"], "exporter_id": None, "gd_number": None}
+    canonical = codec.encode(contracts.CUSTOMS, raw)
+    one_block = b"\x04" + _write_str("MSCU1234565") + _write_str("MSCU7654321") + b"\x00"
+    two_blocks = b"\x02" + _write_str("MSCU1234565") + b"\x02" + _write_str("MSCU7654321") + b"\x00"
+    assert one_block in canonical
+    split = canonical.replace(one_block, two_blocks)
+    assert codec.decode(contracts.CUSTOMS, split) == codec.decode(contracts.CUSTOMS, canonical)
+    assert read_columns(codec, customs.topic, [canonical]) is not None
+    assert read_columns(codec, customs.topic, [canonical, split]) is None
+
+
+def _write_str(s: str) -> bytes:
+    data = s.encode()
+    assert len(data) < 64
+    return bytes([len(data) * 2]) + data
+
+
+def test_what_the_columnar_read_leaves_to_the_codec() -> None:
+    codec, values = _ports_batch()
+    assert read_columns(codec, contracts.PORTS, values) is not None
+    assert read_columns(codec, contracts.CUSTOMS, values) is None  # another family's schema
+    assert read_columns(codec, contracts.PORTS, [*values, None]) is None  # a tombstone
+    assert read_columns(codec, contracts.PORTS, [*values, b""]) is None
+    assert read_columns(codec, contracts.PORTS, [*values, b"\x00\x00\x00\x00\x07" + values[0][10:]]) is None
+    assert read_columns(codec, contracts.PORTS, [*values, values[0][:20]]) is None  # truncated
+    small = Codec(max_message_bytes=len(values[0]) - 1)
+    assert read_columns(small, contracts.PORTS, values) is None  # too large: the codec says so
+    assert read_columns(codec, contracts.PORTS, []) is None
