@@ -29,11 +29,14 @@ from __future__ import annotations
 import io
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import cache
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import polars as pl
+import pyarrow as pa
+import pyarrow.compute as pc
 from polars.exceptions import PanicException
 
 from schemas import contracts
@@ -46,9 +49,6 @@ log = logging.getLogger(__name__)
 
 _SYNC = b"backbone-columns"  # any 16 bytes: the block's sync marker, checked by the reader
 _MAX_ENUM_SYMBOLS = 64  # an enum index below 64 is one varint byte
-# A length inside a message (at most max_message_bytes, a few MB) has a varint of at most 5 bytes
-# (below 2^34): fewer comparisons per string than a full 10-byte long.
-_LENGTH_VARINT_BYTES = 5
 
 
 class Unsupported(ValueError):
@@ -66,79 +66,138 @@ def _varint(n: int) -> bytes:
     return bytes(out)
 
 
-def _varint_size(magnitude: pl.Expr, max_bytes: int = 10) -> pl.Expr:
-    """Bytes of the zigzag varint of a value whose magnitude is ``magnitude`` (``v`` if ``v >= 0``,
-    else ``-v - 1``): 1, plus one per 7 bits beyond the first 6, up to ``max_bytes``."""
-    return pl.sum_horizontal(
-        [pl.lit(1, pl.Int64)]
-        + [(magnitude >= (1 << (7 * k - 1))).cast(pl.Int64) for k in range(1, max_bytes)]
-    )
+# Zigzag varint sizes: a value of magnitude m (v if v >= 0, else -v - 1) takes 1 byte, plus one
+# per threshold 2^6, 2^13, 2^20, ... it reaches; searchsorted counts them in one vectorised pass.
+_VARINT_STEPS = np.array([1 << (7 * k - 1) for k in range(1, 10)], dtype=np.int64)
+# two's-complement bytes of a non-negative unscaled decimal: 1, plus one per 2^7, 2^15, ...
+_DECIMAL_STEPS = np.array([1 << (8 * k - 1) for k in range(1, 8)], dtype=np.int64)
+
+Sizer = Callable[[pa.ChunkedArray], np.ndarray]
+"""The canonical encoded size of each value of one field's column, as int64."""
 
 
-def _long_size(value: pl.Expr) -> pl.Expr:
-    return _varint_size(pl.when(value < 0).then(-(value + 1)).otherwise(value))
+def _varint_size(magnitude: np.ndarray) -> np.ndarray:
+    return 1 + np.searchsorted(_VARINT_STEPS, magnitude, side="right").astype(np.int64)
 
 
-def _string_size(value: pl.Expr) -> pl.Expr:
-    n = value.str.len_bytes().cast(pl.Int64)
-    return n + _varint_size(n, _LENGTH_VARINT_BYTES)
+def _numbers(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """A column as an int64 numpy array (nulls, if any, read as 0: unions are sized apart)."""
+    return column.cast(pa.int64()).fill_null(0).to_numpy().astype(np.int64, copy=False)
 
 
-def _type_size(name: str, value: pl.Expr, avro_type: Any) -> pl.Expr:
-    """The canonical encoded size of one field's values, as an Int64 expression."""
+def _long_sizes(values: np.ndarray) -> np.ndarray:
+    return _varint_size(np.where(values < 0, ~values, values))
+
+
+def _byte_lengths(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """Each string's UTF-8 length, read off the Arrow offsets (a null's length is 0)."""
+    chunks = column.chunks if isinstance(column, pa.ChunkedArray) else [column]
+    parts = []
+    for chunk in chunks:
+        if chunk.type not in (pa.string(), pa.large_string()):
+            return _numbers(pc.binary_length(column))
+        width = np.int64 if chunk.type == pa.large_string() else np.int32
+        offsets = np.frombuffer(chunk.buffers()[1], dtype=width)[chunk.offset : chunk.offset + len(chunk) + 1]
+        parts.append(np.diff(offsets).astype(np.int64, copy=False))
+    return parts[0] if len(parts) == 1 else np.concatenate(parts) if parts else np.zeros(0, np.int64)
+
+
+def _string_sizes(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    n = _byte_lengths(column)
+    return n + _varint_size(n)
+
+
+def _timestamp_sizes(column: pa.ChunkedArray) -> np.ndarray:
+    return _long_sizes(_numbers(column))
+
+
+def _enum_sizes(column: pa.ChunkedArray) -> np.ndarray:
+    return np.ones(len(column), dtype=np.int64)
+
+
+def _string_list_sizes(column: pa.ChunkedArray) -> np.ndarray:
+    """One block (count, items, 0) per non-empty array; an empty array is the single 0 byte."""
+    lists = column.combine_chunks()
+    counts = _numbers(pc.list_value_length(lists))
+    items = _string_sizes(lists.flatten())
+    ends = np.concatenate(([0], np.cumsum(items)))
+    offsets = _numbers(pa.array(lists.offsets)) - lists.offsets[0].as_py()
+    item_bytes = ends[offsets[1:]] - ends[offsets[:-1]]
+    return np.where(counts == 0, 1, _varint_size(counts) + item_bytes + 1)
+
+
+def unscaled(column: pa.ChunkedArray, scale: int) -> pa.ChunkedArray:
+    """A decimal column's unscaled integers as int64 (12345 for 123.45 at scale 2): its 128-bit
+    values relabelled as scale 0, then cast (an amount beyond int64 raises)."""
+    chunks = column.cast(pa.decimal128(38, scale)).chunks
+    return pa.chunked_array(
+        [
+            pa.Array.from_buffers(pa.decimal128(38, 0), len(c), c.buffers(), c.null_count, c.offset)
+            for c in chunks
+        ],
+        type=pa.decimal128(38, 0),
+    ).cast(pa.int64())
+
+
+def _decimal_sizer(scale: int) -> Sizer:
+    def sizes(column: pa.ChunkedArray) -> np.ndarray:
+        values = _numbers(unscaled(column, scale))
+        nbytes = 1 + np.searchsorted(_DECIMAL_STEPS, values, side="right").astype(np.int64)
+        # a negative amount is never valid: size -1 sends the batch record by record instead of
+        # sizing two's-complement negatives here
+        return np.where(values < 0, -1, nbytes + 1)
+
+    return sizes
+
+
+def _nullable(inner: Sizer) -> Sizer:
+    def sizes(column: pa.ChunkedArray) -> np.ndarray:
+        valid = np.asarray(column.is_valid(), dtype=bool)  # type: ignore[arg-type]
+        return 1 + np.where(valid, inner(column), 0)
+
+    return sizes
+
+
+def _sizer(name: str, avro_type: Any) -> Sizer:
+    """How to size one field's column; :class:`Unsupported` for a type not handled here."""
     t = avro_type
     if isinstance(t, list):
         members = [m for m in t if m != "null"]
         if len(t) != 2 or len(members) != 1:
             raise Unsupported(f"{name}: only [null, T] unions are sized")
-        inner = _type_size(name, value, members[0])
-        return pl.when(value.is_null()).then(pl.lit(1, pl.Int64)).otherwise(1 + inner)
+        return _nullable(_sizer(name, members[0]))
     if isinstance(t, dict):
         logical, base = t.get("logicalType"), t.get("type")
         if base == "long" and logical == "timestamp-millis":
-            return _long_size(value.dt.epoch("ms"))
+            return _timestamp_sizes
         if base == "bytes" and logical == "decimal":
-            unscaled = (value * (10 ** int(t.get("scale", 0)))).cast(pl.Int64, strict=True)
-            nbytes = pl.sum_horizontal(
-                [pl.lit(1, pl.Int64)] + [(unscaled >= (1 << (8 * k - 1))).cast(pl.Int64) for k in range(1, 8)]
-            )
-            # a negative amount never reaches the fast path's output (it is invalid): size -1 sends
-            # the batch to the per-record path instead of sizing two's-complement negatives here
-            return pl.when(unscaled < 0).then(pl.lit(-1, pl.Int64)).otherwise(nbytes + 1)
+            return _decimal_sizer(int(t.get("scale", 0)))
         if base == "enum":
             if len(t["symbols"]) > _MAX_ENUM_SYMBOLS:
                 raise Unsupported(f"{name}: enum of more than {_MAX_ENUM_SYMBOLS} symbols")
-            return pl.lit(1, pl.Int64)
+            return _enum_sizes
         if base == "array" and t.get("items") == "string":
-            count = value.list.len().cast(pl.Int64)
-            items = value.list.eval(_string_size(pl.element())).list.sum().cast(pl.Int64)
-            return (
-                pl.when(count == 0)
-                .then(pl.lit(1, pl.Int64))
-                .otherwise(_varint_size(count, _LENGTH_VARINT_BYTES) + items + 1)
-            )
+            return _string_list_sizes
         if base == "string":  # e.g. {"type": "string", "logicalType": "uuid"}
-            return _string_size(value)
+            return _string_sizes
         raise Unsupported(f"{name}: type {t!r} is not sized")
     if t == "string":
-        return _string_size(value)
+        return _string_sizes
     if t == "long":
-        return _long_size(value)
+        return lambda column: _long_sizes(_numbers(column))
     raise Unsupported(f"{name}: type {t!r} is not sized")
 
 
-def _plan(version: SchemaVersion) -> tuple[bytes, pl.Expr] | None:
-    """(the container header, the record-size expression) for ``version``; None if unsupported."""
+def _plan(version: SchemaVersion) -> tuple[bytes, tuple[tuple[str, Sizer], ...]] | None:
+    """(the container header, each field's sizer) for ``version``; None if unsupported."""
     return _plan_by_fingerprint(version.fingerprint)
 
 
 @cache
-def _plan_by_fingerprint(fingerprint: bytes) -> tuple[bytes, pl.Expr] | None:
+def _plan_by_fingerprint(fingerprint: bytes) -> tuple[bytes, tuple[tuple[str, Sizer], ...]] | None:
     version = contracts.by_fingerprint()[fingerprint]
     try:
-        size = pl.sum_horizontal(
-            [_type_size(f["name"], pl.col(f["name"]), f["type"]) for f in version.schema["fields"]]
-        )
+        sizers = tuple((f["name"], _sizer(f["name"], f["type"])) for f in version.schema["fields"])
     except Unsupported as exc:
         log.info("no columnar reader for %s: %s", version.record_name, exc)
         return None
@@ -147,32 +206,35 @@ def _plan_by_fingerprint(fingerprint: bytes) -> tuple[bytes, pl.Expr] | None:
         _varint(len(k)) + k + _varint(len(v)) + v
         for k, v in ((b"avro.schema", schema), (b"avro.codec", b"null"))
     )
-    return b"Obj\x01" + meta + b"\x00" + _SYNC, size
+    return b"Obj\x01" + meta + b"\x00" + _SYNC, sizers
 
 
-def read_bodies(version: SchemaVersion, bodies: Sequence[bytes]) -> pl.DataFrame | None:
-    """Decode Avro bodies all written with ``version``: a DataFrame with one column per field
-    (enums as categoricals, decimals as exact decimals, timestamps as UTC datetimes), or None
-    when the reader fails or a record's boundaries are not proven (see the module docstring)."""
+def read_bodies(version: SchemaVersion, bodies: Sequence[bytes]) -> pa.Table | None:
+    """Decode Avro bodies all written with ``version``: an Arrow table with one column per field
+    (enums dictionary-encoded, decimals exact, timestamps UTC), or None when the reader fails or
+    a record's boundaries are not proven (see the module docstring)."""
     plan = _plan(version)
     if plan is None or not bodies:
         return None
-    header, size = plan
+    header, sizers = plan
     block = b"".join(bodies)
     data = b"".join((header, _varint(len(bodies)), _varint(len(block)), block, _SYNC))
     try:
-        frame = pl.read_avro(io.BytesIO(data))
-        if frame.height != len(bodies):
+        table = pl.read_avro(io.BytesIO(data)).to_arrow(compat_level=pl.CompatLevel.oldest())
+        if table.num_rows != len(bodies):
             return None
-        lengths = pl.Series("length", [len(b) for b in bodies], dtype=pl.Int64)
-        exact = frame.select((size == lengths).all(ignore_nulls=False)).item()
+        sizes = np.zeros(len(bodies), dtype=np.int64)
+        for name, sizer in sizers:
+            sizes += sizer(table.column(name))
+        lengths = np.fromiter(map(len, bodies), dtype=np.int64, count=len(bodies))
+        exact = bool(np.array_equal(sizes, lengths))
     except (Exception, PanicException) as exc:  # a panic (a BaseException): the reader's bounds checks
         log.debug("columnar read of %d %s bodies refused: %s", len(bodies), version.record_name, exc)
         return None
-    return frame if exact is True else None
+    return table if exact else None
 
 
-def read_columns(codec: Codec, topic: str, values: Sequence[bytes | None]) -> pl.DataFrame | None:
+def read_columns(codec: Codec, topic: str, values: Sequence[bytes | None]) -> pa.Table | None:
     """Decode the values of one consume batch of ``topic``: the same records
     :meth:`Codec.decode` would return, as columns, when every value is framed for the topic's
     current schema and within the size limit; otherwise None (decode record by record)."""

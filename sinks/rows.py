@@ -24,7 +24,6 @@ from functools import cache, cached_property
 from operator import itemgetter
 from typing import Any, Literal
 
-import polars as pl
 import pyarrow as pa
 
 from schemas import contracts
@@ -335,22 +334,25 @@ def event_columns(
     return columns
 
 
-def event_table(topic: str, frame: pl.DataFrame, partitions: list[int], offsets: list[int]) -> pa.Table:
-    """The ``events`` rows of agency events of one topic decoded as a DataFrame
-    (:func:`schemas.columnar_reader.read_columns`): the Arrow table :func:`event_columns` and
+def event_table(topic: str, decoded: pa.Table, partitions: list[int], offsets: list[int]) -> pa.Table:
+    """The ``events`` rows of agency events of one topic decoded into Arrow columns
+    (:func:`schemas.columnar_reader.read_columns`): the table :func:`event_columns` and
     :meth:`TableSpec.columns_to_arrow` build from the same records. Not range-checked: the
     caller validated the batch (timestamps from 2000 on, money within Decimal(18, 2))."""
     spec = events_spec()
-    decoded = frame.with_columns(pl.col(pl.Categorical).cast(pl.String)).to_arrow()
-    n = frame.height
+    n = decoded.num_rows
     arrays: list[pa.Array | pa.ChunkedArray] = []
     for column, (name, fixed) in zip(spec.columns, _event_row_plan(topic), strict=True):
         arrow_type = spec.arrow_schema.field(column.name).type
         if name is not None:
-            arrays.append(decoded.column(name).cast(arrow_type))
+            values = decoded.column(name)
+            if pa.types.is_dictionary(values.type):  # an enum
+                values = pa.chunked_array([c.dictionary_decode() for c in values.chunks])
+            arrays.append(values.cast(arrow_type))
         elif column in PROVENANCE_COLUMNS:
-            values = partitions if column.name == "kafka_partition" else offsets
-            arrays.append(pa.array(values, type=arrow_type))
+            arrays.append(
+                pa.array(partitions if column.name == "kafka_partition" else offsets, type=arrow_type)
+            )
         else:
             arrays.append(pa.repeat(pa.scalar(fixed, type=arrow_type), n))
     return pa.Table.from_arrays(arrays, schema=spec.arrow_schema)

@@ -8,8 +8,8 @@ would accept *every* record of the batch. It may return False for a batch that i
 (its checks are stricter: e.g. the UUID must match exactly, without the trailing newline ``$``
 lets through, and a record's "now" is the batch's clock, never the later message timestamp);
 the sink then validates record by record with ``validate_event``, which decides. So a batch is
-never accepted here that the processors would dead-letter. :func:`frame_valid` is the same
-contract over a batch decoded into a polars DataFrame (:mod:`schemas.columnar_reader`); both read
+never accepted here that the processors would dead-letter. :func:`table_valid` is the same
+contract over a batch decoded into Arrow columns (:mod:`schemas.columnar_reader`); both read
 one list of rules per topic.
 
 The rules mirror ``schemas/validation.py``; the registry sets come from the same
@@ -28,9 +28,11 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-import polars as pl
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from schemas import contracts, validation
+from schemas.columnar_reader import unscaled
 from schemas.registry import Registry, default_registry
 from sinks.rows import MAX_ABS_PAISA
 
@@ -185,48 +187,59 @@ def batch_valid(
         return False
 
 
-# -- the same rules over a decoded DataFrame (schemas.columnar_reader) ------------------------------
-_UUID_ANCHORED = f"^{_UUID_EXACT.pattern}$"  # Rust regex: $ is the end of the text, never before a newline
+# -- the same rules over a batch decoded into Arrow columns (schemas.columnar_reader) --------------
+_UUID_ANCHORED = f"^{_UUID_EXACT.pattern}$"  # RE2: $ is the end of the text, never before a newline
 # "non-blank" without Python's Unicode whitespace table: a value with an ASCII letter or digit is not
 # blank; one without (all punctuation, or another script) takes the record-by-record path
 _NOT_BLANK = "[0-9A-Za-z]"
+MONEY_SCALE = 2  # the raw shape's integer paisa (schemas.codec.paisa_to_bytes)
 
 
-def _frame_check(name: str, check: str, arg: Any, latest_ms: int) -> pl.Expr:
-    """A boolean expression, true on the rows where ``name`` passes ``check`` (never null)."""
-    col = pl.col(name)
+def _all_true(mask: pa.ChunkedArray | pa.Array) -> bool:
+    return mask.null_count == 0 and pc.all(mask).as_py() is True
+
+
+def _arrow_check(column: pa.ChunkedArray, check: str, arg: Any, latest_ms: int) -> bool:
+    """Whether every value of ``column`` passes ``check`` (no value may be null)."""
+    if column.null_count:
+        return False
     if check == "uuid":
-        ok = col.str.contains(_UUID_ANCHORED)
-    elif check == "text":
-        ok = (col.str.len_chars() <= arg) & col.str.contains(_NOT_BLANK)
-    elif check == "among":
-        ok = col.cast(pl.String).is_in(sorted(arg))
-    elif check == "time":
-        ms = col.dt.epoch("ms")
-        ok = (ms >= validation.MIN_EVENT_TIME_MS) & (ms <= latest_ms)
-    elif check == "money":
-        # also within Decimal(18, 2), which the column-by-column path checks at conversion (rows.out_of_range)
-        paisa = (col * 100).cast(pl.Int64, strict=False)
-        ok = (paisa >= 0) & (paisa <= MAX_ABS_PAISA)
-    elif check == "list":
-        ok = col.list.len() >= 1
-    else:
-        raise ValueError(f"unknown check {check!r}")
-    return ok.fill_null(False).all()
+        return _all_true(pc.match_substring_regex(column, _UUID_ANCHORED))
+    if check == "text":
+        longest = pc.max(pc.utf8_length(column)).as_py()
+        return (longest is None or longest <= arg) and _all_true(pc.match_substring_regex(column, _NOT_BLANK))
+    if check == "among":
+        return frozenset(arg).issuperset(pc.unique(column).to_pylist())
+    if check in ("time", "money"):
+        values = column.cast(pa.int64()) if check == "time" else unscaled(column, MONEY_SCALE)
+        bounds = pc.min_max(values).as_py()
+        if bounds["min"] is None:
+            return True
+        if check == "time":
+            return bool(bounds["min"] >= validation.MIN_EVENT_TIME_MS and bounds["max"] <= latest_ms)
+        # also within Decimal(18, 2), which the record path checks at conversion (rows.out_of_range)
+        return bool(bounds["min"] >= 0 and bounds["max"] <= MAX_ABS_PAISA)
+    if check == "list":
+        shortest = pc.min(pc.list_value_length(column)).as_py()
+        return shortest is None or shortest >= 1
+    raise ValueError(f"unknown check {check!r}")
 
 
-def frame_valid(
-    topic: str, frame: pl.DataFrame, keys: Sequence[bytes | None], now_ms: int, max_future_skew_ms: int
+def table_valid(
+    topic: str, table: pa.Table, keys: Sequence[bytes | None], now_ms: int, max_future_skew_ms: int
 ) -> bool:
-    """:func:`batch_valid` for a batch decoded into a DataFrame: True only if every event is valid
-    and its money fits ``events``' Decimal(18, 2)."""
-    if topic not in contracts.INPUT_TOPICS or not fast_path_enabled() or frame.height != len(keys):
+    """:func:`batch_valid` for a batch decoded into Arrow columns: True only if every event is
+    valid and its money fits ``events``' Decimal(18, 2)."""
+    if topic not in contracts.INPUT_TOPICS or not fast_path_enabled() or table.num_rows != len(keys):
         return False
     latest_ms = now_ms + max_future_skew_ms
-    key_series = pl.Series("key", keys, dtype=pl.Binary)
-    checks = [
-        _frame_check(name, check, arg, latest_ms)
-        for name, check, arg in _envelope_rules(topic) + _family_rules(topic)
-    ]
-    checks.append((pl.col("case_id").cast(pl.Binary) == key_series).fill_null(False).all())
-    return frame.select(pl.all_horizontal(checks)).item() is True
+    try:
+        case_ids = table.column("case_id").cast(pa.binary())
+        if not _all_true(pc.equal(case_ids, pa.array(keys, type=pa.binary()))):
+            return False
+        return all(
+            _arrow_check(table.column(name), check, arg, latest_ms)
+            for name, check, arg in _envelope_rules(topic) + _family_rules(topic)
+        )
+    except (pa.ArrowException, OverflowError, TypeError):  # e.g. an amount beyond int64
+        return False

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-import polars as pl
+import pyarrow as pa
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -16,26 +16,23 @@ from test_fast_reader import _raw_schema, _write, strategy
 
 from schemas import contracts
 from schemas.codec import Codec, DecodeError, paisa_to_bytes
-from schemas.columnar_reader import read_columns
+from schemas.columnar_reader import read_columns, unscaled
 from schemas.wire import SINGLE_OBJECT_MAGIC
 
 AGENCY = [contracts.current(t) for t in contracts.INPUT_TOPICS]
 
 
-def _records(frame: pl.DataFrame, sv: contracts.SchemaVersion) -> list[dict[str, Any]]:
-    """The frame in the codec's raw shape (enum names, epoch ms, integer paisa)."""
-    exprs = []
+def _records(table: pa.Table, sv: contracts.SchemaVersion) -> list[dict[str, Any]]:
+    """The table in the codec's raw shape (enum names, epoch ms, integer paisa)."""
+    columns = {}
     for name in sv.field_names:
-        col = pl.col(name)
-        dtype = frame.schema[name]
-        if dtype == pl.Categorical:
-            col = col.cast(pl.String)
-        elif isinstance(dtype, pl.Datetime):
-            col = col.dt.epoch("ms")
-        elif isinstance(dtype, pl.Decimal):
-            col = (col * 100).cast(pl.Int64)
-        exprs.append(col.alias(name))
-    return frame.select(exprs).to_dicts()
+        column = table.column(name)
+        if pa.types.is_timestamp(column.type):
+            column = column.cast(pa.int64())
+        elif pa.types.is_decimal(column.type):
+            column = unscaled(column, 2)
+        columns[name] = column.to_pylist()
+    return [dict(zip(columns, values, strict=True)) for values in zip(*columns.values(), strict=True)]
 
 
 def _decoded(codec: Codec, topic: str, values: list[bytes]) -> list[dict[str, Any]] | None:
@@ -46,7 +43,7 @@ def _decoded(codec: Codec, topic: str, values: list[bytes]) -> list[dict[str, An
         return None
 
 
-def _frame(sv: contracts.SchemaVersion, body: bytes) -> bytes:
+def _framed(sv: contracts.SchemaVersion, body: bytes) -> bytes:
     return SINGLE_OBJECT_MAGIC + sv.fingerprint + body
 
 
@@ -61,11 +58,11 @@ def test_random_records_read_as_the_codec_reads_them(sv: contracts.SchemaVersion
     for record in records:
         for name in sv.money_fields:  # the raw schema's decimal is any bytes: make it an amount
             record[name] = paisa_to_bytes(data.draw(st.integers(0, 10**18 - 1)))
-    values = [_frame(sv, _write(schema, r)) for r in records]
+    values = [_framed(sv, _write(schema, r)) for r in records]
     codec = Codec()
-    frame = read_columns(codec, sv.topic, values)
-    assert frame is not None
-    assert _records(frame, sv) == _decoded(codec, sv.topic, values)
+    decoded = read_columns(codec, sv.topic, values)
+    assert decoded is not None
+    assert _records(decoded, sv) == _decoded(codec, sv.topic, values)
 
 
 @pytest.mark.parametrize("sv", AGENCY, ids=lambda sv: sv.topic)
@@ -77,11 +74,11 @@ def test_any_decimal_bytes_read_as_the_codec_reads_them_or_not_at_all(
     """Arbitrary decimal bytes (negative, non-minimal, longer than 16 bytes) are never misread."""
     schema = _raw_schema(sv)
     records = data.draw(st.lists(strategy(schema, {}), min_size=1, max_size=4))
-    values = [_frame(sv, _write(schema, r)) for r in records]
+    values = [_framed(sv, _write(schema, r)) for r in records]
     codec = Codec()
-    frame = read_columns(codec, sv.topic, values)
-    if frame is not None:
-        assert _records(frame, sv) == _decoded(codec, sv.topic, values)
+    decoded = read_columns(codec, sv.topic, values)
+    if decoded is not None:
+        assert _records(decoded, sv) == _decoded(codec, sv.topic, values)
 
 
 @pytest.mark.parametrize("sv", AGENCY, ids=lambda sv: sv.topic)
@@ -89,9 +86,9 @@ def test_traffic_written_by_our_producers_is_read_in_one_call(sv: contracts.Sche
     codec = Codec()
     values = [codec.encode(t, raw) for t, raw in agency_events(80, seed=3) if t == sv.topic]
     assert values
-    frame = read_columns(codec, sv.topic, values)
-    assert frame is not None, "canonical current-schema bodies must take the columnar path"
-    assert _records(frame, sv) == [codec.decode(sv.topic, v) for v in values]
+    decoded = read_columns(codec, sv.topic, values)
+    assert decoded is not None, "canonical current-schema bodies must take the columnar path"
+    assert _records(decoded, sv) == [codec.decode(sv.topic, v) for v in values]
 
 
 @pytest.mark.parametrize("sv", AGENCY, ids=lambda sv: sv.topic)
@@ -116,11 +113,11 @@ def test_a_corrupted_message_never_shifts_or_changes_a_record(sv: contracts.Sche
         else:
             body += bytes([data.draw(st.integers(0, 255))])
     values[index] = bytes(body)
-    frame = read_columns(codec, sv.topic, values)
-    if frame is not None:
+    decoded = read_columns(codec, sv.topic, values)
+    if decoded is not None:
         expected = _decoded(codec, sv.topic, values)
         assert expected is not None, "a batch with a record the codec refuses was read as columns"
-        assert _records(frame, sv) == expected
+        assert _records(decoded, sv) == expected
 
 
 def _ports_batch() -> tuple[Codec, list[bytes]]:
@@ -145,7 +142,7 @@ def test_non_canonical_but_valid_encodings_take_the_codec_path() -> None:
     sv = contracts.current(contracts.PORTS)
     body = values[1][10:]
     assert body[0] == 72  # the event id's length, 36 (zigzag 72), in one byte
-    values[1] = _frame(sv, bytes([0xC8, 0x00]) + body[1:])  # the same length in two bytes
+    values[1] = _framed(sv, bytes([0xC8, 0x00]) + body[1:])  # the same length in two bytes
     assert codec.decode(contracts.PORTS, values[1])["event_id"]
     assert read_columns(codec, contracts.PORTS, values) is None
 

@@ -15,7 +15,7 @@ from schemas import contracts
 from schemas.codec import Codec
 from schemas.columnar_reader import read_columns
 from schemas.validation import DEFAULT_MAX_FUTURE_SKEW_MS, InvalidRecord, validate_event
-from sinks.sink_validate import batch_valid, fast_path_enabled, frame_valid
+from sinks.sink_validate import batch_valid, fast_path_enabled, table_valid
 
 NOW_MS = BASE_MS + 400 * 24 * HOUR_MS  # after every fixture event
 SKEW = DEFAULT_MAX_FUTURE_SKEW_MS
@@ -37,18 +37,18 @@ def _accepts_columns(topic: str, records: list[dict[str, Any]], keys: list[bytes
     return batch_valid(topic, _columns(topic, records), keys, NOW_MS, SKEW)
 
 
-def _accepts_frame(topic: str, records: list[dict[str, Any]], keys: list[bytes | None]) -> bool:
-    """The sink's columnar path: the records encoded, read as one DataFrame, checked by frame_valid."""
+def _accepts_arrow(topic: str, records: list[dict[str, Any]], keys: list[bytes | None]) -> bool:
+    """The sink's columnar path: the records encoded, read as Arrow columns, checked by table_valid."""
     codec = Codec()
     try:
         values = [codec.encode(topic, r) for r in records]
     except (ValueError, TypeError, OverflowError):  # e.g. an enum symbol the schema lacks
         return False  # no decoder yields such a record: nothing to accept
-    frame = read_columns(codec, topic, values)
-    return frame is not None and frame_valid(topic, frame, keys, NOW_MS, SKEW)
+    decoded = read_columns(codec, topic, values)
+    return decoded is not None and table_valid(topic, decoded, keys, NOW_MS, SKEW)
 
 
-CHECKS = pytest.mark.parametrize("accepts", [_accepts_columns, _accepts_frame], ids=["columns", "frame"])
+CHECKS = pytest.mark.parametrize("accepts", [_accepts_columns, _accepts_arrow], ids=["columns", "arrow"])
 
 
 def _avro_kind(topic: str, field: str) -> tuple[type, bool]:
