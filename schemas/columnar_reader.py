@@ -22,6 +22,12 @@ the bytes the reader consumed for record ``i`` and ``s_i`` its canonical size; a
 inside the block, whose size is the sum of the ``len_i``, so no ``c_i`` can be larger: each
 record was read from exactly its own bytes. A body that is valid but not canonical (e.g. written
 with several array blocks) fails the check and takes the per-record path: slower, still right.
+
+Proving the values. Within its bytes the reader is stricter than the reference decoder (invalid
+UTF-8, an enum index out of range: errors) except in two places: it takes any union index but the
+null branch's for the value branch, and any boolean byte but 1 for False. So each union's tag
+byte is checked at its offset (known from the sizes of the fields before it), and booleans are
+not read here at all (such schemas go record by record).
 """
 
 from __future__ import annotations
@@ -185,19 +191,35 @@ def _sizer(name: str, avro_type: Any) -> Sizer:
         return _string_sizes
     if t == "long":
         return lambda column: _long_sizes(_numbers(column))
+    if t == "double":
+        return lambda column: np.full(len(column), 8, dtype=np.int64)
+    # not sized, so read record by record: "boolean" (the reader takes a corrupt byte 2 for False,
+    # the reference decoder for True), "int" (a varint beyond 32 bits), and the rest
     raise Unsupported(f"{name}: type {t!r} is not sized")
 
 
-def _plan(version: SchemaVersion) -> tuple[bytes, tuple[tuple[str, Sizer], ...]] | None:
+Plan = tuple[bytes, tuple[tuple[str, Sizer, int | None], ...]]
+"""The container header, and per field: its name, its sizer, and for a ``[null, T]`` union the
+index of its null branch (None for other types)."""
+
+
+def _null_branch(avro_type: Any) -> int | None:
+    return avro_type.index("null") if isinstance(avro_type, list) else None
+
+
+def _plan(version: SchemaVersion) -> Plan | None:
     """(the container header, each field's sizer) for ``version``; None if unsupported."""
     return _plan_by_fingerprint(version.fingerprint)
 
 
 @cache
-def _plan_by_fingerprint(fingerprint: bytes) -> tuple[bytes, tuple[tuple[str, Sizer], ...]] | None:
+def _plan_by_fingerprint(fingerprint: bytes) -> Plan | None:
     version = contracts.by_fingerprint()[fingerprint]
     try:
-        sizers = tuple((f["name"], _sizer(f["name"], f["type"])) for f in version.schema["fields"])
+        sizers = tuple(
+            (f["name"], _sizer(f["name"], f["type"]), _null_branch(f["type"]))
+            for f in version.schema["fields"]
+        )
     except Unsupported as exc:
         log.info("no columnar reader for %s: %s", version.record_name, exc)
         return None
@@ -223,15 +245,30 @@ def read_bodies(version: SchemaVersion, bodies: Sequence[bytes]) -> pa.Table | N
         table = pl.read_avro(io.BytesIO(data)).to_arrow(compat_level=pl.CompatLevel.oldest())
         if table.num_rows != len(bodies):
             return None
-        sizes = np.zeros(len(bodies), dtype=np.int64)
-        for name, sizer in sizers:
-            sizes += sizer(table.column(name))
         lengths = np.fromiter(map(len, bodies), dtype=np.int64, count=len(bodies))
-        exact = bool(np.array_equal(sizes, lengths))
+        sizes = np.zeros(len(bodies), dtype=np.int64)  # per record: the fields sized so far
+        tags: list[tuple[np.ndarray, np.ndarray]] = []  # union tag positions in the block, tags expected
+        for name, sizer, null_branch in sizers:
+            column = table.column(name)
+            if null_branch is not None:
+                valid = np.asarray(column.is_valid(), dtype=bool)  # type: ignore[arg-type]
+                tags.append((sizes.copy(), np.where(valid, 2 * (1 - null_branch), 2 * null_branch)))
+            sizes += sizer(column)
+        if not np.array_equal(sizes, lengths):
+            return None
+        # The reader takes any union index other than the null branch's for the value branch (a
+        # corrupt 0x35 reads as a string): a union's tag byte, at its field's offset in the record,
+        # must be exactly the branch read (zigzag 0 or 1: one byte, 0x00 or 0x02).
+        if tags:
+            starts = np.concatenate(([0], np.cumsum(lengths)[:-1]))
+            raw = np.frombuffer(block, dtype=np.uint8)
+            for offsets, expected in tags:
+                if not np.array_equal(raw[starts + offsets], expected):
+                    return None
     except (Exception, PanicException) as exc:  # a panic (a BaseException): the reader's bounds checks
         log.debug("columnar read of %d %s bodies refused: %s", len(bodies), version.record_name, exc)
         return None
-    return table if exact else None
+    return table
 
 
 def read_columns(codec: Codec, topic: str, values: Sequence[bytes | None]) -> pa.Table | None:

@@ -25,8 +25,10 @@ from operator import itemgetter
 from typing import Any, Literal
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from schemas import contracts
+from schemas.columnar_reader import unscaled
 
 Kind = Literal[
     "string", "timestamp", "money", "int32", "int64", "uint64", "float64", "bool", "binary", "string_list"
@@ -361,6 +363,30 @@ def event_table(topic: str, decoded: pa.Table, partitions: list[int], offsets: l
 def output_columns(topic: str, records: Sequence[Mapping[str, Any]]) -> list[Sequence[Any]]:
     """The columns of an output table from decoded ``backbone.*`` records (raw shape); not range-checked."""
     return [[r.get(name) for r in records] for name in output_spec(topic).names]
+
+
+def output_table(topic: str, decoded: pa.Table) -> pa.Table | None:
+    """The rows of an output table from records decoded into Arrow columns
+    (:func:`schemas.columnar_reader.read_columns`): the table :func:`output_columns` and
+    :meth:`TableSpec.columns_to_arrow` build from the same records; or None when a value needs
+    the record-by-record path (it does not fit its column, or ClickHouse would clamp it)."""
+    spec = output_spec(topic)
+    arrays: list[pa.ChunkedArray] = []
+    try:
+        for column in spec.columns:
+            values = decoded.column(column.name)
+            if pa.types.is_dictionary(values.type):  # an enum
+                values = pa.chunked_array([c.dictionary_decode() for c in values.chunks])
+            arrays.append(values.cast(spec.arrow_schema.field(column.name).type))
+        for i, _name, kind in spec.checked:  # as out_of_range: epoch ms and paisa within bounds
+            values = unscaled(arrays[i], _MONEY.scale) if kind == "money" else arrays[i].cast(pa.int64())
+            bounds = pc.min_max(values).as_py()
+            lo, hi = _BOUNDS[kind]
+            if bounds["min"] is not None and not (lo <= bounds["min"] and bounds["max"] <= hi):
+                return None
+    except (pa.ArrowException, OverflowError, KeyError):
+        return None
+    return pa.Table.from_arrays(arrays, schema=spec.arrow_schema)
 
 
 def output_row(topic: str, raw: Mapping[str, Any]) -> tuple[Any, ...]:

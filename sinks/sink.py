@@ -378,10 +378,17 @@ class Sink:
 
     def _ingest_outputs(self, topic: str, name: str, msgs: list[Message]) -> None:
         """Decode records of an output topic; undecodable ones are the sink's to park."""
+        last = {m.partition(): m.offset() for m in msgs}  # a partition's messages come in order
+        self._positions.update({(name, p): o + 1 for p, o in last.items()})
+        if len(msgs) >= COLUMNAR_MIN_MESSAGES:  # the common case: every record decodes and fits
+            decoded = read_columns(self.codec, topic, [m.value() for m in msgs])
+            table = rows.output_table(topic, decoded) if decoded is not None else None
+            if table is not None:
+                self._buffer(rows.OUTPUT_TABLES[topic], table, msgs)
+                return
         records: list[dict[str, Any]] = []
         kept: list[Message] = []
         for msg in msgs:
-            self._positions[(name, msg.partition())] = msg.offset() + 1
             try:
                 records.append(self.codec.decode(topic, msg.value()))
             except DecodeError as exc:

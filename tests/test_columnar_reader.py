@@ -11,13 +11,14 @@ import pyarrow as pa
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sink_fixtures import agency_events
+from sink_fixtures import BASE_MS, agency_events, alert, backlog, freshness, kpi_window
 from test_fast_reader import _raw_schema, _write, strategy
 
 from schemas import contracts
 from schemas.codec import Codec, DecodeError, paisa_to_bytes
-from schemas.columnar_reader import read_columns, unscaled
+from schemas.columnar_reader import _plan, read_columns, unscaled
 from schemas.wire import SINGLE_OBJECT_MAGIC
+from sinks import rows
 
 AGENCY = [contracts.current(t) for t in contracts.INPUT_TOPICS]
 
@@ -176,3 +177,76 @@ def test_what_the_columnar_read_leaves_to_the_codec() -> None:
     small = Codec(max_message_bytes=len(values[0]) - 1)
     assert read_columns(small, contracts.PORTS, values) is None  # too large: the codec says so
     assert read_columns(codec, contracts.PORTS, []) is None
+
+
+# -- output topics: the sink's columnar path for the processors' records ---------------------------
+SIZED_OUTPUTS = [
+    contracts.current(t) for t in contracts.OUTPUT_TOPICS if _plan(contracts.current(t)) is not None
+]
+
+
+def test_the_output_topics_read_as_columns_are_the_high_volume_ones() -> None:
+    """KPI windows (about 1.35 per event) and the other booleans-free outputs; stage records (a
+    boolean) and dead letters (an int) are decoded record by record."""
+    assert {sv.topic for sv in SIZED_OUTPUTS} == {
+        contracts.KPI_WINDOWS,
+        contracts.ALERTS,
+        contracts.BACKLOG,
+        contracts.FEED_FRESHNESS,
+    }
+
+
+def _record_path(topic: str, values: list[bytes]) -> pa.Table | None:
+    """What the sink's record-by-record path stores, or None if it would park a row instead."""
+    codec = Codec()
+    records = [codec.decode(topic, v) for v in values]
+    spec = rows.output_spec(topic)
+    columns = rows.output_columns(topic, records)
+    if rows.out_of_range(spec, columns):
+        return None
+    try:
+        return spec.columns_to_arrow(columns)
+    except (pa.ArrowException, OverflowError, TypeError):
+        return None
+
+
+@pytest.mark.parametrize("sv", SIZED_OUTPUTS, ids=lambda sv: sv.topic)
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_output_records_become_the_rows_the_record_path_stores(
+    sv: contracts.SchemaVersion, data: Any
+) -> None:
+    """Random output records (any long, so negative versions and timestamps beyond DateTime64 too):
+    the columnar table equals the record path's, and whenever the record path would park a row the
+    columnar path declines the batch."""
+    schema = _raw_schema(sv)
+    records = data.draw(st.lists(strategy(schema, {}), min_size=1, max_size=5))
+    for record in records:
+        for name in sv.money_fields:
+            if record.get(name) is not None:
+                record[name] = paisa_to_bytes(data.draw(st.integers(0, 10**18 - 1)))
+    values = [_framed(sv, _write(schema, r)) for r in records]
+    decoded = read_columns(Codec(), sv.topic, values)
+    assert decoded is not None
+    table = rows.output_table(sv.topic, decoded)
+    expected = _record_path(sv.topic, values)
+    if table is None:
+        assert expected is None, "the columnar path declined a batch the record path stores whole"
+    else:
+        assert expected is not None and table.equals(expected)
+
+
+def test_processor_shaped_outputs_take_the_columnar_path() -> None:
+    codec = Codec()
+    cases = {
+        contracts.KPI_WINDOWS: [kpi_window(i, 3) for i in range(20)],
+        contracts.ALERTS: [alert(i, "FIRING", BASE_MS + i) for i in range(20)],
+        contracts.BACKLOG: [backlog(i, 2, 7) for i in range(20)],
+        contracts.FEED_FRESHNESS: [freshness(a, 4) for a in ("FBR-CUSTOMS", "KPT", "PQA")],
+    }
+    for topic, records in cases.items():
+        values = [codec.encode(topic, r) for r in records]
+        decoded = read_columns(codec, topic, values)
+        assert decoded is not None, topic
+        table = rows.output_table(topic, decoded)
+        assert table is not None and table.equals(_record_path(topic, values)), topic
