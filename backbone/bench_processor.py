@@ -34,6 +34,7 @@ so the ratios favour them).
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -128,10 +129,14 @@ class Workspace:
         env: Mapping[str, str] | None = None,
         backlog_drained: Callable[[Counters], bool] | None = None,
     ) -> JobRun:
+        data_dir = self.root / name
+        # a fresh broker means fresh state: a Quix state dir left by an earlier bench run (same app
+        # id, changelog offsets of the old broker) made the peer wait for ever in its recovery
+        shutil.rmtree(data_dir, ignore_errors=True)
         job = JobProcess(
             name,
             argv,
-            job_env(self.bootstrap, self.root / name, self.partitions, **{**self.env_extra, **(env or {})}),
+            job_env(self.bootstrap, data_dir, self.partitions, **{**self.env_extra, **(env or {})}),
             self.root / "logs" / f"{name}.log",
         )
         job.start()
