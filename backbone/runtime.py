@@ -61,6 +61,16 @@ shows a stage record up to about a second later, a KPI window up to about 1.5 s 
 """
 
 
+EMBEDDED_PROCESSOR_COMPRESSION = ("--compression", "gzip")
+"""On the embedded broker, ``up``'s processors gzip what they produce.
+
+Why: Tansu's memory engine never drops a batch, so the broker's memory grows with every byte
+produced; the processors' KPI state changelog (~10 KB of JSON a write) is most of it. Measured
+in ``up`` (default rate, 4 minutes): +40 MB/min uncompressed, +12.5 MB/min gzipped, broker CPU
+unchanged (11-12 % of a core). A real Kafka compacts the changelog, so production keeps none.
+"""
+
+
 def planned_services(
     settings: Settings, simulate: bool, rate: float, workers: int, seed: int, time_scale: float = 1.0
 ) -> list[Service]:
@@ -73,9 +83,10 @@ def planned_services(
     if _has("sinks.cli"):
         services.append(Service("sink", _cli("sink", "run", "--serve-board")))
     if _has("stream_processors.cli"):
-        cadence = EMBEDDED_PROCESSOR_CADENCE if settings.embedded_kafka else ()
+        embedded = EMBEDDED_PROCESSOR_CADENCE + EMBEDDED_PROCESSOR_COMPRESSION
+        options = embedded if settings.embedded_kafka else ()
         for i in range(workers):
-            argv = _cli("process", "--worker-id", str(i + 1), *cadence)
+            argv = _cli("process", "--worker-id", str(i + 1), *options)
             services.append(Service(f"processor-{i + 1}", argv))
     if _has("alerting.forwarder"):
         services.append(Service("alert-forwarder", _cli("alerting", "forward"), required=False))

@@ -24,6 +24,12 @@ def register(app: typer.Typer) -> None:
         timer_interval: float = typer.Option(
             0.5, "--timer-interval", min=0.05, help="How often the timer sweeps and emits KPI windows (s)."
         ),
+        compression: str = typer.Option(
+            "none",
+            "--compression",
+            help="Compress the outputs and state changelogs: none or gzip (the only codec the "
+            "processors' own Faust consumer reads without extra packages).",
+        ),
         app_id: str = typer.Option(
             "backbone-processors",
             "--app-id",
@@ -37,8 +43,14 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Consume the agency topics and compute stage records, KPIs and alerts (Ctrl-C stops)."""
         from backbone.cli import settings_or_exit
+        from stream_processors.outputs import COMPRESSIONS
         from stream_processors.worker import WorkerOptions, run_worker
 
+        if compression not in COMPRESSIONS:
+            typer.echo(
+                f"error: --compression {compression!r}: expected one of {', '.join(COMPRESSIONS)}", err=True
+            )
+            raise typer.Exit(2)
         settings = settings_or_exit()
         if bootstrap:
             settings = settings.model_copy(update={"kafka_bootstrap_servers": bootstrap})
@@ -57,6 +69,7 @@ def register(app: typer.Typer) -> None:
                 batch_max=batch_max,
                 batch_within_s=batch_within,
                 timer_interval_s=timer_interval,
+                compression=compression,
                 app_id=app_id,
                 metrics_port=None if metrics_port < 0 else metrics_port,
             ),

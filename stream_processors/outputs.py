@@ -79,6 +79,12 @@ class OutputEncodeError(ValueError):
     """An engine produced a record that does not fit its output schema (a bug: never skipped)."""
 
 
+COMPRESSIONS = ("none", "gzip")
+"""What the processors may compress their outputs and changelogs with. Only gzip of librdkafka's
+codecs is read by every consumer here without extra packages: the processors' own Faust consumer
+(aiokafka) needs ``cramjam`` for lz4, snappy and zstd, and reads the facts and changelog topics."""
+
+
 class OutputProducer:
     """Encodes and produces engine outputs; :meth:`flush` is the per-batch delivery barrier."""
 
@@ -89,6 +95,7 @@ class OutputProducer:
         codec: Codec | None = None,
         linger_ms: int = 5,
         client_id: str = "backbone-processor",
+        compression: str = "none",
     ) -> None:
         self.codec = codec or codec_for(settings)
         self._producer = Producer(
@@ -99,7 +106,7 @@ class OutputProducer:
                 "acks": "all",
                 "linger.ms": linger_ms,
                 "queue.buffering.max.messages": 1_000_000,
-                "compression.type": "none",
+                "compression.type": compression,  # see COMPRESSIONS
                 # Successes need no callback (``flush`` counts what is still in flight): a
                 # Python call per acknowledged record was ~1 µs of a KPI window's cost.
                 "delivery.report.only.error": True,

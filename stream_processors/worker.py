@@ -82,6 +82,8 @@ class WorkerOptions:
     batch_max: int = 2000
     batch_within_s: float = 0.1
     timer_interval_s: float = 0.5
+    compression: str = "none"
+    """Of the outputs and the state changelogs (``stream_processors.outputs.COMPRESSIONS``)."""
     app_id: str = DEFAULT_APP_ID
     metrics_port: int | None = None
     """None: ``settings.processor_metrics_port`` + worker_id - 1 (0 stays 0: a free port)."""
@@ -545,7 +547,9 @@ def build_worker(
 
     journey_table = table("journey_state", "Per-case journey state, keyed by case_id.")
     kpi_table = table("kpi_state", "Per-KPI-group windows, backlog and feed state.")
-    producer = OutputProducer(settings, client_id=f"backbone-processor-{options.worker_id}")
+    producer = OutputProducer(
+        settings, client_id=f"backbone-processor-{options.worker_id}", compression=options.compression
+    )
     runtime = ProcessorRuntime(
         settings,
         journey_engine(missions, settings, producer.codec),

@@ -74,6 +74,7 @@ class WorkerProcess(ChildProcess):
     worker_id: int = 1
     app_id: str = "backbone-processors"
     stock: bool = False
+    extra_args: tuple[str, ...] = ()
     process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> WorkerProcess:
@@ -91,6 +92,7 @@ class WorkerProcess(ChildProcess):
         ]
         if self.stock:
             argv.append("--stock")
+        argv.extend(self.extra_args)
         self.spawn(argv, self.env)
         return self
 

@@ -1,5 +1,5 @@
 """Pieces of `backbone up` that keep the embedded broker cheap: the burst-reading topic counter and
-the processors' cadence on the embedded broker."""
+the processors' cadence and compression on the embedded broker."""
 
 from __future__ import annotations
 
@@ -13,7 +13,12 @@ from confluent_kafka import Producer
 from backbone.config import Settings, load_settings
 from backbone.embedded.broker import TansuBroker
 from backbone.kafka import ensure_topics
-from backbone.runtime import EMBEDDED_PROCESSOR_CADENCE, TopicCounter, planned_services
+from backbone.runtime import (
+    EMBEDDED_PROCESSOR_CADENCE,
+    EMBEDDED_PROCESSOR_COMPRESSION,
+    TopicCounter,
+    planned_services,
+)
 
 
 def _processor_argv(**settings: object) -> list[str]:
@@ -21,11 +26,15 @@ def _processor_argv(**settings: object) -> list[str]:
     return next(s.argv for s in services if s.name == "processor-1")
 
 
-def test_processors_flush_less_often_only_on_the_embedded_broker(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_processors_flush_less_often_and_gzip_only_on_the_embedded_broker(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.delenv("BACKBONE_KAFKA_BOOTSTRAP_SERVERS", raising=False)
     argv = _processor_argv()
-    assert argv[-len(EMBEDDED_PROCESSOR_CADENCE) :] == list(EMBEDDED_PROCESSOR_CADENCE)
-    assert "--timer-interval" not in _processor_argv(kafka_bootstrap_servers="kafka:9092")
+    embedded = [*EMBEDDED_PROCESSOR_CADENCE, *EMBEDDED_PROCESSOR_COMPRESSION]
+    assert argv[-len(embedded) :] == embedded
+    production = _processor_argv(kafka_bootstrap_servers="kafka:9092")
+    assert "--timer-interval" not in production and "--compression" not in production
 
 
 def _wait_counts(counter: TopicCounter, want: dict[str, int], timeout_s: float = 30.0) -> None:
