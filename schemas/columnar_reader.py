@@ -47,6 +47,7 @@ from polars.exceptions import PanicException
 
 from schemas import contracts
 from schemas.contracts import SchemaVersion
+from schemas.fast_writer import _long as _varint  # Avro's zigzag long: the header's counts
 
 if TYPE_CHECKING:
     from schemas.codec import Codec
@@ -59,17 +60,6 @@ _MAX_ENUM_SYMBOLS = 64  # an enum index below 64 is one varint byte
 
 class Unsupported(ValueError):
     """The schema uses a type this reader does not size (that schema is read record by record)."""
-
-
-def _varint(n: int) -> bytes:
-    """Avro's zigzag varint of ``n`` (only for the container header: counts and lengths)."""
-    z = (n << 1) ^ (n >> 63)
-    out = bytearray()
-    while z > 0x7F:
-        out.append((z & 0x7F) | 0x80)
-        z >>= 7
-    out.append(z)
-    return bytes(out)
 
 
 # Zigzag varint sizes: a value of magnitude m (v if v >= 0, else -v - 1) takes 1 byte, plus one

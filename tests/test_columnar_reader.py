@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sink_fixtures import BASE_MS, agency_events, alert, backlog, freshness, kpi_window
-from test_fast_reader import _raw_schema, _write, strategy
+from test_fast_reader import _raw_schema, _write, corrupt, strategy
 
 from schemas import contracts
 from schemas.codec import Codec, DecodeError, paisa_to_bytes
@@ -44,6 +44,14 @@ def _decoded(codec: Codec, topic: str, values: list[bytes]) -> list[dict[str, An
         return None
 
 
+def _amounts(sv: contracts.SchemaVersion, records: list[dict[str, Any]], data: Any) -> None:
+    """The raw schema's decimals are any bytes: make each present one an amount of Decimal(18, 2)."""
+    for record in records:
+        for name in sv.money_fields:
+            if record.get(name) is not None:
+                record[name] = paisa_to_bytes(data.draw(st.integers(0, 10**18 - 1)))
+
+
 def _framed(sv: contracts.SchemaVersion, body: bytes) -> bytes:
     return SINGLE_OBJECT_MAGIC + sv.fingerprint + body
 
@@ -56,9 +64,7 @@ def test_random_records_read_as_the_codec_reads_them(sv: contracts.SchemaVersion
     fastavro: read as columns, and every record equals the codec's."""
     schema = _raw_schema(sv)
     records = data.draw(st.lists(strategy(schema, {}), min_size=1, max_size=6))
-    for record in records:
-        for name in sv.money_fields:  # the raw schema's decimal is any bytes: make it an amount
-            record[name] = paisa_to_bytes(data.draw(st.integers(0, 10**18 - 1)))
+    _amounts(sv, records, data)
     values = [_framed(sv, _write(schema, r)) for r in records]
     codec = Codec()
     decoded = read_columns(codec, sv.topic, values)
@@ -101,19 +107,7 @@ def test_a_corrupted_message_never_shifts_or_changes_a_record(sv: contracts.Sche
     codec = Codec()
     values = [codec.encode(t, raw) for t, raw in agency_events(30, seed=7) if t == sv.topic][:5]
     index = data.draw(st.integers(0, len(values) - 1))
-    body = bytearray(values[index])
-    for _ in range(data.draw(st.integers(1, 3))):
-        how = data.draw(st.sampled_from(["truncate", "flip", "insert", "append"]))
-        at = data.draw(st.integers(10, max(10, len(body) - 1)))
-        if how == "truncate":
-            del body[at:]
-        elif how == "flip" and at < len(body):
-            body[at] = data.draw(st.integers(0, 255))
-        elif how == "insert":
-            body[at:at] = bytes([data.draw(st.integers(0, 255))])
-        else:
-            body += bytes([data.draw(st.integers(0, 255))])
-    values[index] = bytes(body)
+    values[index] = corrupt(data, values[index], times=st.integers(1, 3))
     decoded = read_columns(codec, sv.topic, values)
     if decoded is not None:
         expected = _decoded(codec, sv.topic, values)
@@ -221,10 +215,7 @@ def test_output_records_become_the_rows_the_record_path_stores(
     columnar path declines the batch."""
     schema = _raw_schema(sv)
     records = data.draw(st.lists(strategy(schema, {}), min_size=1, max_size=5))
-    for record in records:
-        for name in sv.money_fields:
-            if record.get(name) is not None:
-                record[name] = paisa_to_bytes(data.draw(st.integers(0, 10**18 - 1)))
+    _amounts(sv, records, data)
     values = [_framed(sv, _write(schema, r)) for r in records]
     decoded = read_columns(Codec(), sv.topic, values)
     assert decoded is not None

@@ -139,6 +139,24 @@ def test_every_avro_type_round_trips(data: Any) -> None:
     assert got == _fastavro(EVERY_TYPE, body, ("money",))
 
 
+def corrupt(data: Any, value: bytes, times: st.SearchStrategy[int]) -> bytes:
+    """``value`` after a few truncations, byte flips, insertions and appended bytes (past the
+    10-byte single-object header)."""
+    body = bytearray(value)
+    for _ in range(data.draw(times)):
+        how = data.draw(st.sampled_from(["truncate", "flip", "insert", "append"]))
+        at = data.draw(st.integers(10, max(10, len(body) - 1)))
+        if how == "truncate":
+            del body[at:]
+        elif how == "flip" and at < len(body):
+            body[at] = data.draw(st.integers(0, 255))
+        elif how == "insert":
+            body[at:at] = bytes([data.draw(st.integers(0, 255))])
+        else:
+            body += bytes([data.draw(st.integers(0, 255))])
+    return bytes(body)
+
+
 def _outcome(decode: Any, topic: str, value: bytes) -> Any:
     try:
         return ("ok", decode(topic, value))
@@ -157,18 +175,7 @@ def test_codec_fast_path_equals_reference_on_corrupted_messages(
     """Truncations, byte flips, insertions and appended bytes: same record or same error."""
     schema = _raw_schema(sv)
     value = SINGLE_OBJECT_MAGIC + sv.fingerprint + _write(schema, data.draw(strategy(schema, {})))
-    body = bytearray(value)
-    for _ in range(data.draw(st.integers(0, 3))):
-        how = data.draw(st.sampled_from(["truncate", "flip", "insert", "append"]))
-        at = data.draw(st.integers(10, max(10, len(body) - 1)))
-        if how == "truncate":
-            del body[at:]
-        elif how == "flip" and at < len(body):
-            body[at] = data.draw(st.integers(0, 255))
-        elif how == "insert":
-            body[at:at] = bytes([data.draw(st.integers(0, 255))])
-        else:
-            body += bytes([data.draw(st.integers(0, 255))])
+    body = corrupt(data, value, times=st.integers(0, 3))
     codec = Codec()
     topic = data.draw(st.sampled_from([sv.topic, sv.topic, contracts.PERMITS]))
     assert _outcome(codec.decode, topic, bytes(body)) == _outcome(codec.decode_reference, topic, bytes(body))
