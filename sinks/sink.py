@@ -4,9 +4,10 @@ Contract:
 * Reads the five agency topics (→ ``events``) and the six ``backbone.*`` output topics (→ one
   table each) in consumer group ``backbone-sink`` with auto-commit off.
 * Decodes and validates a whole consume batch per topic at once and buffers it as an Arrow
-  table per table (:mod:`sinks.sink_batch`, :mod:`sinks.sink_validate`). An agency batch is
-  first read as columns in one call (:mod:`schemas.columnar_reader`); a batch that is not
-  entirely canonical, current-schema and valid is decoded record by record instead. A flush round is due
+  table per table (:mod:`sinks.sink_batch`, :mod:`sinks.sink_validate`). A batch of 256 or
+  more messages of one topic is first read as columns in one call (:mod:`schemas.columnar_reader`);
+  one that is not entirely canonical, current-schema, valid (agency events) and within the
+  columns' ranges is decoded record by record instead. A flush round is due
   when a table's batch is full, when the buffered rows reach ``max_pending_rows`` (or
   ``min_batch_rows`` with no insert running, or whatever is left once a catch-up has read
   everything), or when the oldest buffered row is ``max_batch_age_s`` old; it hands every

@@ -107,7 +107,7 @@ maximum length), ``money`` or ``list``: one rule of ``schemas.validation.FAMILY_
 @cache
 def _family_rules(topic: str) -> tuple[Rule, ...]:
     """The family rules of ``topic`` (``schemas.validation.FAMILY_CHECKS``) as data, so the column
-    check here and the DataFrame check below read the same list."""
+    check and the Arrow check below read the same list."""
     reg = default_registry()
     ports = _allowed(reg.ports, validation.MAX_STRING_LEN)
     provinces = _allowed(reg.provinces, validation.MAX_STRING_LEN)
@@ -136,10 +136,6 @@ _COLUMN_CHECKS: dict[str, Callable[[Any, Any], bool]] = {
     "money": lambda values, _: _money(values),
     "list": lambda values, _: _lists(values),
 }
-
-
-def _family_check(topic: str, columns: Columns) -> bool:
-    return all(_COLUMN_CHECKS[check](columns[name], arg) for name, check, arg in _family_rules(topic))
 
 
 @cache

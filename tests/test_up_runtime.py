@@ -3,6 +3,8 @@ the processors' cadence and compression on the embedded broker."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
@@ -35,6 +37,18 @@ def test_processors_flush_less_often_and_gzip_only_on_the_embedded_broker(
     assert argv[-len(embedded) :] == embedded
     production = _processor_argv(kafka_bootstrap_servers="kafka:9092")
     assert "--timer-interval" not in production and "--compression" not in production
+
+
+def test_processors_refuse_a_codec_their_own_consumer_cannot_read() -> None:
+    """lz4/zstd/snappy would be written fine and then break the worker's changelog recovery."""
+    done = subprocess.run(
+        [sys.executable, "-m", "backbone", "process", "--compression", "lz4", "--bootstrap", "127.0.0.1:1"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2
+    assert "--compression 'lz4': expected one of none, gzip" in done.stderr
 
 
 def _wait_counts(counter: TopicCounter, want: dict[str, int], timeout_s: float = 30.0) -> None:
