@@ -103,7 +103,8 @@ def _string_sizes(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
     return n + _varint_size(n)
 
 
-def _timestamp_sizes(column: pa.ChunkedArray) -> np.ndarray:
+def _long_column_sizes(column: pa.ChunkedArray) -> np.ndarray:
+    """Longs and timestamp-millis (epoch ms, a long on the wire)."""
     return _long_sizes(_numbers(column))
 
 
@@ -146,26 +147,19 @@ def _decimal_sizer(scale: int) -> Sizer:
     return sizes
 
 
-def _nullable(inner: Sizer) -> Sizer:
-    def sizes(column: pa.ChunkedArray) -> np.ndarray:
-        valid = np.asarray(column.is_valid(), dtype=bool)  # type: ignore[arg-type]
-        return 1 + np.where(valid, inner(column), 0)
-
-    return sizes
-
-
 def _sizer(name: str, avro_type: Any) -> Sizer:
-    """How to size one field's column; :class:`Unsupported` for a type not handled here."""
+    """How to size one field's (non-null) values; :class:`Unsupported` for a type not handled here.
+    A ``[null, T]`` union is sized as T here, its tag byte by :func:`read_bodies`."""
     t = avro_type
     if isinstance(t, list):
         members = [m for m in t if m != "null"]
         if len(t) != 2 or len(members) != 1:
             raise Unsupported(f"{name}: only [null, T] unions are sized")
-        return _nullable(_sizer(name, members[0]))
+        return _sizer(name, members[0])
     if isinstance(t, dict):
         logical, base = t.get("logicalType"), t.get("type")
         if base == "long" and logical == "timestamp-millis":
-            return _timestamp_sizes
+            return _long_column_sizes
         if base == "bytes" and logical == "decimal":
             return _decimal_sizer(int(t.get("scale", 0)))
         if base == "enum":
@@ -180,7 +174,7 @@ def _sizer(name: str, avro_type: Any) -> Sizer:
     if t == "string":
         return _string_sizes
     if t == "long":
-        return lambda column: _long_sizes(_numbers(column))
+        return _long_column_sizes
     if t == "double":
         return lambda column: np.full(len(column), 8, dtype=np.int64)
     # not sized, so read record by record: "boolean" (the reader takes a corrupt byte 2 for False,
@@ -189,8 +183,8 @@ def _sizer(name: str, avro_type: Any) -> Sizer:
 
 
 Plan = tuple[bytes, tuple[tuple[str, Sizer, int | None], ...]]
-"""The container header, and per field: its name, its sizer, and for a ``[null, T]`` union the
-index of its null branch (None for other types)."""
+"""The container header, and per field: its name, the sizer of its values, and for a
+``[null, T]`` union the index of its null branch (None for other types)."""
 
 
 def _null_branch(avro_type: Any) -> int | None:
@@ -240,10 +234,13 @@ def read_bodies(version: SchemaVersion, bodies: Sequence[bytes]) -> pa.Table | N
         tags: list[tuple[np.ndarray, np.ndarray]] = []  # union tag positions in the block, tags expected
         for name, sizer, null_branch in sizers:
             column = table.column(name)
-            if null_branch is not None:
-                valid = np.asarray(column.is_valid(), dtype=bool)  # type: ignore[arg-type]
-                tags.append((sizes.copy(), np.where(valid, 2 * (1 - null_branch), 2 * null_branch)))
-            sizes += sizer(column)
+            if null_branch is None:
+                sizes += sizer(column)
+                continue
+            # a union: its tag byte (branch 0 or 1: 0x00 or 0x02), then the value if not null
+            valid = np.asarray(column.is_valid(), dtype=bool)  # type: ignore[arg-type]
+            tags.append((sizes.copy(), np.where(valid, 2 * (1 - null_branch), 2 * null_branch)))
+            sizes += 1 + np.where(valid, sizer(column), 0)
         if not np.array_equal(sizes, lengths):
             return None
         # The reader takes any union index other than the null branch's for the value branch (a

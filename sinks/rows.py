@@ -50,7 +50,8 @@ _ARROW_TYPES: dict[str, pa.DataType] = {
     "binary": pa.binary(),
     "string_list": pa.list_(pa.string()),
 }
-_MONEY = pa.decimal128(18, 2)
+MONEY_SCALE = 2  # Decimal(18, 2): the unscaled integers are the raw shape's paisa
+_MONEY = pa.decimal128(18, MONEY_SCALE)
 
 
 class RowRejected(ValueError):
@@ -336,6 +337,14 @@ def event_columns(
     return columns
 
 
+def _decoded_column(decoded: pa.Table, name: str, arrow_type: pa.DataType) -> pa.ChunkedArray:
+    """A column of a columnar read as its table's Arrow type (an enum's dictionary decoded first)."""
+    values = decoded.column(name)
+    if pa.types.is_dictionary(values.type):
+        values = pa.chunked_array([c.dictionary_decode() for c in values.chunks])
+    return values.cast(arrow_type)
+
+
 def event_table(topic: str, decoded: pa.Table, partitions: list[int], offsets: list[int]) -> pa.Table:
     """The ``events`` rows of agency events of one topic decoded into Arrow columns
     (:func:`schemas.columnar_reader.read_columns`): the table :func:`event_columns` and
@@ -347,10 +356,7 @@ def event_table(topic: str, decoded: pa.Table, partitions: list[int], offsets: l
     for column, (name, fixed) in zip(spec.columns, _event_row_plan(topic), strict=True):
         arrow_type = spec.arrow_schema.field(column.name).type
         if name is not None:
-            values = decoded.column(name)
-            if pa.types.is_dictionary(values.type):  # an enum
-                values = pa.chunked_array([c.dictionary_decode() for c in values.chunks])
-            arrays.append(values.cast(arrow_type))
+            arrays.append(_decoded_column(decoded, name, arrow_type))
         elif column in PROVENANCE_COLUMNS:
             arrays.append(
                 pa.array(partitions if column.name == "kafka_partition" else offsets, type=arrow_type)
@@ -374,12 +380,9 @@ def output_table(topic: str, decoded: pa.Table) -> pa.Table | None:
     arrays: list[pa.ChunkedArray] = []
     try:
         for column in spec.columns:
-            values = decoded.column(column.name)
-            if pa.types.is_dictionary(values.type):  # an enum
-                values = pa.chunked_array([c.dictionary_decode() for c in values.chunks])
-            arrays.append(values.cast(spec.arrow_schema.field(column.name).type))
+            arrays.append(_decoded_column(decoded, column.name, spec.arrow_schema.field(column.name).type))
         for i, _name, kind in spec.checked:  # as out_of_range: epoch ms and paisa within bounds
-            values = unscaled(arrays[i], _MONEY.scale) if kind == "money" else arrays[i].cast(pa.int64())
+            values = unscaled(arrays[i], MONEY_SCALE) if kind == "money" else arrays[i].cast(pa.int64())
             bounds = pc.min_max(values).as_py()
             lo, hi = _BOUNDS[kind]
             if bounds["min"] is not None and not (lo <= bounds["min"] and bounds["max"] <= hi):

@@ -34,7 +34,7 @@ import pyarrow.compute as pc
 from schemas import contracts, validation
 from schemas.columnar_reader import unscaled
 from schemas.registry import Registry, default_registry
-from sinks.rows import MAX_ABS_PAISA
+from sinks.rows import MAX_ABS_PAISA, MONEY_SCALE
 
 log = logging.getLogger(__name__)
 
@@ -188,7 +188,6 @@ _UUID_ANCHORED = f"^{_UUID_EXACT.pattern}$"  # RE2: $ is the end of the text, ne
 # "non-blank" without Python's Unicode whitespace table: a value with an ASCII letter or digit is not
 # blank; one without (all punctuation, or another script) takes the record-by-record path
 _NOT_BLANK = "[0-9A-Za-z]"
-MONEY_SCALE = 2  # the raw shape's integer paisa (schemas.codec.paisa_to_bytes)
 
 
 def _all_true(mask: pa.ChunkedArray | pa.Array) -> bool:
