@@ -80,9 +80,9 @@ def format_table(rows: list[BenchRow]) -> str:
         ceiling = f"{r.ceiling_value:,.0f}" if r.ceiling_value is not None else "-"
         ratio = f"{r.ratio:.2f}" if r.ratio is not None else "-"
         note = "; ".join(x for x in (r.target, r.notes) if x)
-        lines.append(
-            f"{r.section:<10} {r.name:<44} {r.value:>10,.0f} {r.unit:<3} {ceiling:>14} {ratio:>7}  {note}"
-        )
+        digits = 2 if abs(r.value) < 10 and r.value != int(r.value) else 0  # e.g. cores
+        value = f"{r.value:>10,.{digits}f}"
+        lines.append(f"{r.section:<10} {r.name:<44} {value} {r.unit:<3} {ceiling:>14} {ratio:>7}  {note}")
     return "\n".join(lines)
 
 

@@ -26,16 +26,18 @@ all) at 80 % of what the slowest of them achieved, and the rows say so.
 
 from __future__ import annotations
 
+import os
 import sys
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from confluent_kafka import Producer
 
 from backbone.bench import BenchOptions, BenchRow
-from backbone.bench_peers.jobs import Counters, JobProcess
+from backbone.bench_peers.jobs import Counters, JobProcess, cpu_seconds
 from backbone.bench_processor import job_env, our_job_argv
 from backbone.config import load_settings
 from backbone.embedded.broker import TansuBroker, free_port
@@ -127,6 +129,8 @@ class Attempt:
     stage: list[float]
     kpi: list[float]
     sink_rows: float
+    cpu: dict[str, CpuUse] = field(default_factory=dict)
+    """CPU each component used while the events were published (see :class:`CpuMeter`)."""
 
     @property
     def achieved(self) -> float:
@@ -138,6 +142,50 @@ class Attempt:
         return (
             self.achieved >= 0.95 * self.rate and self.processor_lag <= allowed and self.sink_lag <= allowed
         )
+
+
+@dataclass(frozen=True)
+class CpuUse:
+    """CPU seconds one component used during the measured publishing, and the events it handled."""
+
+    seconds: float
+    events: float
+
+    @property
+    def us_per_event(self) -> float:
+        return 1e6 * self.seconds / self.events if self.events > 0 else float("nan")
+
+
+class CpuMeter:
+    """CPU seconds of the four processes of a run, from the start of publishing to its end.
+
+    Why: on a machine of two cores the publisher, the broker, the processor and the sink share
+    the CPU, and a rate that needs more than the cores cannot be sustained however the latency is
+    tuned. CPU per event is also much steadier than a p99 on a shared host. Each component's
+    seconds are divided by the events it handled in that time (the processor and the sink may
+    lag; the publisher and the broker handle every published event).
+    """
+
+    def __init__(self, sources: dict[str, tuple[Callable[[], float], Callable[[], float]]]) -> None:
+        self.sources = sources  # name -> (cpu seconds, events handled so far)
+        self.start = {name: (cpu(), events()) for name, (cpu, events) in sources.items()}
+
+    def stop(self) -> dict[str, CpuUse]:
+        out = {}
+        for name, (cpu, events) in self.sources.items():
+            cpu0, events0 = self.start[name]
+            out[name] = CpuUse(cpu() - cpu0, events() - events0)
+        return out
+
+
+def own_cpu_seconds() -> float:
+    t = os.times()
+    return t.user + t.system
+
+
+def cores_needed(cpu: dict[str, CpuUse], rate: float) -> float:
+    """Cores the four components together need at ``rate`` events/s, at the measured CPU per event."""
+    return sum(u.us_per_event for u in cpu.values()) * rate / 1e6
 
 
 def quantile(values: list[float], q: float) -> float:
@@ -234,8 +282,21 @@ def run_attempt(
             _wait_for(processor, lambda c: events_in(c) >= WARMUP_EVENTS, 180, "processor warm-up")
             _wait_for(sink, lambda c: sink_events(c) >= WARMUP_EVENTS, 180, "sink warm-up")
             measured_from_ms = time.time_ns() // 1_000_000
-            started = time.monotonic()
             sent = WARMUP_EVENTS
+            assert broker.process and processor.process and sink.process
+            broker_pid, processor_pid, sink_pid = broker.process.pid, processor.process.pid, sink.process.pid
+            meter = CpuMeter(
+                {
+                    "processor": (
+                        lambda: cpu_seconds(processor_pid),
+                        lambda: events_in(processor.scrape()),
+                    ),
+                    "sink": (lambda: cpu_seconds(sink_pid), lambda: sink_events(sink.scrape())),
+                    "broker": (lambda: cpu_seconds(broker_pid), lambda: float(sent)),
+                    "publisher": (own_cpu_seconds, lambda: float(sent)),
+                }
+            )
+            started = time.monotonic()
             while sent < total:
                 due = WARMUP_EVENTS + int((time.monotonic() - started) * rate)
                 if due <= sent:
@@ -247,6 +308,7 @@ def run_attempt(
                 sent = min(due, total)
                 producer.poll(0)
             seconds = time.monotonic() - started
+            cpu = meter.stop()
             producer.flush(60)
             processor_lag = total - events_in(processor.scrape())
             sink_lag = total - sink_events(sink.scrape())
@@ -254,7 +316,7 @@ def run_attempt(
                 f"{rate:,} ev/s asked, {(total - WARMUP_EVENTS) / seconds:,.0f} sent; lag at the end: "
                 f"processor {processor_lag:,.0f}, sink {sink_lag:,.0f} events"
             )
-            attempt = Attempt(rate, total - WARMUP_EVENTS, seconds, processor_lag, sink_lag, [], [], 0.0)
+            attempt = Attempt(rate, total - WARMUP_EVENTS, seconds, processor_lag, sink_lag, [], [], 0.0, cpu)
             if not attempt.sustained and not final:
                 return attempt  # not reported: the next attempt runs at a lower rate
             drained = _drain(processor, lambda c: events_in(c) >= total) and _drain(
@@ -401,7 +463,34 @@ def run(opts: BenchOptions) -> list[BenchRow]:
                     extra={"seconds": value_s, "samples": float(len(values))},
                 )
             )
+    if best.cpu:
+        rows.append(cpu_row(best, opts.rate))
     return rows
+
+
+def cpu_row(attempt: Attempt, target_rate: int) -> BenchRow:
+    """Cores the four processes used while publishing, against the machine's cores, with the CPU
+    each spent per event and what the target rate would need at those costs."""
+    cores = os.cpu_count() or 1
+    used = sum(u.seconds for u in attempt.cpu.values()) / attempt.seconds if attempt.seconds > 0 else 0.0
+    per_event = ", ".join(f"{name} {u.us_per_event:,.0f}" for name, u in attempt.cpu.items())
+    need = cores_needed(attempt.cpu, target_rate)
+    return BenchRow(
+        SECTION,
+        f"CPU of publisher + broker + processor + sink at {attempt.rate:,} ev/s",
+        used,
+        "cores",
+        ceiling_name="cores of this machine",
+        ceiling_value=float(cores),
+        notes=(
+            f"µs of CPU per event: {per_event}; at these costs {target_rate:,} ev/s needs "
+            f"{need:.2f} cores of {cores}"
+        ),
+        extra={
+            **{f"{name}_us_per_event": u.us_per_event for name, u in attempt.cpu.items()},
+            f"cores_needed_at_{target_rate}": need,
+        },
+    )
 
 
 def log(text: str) -> None:

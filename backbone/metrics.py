@@ -72,7 +72,7 @@ class Metrics:
         )
         self.end_to_end_seconds = Histogram(
             "backbone_end_to_end_latency_seconds",
-            "Event published_at to processed.",
+            "Message timestamp to processed: agency events per topic; on the facts topic, the KPI hop's lag.",
             ["topic"],
             buckets=_LATENCY_BUCKETS,
             registry=r,

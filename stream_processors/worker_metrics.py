@@ -39,7 +39,11 @@ class WorkerMetrics:
         m = self.m
         m.batch_size.labels(component).observe(len(batch))
         m.processing_seconds.labels(component).observe(seconds)
-        if component != "journeys":
+        if component != "journeys":  # hop 2: how long the facts waited for it (the hop's own lag)
+            stamps = [msg.timestamp_ms for msg in batch if msg.timestamp_ms is not None]
+            if stamps:
+                lag_s = max(0.0, time.time() - min(stamps) / 1000)
+                m.end_to_end_seconds.labels(batch[0].topic).observe(lag_s)
             return
         per_topic: dict[str, int] = defaultdict(int)
         oldest: dict[str, int] = {}

@@ -17,6 +17,7 @@ counters move only after the broker acknowledged the outputs they count, so "don
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import time
@@ -232,6 +233,28 @@ class JobProcess(ChildProcess):
             f"{self.name} not done within {timeout_s:.0f} s: read {consumed_of(counters):,.0f}"
             f" of {events:,} events; log {self.log_path}:\n{self.log_tail()}"
         )
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a live process and its live descendants (``/proc``); 0 if gone.
+
+    Why descendants: a component may run its work in a child (a wrapper script, a helper), and a
+    child's time reaches its parent's counters only when it is reaped.
+    """
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    pending = [pid]
+    while pending:
+        p = pending.pop()
+        try:
+            stat = Path(f"/proc/{p}/stat").read_text()
+            fields = stat.rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+            for task in Path(f"/proc/{p}/task").iterdir():
+                pending.extend(int(c) for c in (task / "children").read_text().split())
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+    return total
 
 
 def peak_rss_bytes(pid: int) -> int:

@@ -1,0 +1,37 @@
+"""The worker's latency histogram: input events by topic, and the facts hop's own wait."""
+
+from __future__ import annotations
+
+import time
+
+from prometheus_client import generate_latest
+
+from backbone.bench_peers.jobs import parse_metrics
+from backbone.metrics import Metrics
+from stream_processors.api import FACTS_TOPIC, InputMessage
+from stream_processors.worker_metrics import WorkerMetrics
+
+LAG = "backbone_end_to_end_latency_seconds"
+
+
+def message(topic: str, age_s: float) -> InputMessage:
+    return InputMessage(topic, 0, 0, b"k", b"v", int((time.time() - age_s) * 1000))
+
+
+def test_fact_batches_observe_their_oldest_fact_but_count_no_input_events() -> None:
+    metrics = Metrics()
+    WorkerMetrics(metrics).batch_in(
+        "kpis", [message(FACTS_TOPIC, 0.3), message(FACTS_TOPIC, 2.0), message(FACTS_TOPIC, 0.1)], 0.01
+    )
+    counters = parse_metrics(generate_latest(metrics.registry).decode())
+    assert counters.total(f"{LAG}_count", topic=FACTS_TOPIC) == 1
+    assert 2.0 <= counters.total(f"{LAG}_sum", topic=FACTS_TOPIC) < 3.0  # the oldest, once per batch
+    assert counters.total("backbone_events_in_total") == 0  # facts are not agency events
+
+
+def test_fact_batches_without_timestamps_observe_nothing() -> None:
+    metrics = Metrics()
+    fact = InputMessage(FACTS_TOPIC, 0, 0, b"k", b"v", None)
+    WorkerMetrics(metrics).batch_in("kpis", [fact], 0.01)
+    counters = parse_metrics(generate_latest(metrics.registry).decode())
+    assert counters.total(f"{LAG}_count", topic=FACTS_TOPIC) == 0
