@@ -462,7 +462,13 @@ class Sink:
     def _submit(self) -> None:
         """Hand every buffered row to the insert thread with the offsets read so far."""
         assert self._worker is not None and self._inflight is None
-        batches = [b.take() for name, b in self._tables.items() if name != rows.DEAD_LETTERS_TABLE and len(b)]
+        # The processors' outputs first, the raw events (the biggest insert, with its materialized
+        # views) last: what the boards read is stored without waiting for the events insert.
+        batches = [
+            b.take()
+            for name, b in sorted(self._tables.items(), key=lambda item: item[0] == rows.EVENTS_TABLE)
+            if name != rows.DEAD_LETTERS_TABLE and len(b)
+        ]
         job = InsertJob(
             batches=batches,
             dead_letters=self._tables[rows.DEAD_LETTERS_TABLE].take(),

@@ -227,6 +227,38 @@ def test_sink_stores_what_was_produced_once_even_after_a_replay(
     assert db.query("SELECT count() FROM stage_records").result_rows == [(20,)]
 
 
+def test_a_flush_stores_the_processor_outputs_before_the_raw_events(
+    sink_settings: Settings,  # noqa: F811
+    db: Client,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """What the boards read (stage records, KPI windows) is inserted first in each flush: its
+    ``ingested_at`` must not wait for the raw events' insert, the biggest one (materialized views)."""
+    from sinks import sink_writer
+
+    jobs: list[list[str]] = []
+    write = sink_writer.InsertWorker.write
+
+    def recording_write(self: sink_writer.InsertWorker, job: sink_writer.InsertJob) -> None:
+        jobs.append([b.spec.table for b in job.batches])
+        write(self, job)
+
+    monkeypatch.setattr(sink_writer.InsertWorker, "write", recording_write)
+    events = agency_events(10, seed=4)
+    stages = [stage_record(f"S{i}", 1, "OPEN") for i in range(5)]
+    windows = [kpi_window(i, 1) for i in range(3)]
+    produce(sink_settings, events)
+    produce(sink_settings, [(contracts.STAGE_RECORDS, r) for r in stages], key_field="record_id")
+    produce(sink_settings, [(contracts.KPI_WINDOWS, r) for r in windows], key_field="kpi_id")
+    # everything is read within the batch age, so one flush holds the three tables
+    with SinkThread(sink_settings, db, f"sink-{uuid.uuid4().hex[:8]}", max_batch_age_s=2.0) as sink:
+        sink.wait_committed(len(events) + len(stages) + len(windows))
+    assert [t for t in jobs if len(t) == 3], f"no flush held all three tables: {jobs}"
+    for tables in jobs:
+        assert "events" not in tables or tables[-1] == "events", jobs
+    assert db.query("SELECT count() FROM kpi_windows").result_rows == [(len(windows),)]
+
+
 def test_rejected_rows_are_parked_with_the_reason_and_the_rest_stored(
     sink_settings: Settings,  # noqa: F811
     db: Client,
