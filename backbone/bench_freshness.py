@@ -36,7 +36,7 @@ from typing import Any
 
 from confluent_kafka import Producer
 
-from backbone.bench import BenchOptions, BenchRow
+from backbone.bench import BenchOptions, BenchRow, fresh_dir
 from backbone.bench_peers.jobs import Counters, JobProcess, cpu_seconds
 from backbone.bench_processor import job_env, our_job_argv
 from backbone.config import load_settings
@@ -227,7 +227,7 @@ def run_attempt(
 ) -> Attempt:
     """One live run at ``rate``; freshness is read from chdb only if the rate was sustained or
     this is the last attempt (an unsustained run's backlog would take minutes to drain)."""
-    root.mkdir(parents=True, exist_ok=True)
+    fresh_dir(root)
     total = min(len(stamper.encoded), WARMUP_EVENTS + int(rate * duration_s))
     with TansuBroker(log_file=root / "tansu.log") as broker:
         bootstrap = broker.bootstrap
@@ -391,7 +391,7 @@ def read_freshness(settings: Any, since_ms: int) -> tuple[list[float], list[floa
 
 
 def run(opts: BenchOptions) -> list[BenchRow]:
-    root = (opts.out / "freshness").resolve()
+    root = fresh_dir((opts.out / "freshness").resolve())  # no attempt folders of earlier runs
     now_ms = time.time_ns() // 1_000_000
     wanted = WARMUP_EVENTS + int(opts.rate * DURATION_S)
     started = time.monotonic()

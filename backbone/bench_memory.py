@@ -24,7 +24,7 @@ from pathlib import Path
 
 from confluent_kafka import Consumer, TopicPartition
 
-from backbone.bench import BenchOptions, BenchRow
+from backbone.bench import BenchOptions, BenchRow, fresh_dir
 from backbone.bench_data import simulated_events
 from backbone.bench_peers.jobs import JobProcess, JobRun, peak_rss_bytes
 from backbone.bench_processor import WATCHED, job_env, our_job_argv, our_job_drained
@@ -94,7 +94,7 @@ def case_state_size(bootstrap: str, run: JobRun) -> dict[str, int]:
 
 
 def run_size(opts: BenchOptions, n: int, root: Path) -> list[BenchRow]:
-    root.mkdir(parents=True, exist_ok=True)
+    fresh_dir(root)
     with TansuBroker(log_file=root / "tansu.log") as broker:
         bootstrap = broker.bootstrap
         settings = load_settings(kafka_bootstrap_servers=bootstrap, topic_partitions=opts.partitions)
@@ -176,7 +176,7 @@ def run_size(opts: BenchOptions, n: int, root: Path) -> list[BenchRow]:
 
 def run(opts: BenchOptions) -> list[BenchRow]:
     n = max(opts.events // 10, 2000)
-    root = (opts.out / "memory").resolve()
+    root = fresh_dir((opts.out / "memory").resolve())
     small = run_size(opts, n, root / f"n{n}")
     large = run_size(opts, 10 * n, root / f"n{10 * n}")
     for s_row, l_row in zip(small, large, strict=True):

@@ -34,7 +34,6 @@ so the ratios favour them).
 from __future__ import annotations
 
 import os
-import shutil
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -42,7 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from backbone.bench import BenchOptions, BenchRow, format_table
+from backbone.bench import BenchOptions, BenchRow, format_table, fresh_dir
 from backbone.bench_data import EncodedEvents, produce_messages, simulated_events
 from backbone.bench_peers import kpi_compare, naive_faust, peer_topic, quix_job
 from backbone.bench_peers.ceiling import codec_decoder, consume_and_decode, plain_fastavro_decoder
@@ -129,10 +128,9 @@ class Workspace:
         env: Mapping[str, str] | None = None,
         backlog_drained: Callable[[Counters], bool] | None = None,
     ) -> JobRun:
-        data_dir = self.root / name
         # a fresh broker means fresh state: a Quix state dir left by an earlier bench run (same app
         # id, changelog offsets of the old broker) made the peer wait for ever in its recovery
-        shutil.rmtree(data_dir, ignore_errors=True)
+        data_dir = fresh_dir(self.root / name)
         job = JobProcess(
             name,
             argv,
@@ -194,8 +192,7 @@ def run(opts: BenchOptions) -> list[BenchRow]:
     events = simulated_events(opts.events, opts.seed)
     messages = EncodedEvents.from_events(events).messages
     n = len(messages)
-    root = (opts.out / "processor").resolve()
-    root.mkdir(parents=True, exist_ok=True)
+    root = fresh_dir((opts.out / "processor").resolve())
     codec = Codec()
     naive_topic = peer_topic(naive_faust.PEER, contracts.KPI_WINDOWS)
     with TansuBroker(log_file=root / "tansu.log") as broker:

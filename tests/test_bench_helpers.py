@@ -1,13 +1,15 @@
-"""The freshness bench's CPU accounting: per process (descendants included) and per event."""
+"""The bench's helpers: CPU accounting per process (descendants included) and per event; fresh run folders."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
+from backbone.bench import fresh_dir
 from backbone.bench_freshness import Attempt, CpuMeter, CpuUse, cores_needed, cpu_row
 from backbone.bench_peers.jobs import cpu_seconds
 
@@ -64,3 +66,13 @@ def test_cpu_row_reports_cores_used_and_needed() -> None:
     assert "processor 100, sink 50, broker 50, publisher 50" in row.notes
     assert "10,000 ev/s needs 2.50 cores" in row.notes
     assert row.extra["processor_us_per_event"] == pytest.approx(100.0)
+
+
+def test_fresh_dir_empties_what_an_earlier_run_left(tmp_path: Path) -> None:
+    """A second ``backbone bench`` must not find the first one's chdb database or worker state."""
+    old = tmp_path / "freshness" / "attempt1-10000" / "data" / "chdb"
+    old.mkdir(parents=True)
+    (old / "events.bin").write_bytes(b"rows of an earlier run")
+    root = fresh_dir(tmp_path / "freshness")
+    assert root.is_dir() and list(root.iterdir()) == []
+    assert list(fresh_dir(tmp_path / "new" / "folder").iterdir()) == []
