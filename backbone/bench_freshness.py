@@ -477,7 +477,7 @@ def cpu_row(attempt: Attempt, target_rate: int) -> BenchRow:
     need = cores_needed(attempt.cpu, target_rate)
     return BenchRow(
         SECTION,
-        f"CPU of publisher + broker + processor + sink at {attempt.rate:,} ev/s",
+        f"CPU of the 4 processes at {attempt.rate:,} ev/s",
         used,
         "cores",
         ceiling_name="cores of this machine",
