@@ -5,7 +5,19 @@ grace) and ``backbone sink run`` run as child processes. This process publishes 
 events live at ``opts.rate`` events/s for :data:`DURATION_S`, each stamped ``published_at`` = its
 real send time (patched into the pre-encoded bytes, see :class:`LiveStamper`, so encoding does not
 cap the rate). After the input is drained the sink is stopped (it flushes and commits) and chdb is
-read:
+read. Two workloads, each on its own broker and database, from the same simulated journeys:
+
+* **replayed history** (the rows without a prefix): the events keep their simulated
+  ``occurred_at``, about two months of journeys sent within the measurement, so event time runs
+  ~300,000x faster than the wall clock. Every completion lands in another window: the processor
+  creates, updates and closes about 1.2 KPI window rows per event, and the sink stores them. This
+  is a backfill at the live rate, the heavier case.
+* **live time** (rows starting ``live:``): the same events in the same order (re-sends left out),
+  each stamped ``occurred_at`` = ``published_at`` = its send time, as when agencies publish what
+  happens as it happens. A case's stages then last the fraction of a second between its events,
+  and completions land in the current windows, which the processor re-emits on its timer.
+
+The measures, per workload:
 
 * **stage record freshness**: for each stage record closed by an event published during the
   measurement, ``ingested_at`` of its first closed version (stamped by ClickHouse at insert) minus
@@ -63,6 +75,8 @@ MIN_RATE = 100
 DRAIN_TIMEOUT_S = 120.0
 PLACEHOLDER_MS = 1_700_000_000_123
 """``published_at`` the events are pre-encoded with; replaced by the send time when sent."""
+OCCURRED_PLACEHOLDER_MS = 1_700_000_000_456
+"""``occurred_at`` of the events of a live-time run, replaced by the send time when sent."""
 
 
 def zigzag_varint(n: int) -> bytes:
@@ -82,26 +96,45 @@ class LiveStamper:
     Encoding a record costs ~100 µs here, as much as the whole rate budget at 10,000 ev/s; the
     placeholder's varint is replaced in place when the send time's varint has the same length
     and the placeholder occurs exactly once in the record, else the event is encoded again.
+
+    With ``live_time`` the event's ``occurred_at`` becomes the send time too, so the events
+    happen as they are published (see :func:`run`); the order of each case's events is kept.
     """
 
-    def __init__(self, events: list[SimEvent], codec: Codec) -> None:
+    def __init__(self, events: list[SimEvent], codec: Codec, live_time: bool = False) -> None:
         self.codec = codec
         self.events = events
-        self.placeholder = zigzag_varint(PLACEHOLDER_MS)
-        self.encoded: list[tuple[str, bytes, bytes, int]] = []
+        self.live_time = live_time
+        stamped = {"published_at": PLACEHOLDER_MS}
+        if live_time:
+            stamped["occurred_at"] = OCCURRED_PLACEHOLDER_MS
+        self.placeholders = [zigzag_varint(v) for v in stamped.values()]
+        self.encoded: list[tuple[str, bytes, bytes, tuple[int, ...]]] = []
         for e in events:
-            value = codec.encode(e.topic, {**e.raw, "published_at": PLACEHOLDER_MS})
-            at = value.find(self.placeholder)
-            if at < 0 or value.find(self.placeholder, at + 1) >= 0:
-                at = -1
-            self.encoded.append((e.topic, e.raw["case_id"].encode(), value, at))
+            value = codec.encode(e.topic, {**e.raw, **stamped})
+            self.encoded.append((e.topic, e.raw["case_id"].encode(), value, self._offsets(value)))
+
+    def _offsets(self, value: bytes) -> tuple[int, ...]:
+        """Where each placeholder is, or () if one is missing or not unique (then: encode again)."""
+        offsets = []
+        for placeholder in self.placeholders:
+            at = value.find(placeholder)
+            if at < 0 or value.find(placeholder, at + 1) >= 0:
+                return ()
+            offsets.append(at)
+        return tuple(offsets)
 
     def stamped(self, i: int, now_ms: int) -> tuple[str, bytes, bytes]:
-        topic, key, value, at = self.encoded[i]
+        topic, key, value, offsets = self.encoded[i]
         varint = zigzag_varint(now_ms)
-        if at >= 0 and len(varint) == len(self.placeholder):
-            return topic, key, value[:at] + varint + value[at + len(varint) :]
-        return topic, key, self.codec.encode(topic, {**self.events[i].raw, "published_at": now_ms})
+        if offsets and all(len(varint) == len(p) for p in self.placeholders):
+            for at in offsets:  # same length: the other offsets stay valid
+                value = value[:at] + varint + value[at + len(varint) :]
+            return topic, key, value
+        raw = {**self.events[i].raw, "published_at": now_ms}
+        if self.live_time:
+            raw["occurred_at"] = now_ms
+        return topic, key, self.codec.encode(topic, raw)
 
 
 def live_events(n: int, seed: int, now_ms: int) -> list[SimEvent]:
@@ -240,6 +273,7 @@ def run_attempt(
             (*contracts.INPUT_TOPICS, *contracts.OUTPUT_TOPICS, FACTS_TOPIC),
             partitions=opts.partitions,
         )
+        keep_every_version(settings)
         env = job_env(bootstrap, root / "data", opts.partitions)
         env["BACKBONE_CLOCK"] = "wall"
         env.pop("BACKBONE_GRACE_MS", None)
@@ -333,6 +367,31 @@ def run_attempt(
     return attempt
 
 
+MEASURED_TABLES = ("stage_records", "kpi_windows")
+
+
+def keep_every_version(settings: Any) -> None:
+    """Migrate the run's database, and stop background merges of the two measured tables.
+
+    Why: both are ``ReplacingMergeTree(version)``, whose merges keep only the newest version of a
+    row, while the measures need the first row that showed a completion. With merges, a window
+    emitted every half second kept only its last version: in a live-time run every 1 m window
+    had one row, emitted after publishing ended, and the KPI p50 read 7 s instead of about 1 s.
+    The sink migrates again at start; that changes nothing here (migrations run once).
+    """
+    from sinks.client import open_client
+    from sinks.migrate import migrate
+    from sinks.recompute import NO_MERGES
+
+    client = open_client(settings)
+    try:
+        migrate(client)
+        for table in MEASURED_TABLES:
+            client.command(f"ALTER TABLE {table} MODIFY SETTING {NO_MERGES.removeprefix('SETTINGS ')}")
+    finally:
+        client.close()
+
+
 STAGE_SQL = """
 SELECT s.g_mission, s.g_journey, s.g_stage, s.g_owner, s.g_province, s.g_port,
        toUnixTimestamp64Milli(s.closed_at) AS ended,
@@ -391,13 +450,34 @@ def read_freshness(settings: Any, since_ms: int) -> tuple[list[float], list[floa
 
 
 def run(opts: BenchOptions) -> list[BenchRow]:
+    """Both workloads on the same simulated journeys (module docstring): history replayed at the
+    rate, then the same events in live time."""
     root = fresh_dir((opts.out / "freshness").resolve())  # no attempt folders of earlier runs
     now_ms = time.time_ns() // 1_000_000
     wanted = WARMUP_EVENTS + int(opts.rate * DURATION_S)
     started = time.monotonic()
     events = live_events(wanted, opts.seed, now_ms)
-    stamper = LiveStamper(events, Codec())
-    log(f"{len(events):,} events generated and encoded in {time.monotonic() - started:.1f} s")
+    codec = Codec()
+    replayed = LiveStamper(events, codec)
+    live = LiveStamper(first_sends(events), codec, live_time=True)
+    log(f"{len(events):,} events generated and encoded twice in {time.monotonic() - started:.1f} s")
+    return [*measure(opts, replayed, root / "replayed", ""), *measure(opts, live, root / "live", "live: ")]
+
+
+def first_sends(events: list[SimEvent]) -> list[SimEvent]:
+    """The events without their re-sends (same ``event_id``): in live time a re-send would be
+    stamped with another ``occurred_at``, a different event under the same id."""
+    seen: set[str] = set()
+    out = []
+    for e in events:
+        if e.raw["event_id"] not in seen:
+            seen.add(e.raw["event_id"])
+            out.append(e)
+    return out
+
+
+def measure(opts: BenchOptions, stamper: LiveStamper, root: Path, label: str) -> list[BenchRow]:
+    """Attempts at the requested rate (then lower, see the module docstring) and their rows."""
     attempts: list[Attempt] = []
     rate = opts.rate
     for n in range(ATTEMPTS):
@@ -434,7 +514,7 @@ def run(opts: BenchOptions) -> list[BenchRow]:
     rows = [
         BenchRow(
             SECTION,
-            "highest rate sustained (processor + sink)",
+            f"{label}highest rate sustained (processor + sink)",
             float(best.rate if best.sustained else 0),
             "ev/s",
             ceiling_name="requested rate",
@@ -448,7 +528,7 @@ def run(opts: BenchOptions) -> list[BenchRow]:
             rows.append(
                 BenchRow(
                     SECTION,
-                    f"{what}: publish -> ClickHouse p{int(q * 100)}",
+                    f"{label}{what}: publish -> ClickHouse p{int(q * 100)}",
                     value_s * 1000,
                     "ms",
                     ceiling_name,
@@ -464,11 +544,11 @@ def run(opts: BenchOptions) -> list[BenchRow]:
                 )
             )
     if best.cpu:
-        rows.append(cpu_row(best, opts.rate))
+        rows.append(cpu_row(best, opts.rate, label))
     return rows
 
 
-def cpu_row(attempt: Attempt, target_rate: int) -> BenchRow:
+def cpu_row(attempt: Attempt, target_rate: int, label: str = "") -> BenchRow:
     """Cores the four processes used while publishing, against the machine's cores, with the CPU
     each spent per event and what the target rate would need at those costs."""
     cores = os.cpu_count() or 1
@@ -477,7 +557,7 @@ def cpu_row(attempt: Attempt, target_rate: int) -> BenchRow:
     need = cores_needed(attempt.cpu, target_rate)
     return BenchRow(
         SECTION,
-        f"CPU of the 4 processes at {attempt.rate:,} ev/s",
+        f"{label}CPU of the 4 processes at {attempt.rate:,} ev/s",
         used,
         "cores",
         ceiling_name="cores of this machine",

@@ -1,4 +1,4 @@
-"""The bench's helpers: CPU accounting per process (descendants included) and per event; fresh run folders."""
+"""The bench's helpers: CPU per process and per event, fresh run folders, the live-time stamping."""
 
 from __future__ import annotations
 
@@ -10,8 +10,22 @@ from pathlib import Path
 import pytest
 
 from backbone.bench import fresh_dir
-from backbone.bench_freshness import Attempt, CpuMeter, CpuUse, cores_needed, cpu_row
+from backbone.bench_freshness import (
+    MEASURED_TABLES,
+    Attempt,
+    CpuMeter,
+    CpuUse,
+    LiveStamper,
+    cores_needed,
+    cpu_row,
+    first_sends,
+    keep_every_version,
+    live_events,
+)
 from backbone.bench_peers.jobs import cpu_seconds
+from backbone.config import load_settings
+from schemas.codec import Codec
+from sinks.client import open_client
 
 BUSY = "import time\nend = time.process_time() + {s}\nwhile time.process_time() < end: pass\ntime.sleep(30)"
 
@@ -76,3 +90,47 @@ def test_fresh_dir_empties_what_an_earlier_run_left(tmp_path: Path) -> None:
     root = fresh_dir(tmp_path / "freshness")
     assert root.is_dir() and list(root.iterdir()) == []
     assert list(fresh_dir(tmp_path / "new" / "folder").iterdir()) == []
+
+
+def test_live_time_stamps_occurred_and_published_at_with_the_send_time() -> None:
+    """The freshness bench's live-time workload: each event happens when it is sent; the bytes
+    are patched in place (the fast path) and decode to exactly the re-encoded record."""
+    codec = Codec()
+    events = first_sends(live_events(400, seed=3, now_ms=1_790_000_000_000))
+    assert len({e.raw["event_id"] for e in events}) == len(events)
+    live, replayed = LiveStamper(events, codec, live_time=True), LiveStamper(events, codec)
+    patched = sum(1 for *_, offsets in live.encoded if offsets)
+    assert patched >= 0.95 * len(events)
+    send_ms = 1_790_000_123_456
+    for i, e in enumerate(events):
+        topic, key, value = live.stamped(i, send_ms)
+        assert key == e.raw["case_id"].encode()
+        assert codec.decode(topic, value) == codec.decode(
+            topic, codec.encode(topic, {**e.raw, "published_at": send_ms, "occurred_at": send_ms})
+        )
+        kept = codec.decode(topic, replayed.stamped(i, send_ms)[2])
+        assert kept["occurred_at"] == codec.decode(topic, codec.encode(topic, e.raw))["occurred_at"]
+        assert kept["published_at"] == send_ms
+    # a send time of another varint length takes the encode path, with the same result
+    topic, _, value = live.stamped(0, 5)
+    assert codec.decode(topic, value)["occurred_at"] == codec.decode(topic, value)["published_at"]
+
+
+def test_the_freshness_database_keeps_every_version_of_the_measured_tables(tmp_path: Path) -> None:
+    """Merges of the ReplacingMergeTree tables would drop the first row that showed a completion."""
+    settings = load_settings(data_dir=tmp_path)
+    keep_every_version(settings)
+    keep_every_version(settings)  # a second run (the sink migrates again) changes nothing
+    client = open_client(settings)
+    try:
+        for table in MEASURED_TABLES:
+            engine = client.query(
+                "SELECT engine_full FROM system.tables "
+                "WHERE database = currentDatabase() AND name = {t:String}",
+                parameters={"t": table},
+            ).result_rows[0][0]
+            assert "ReplacingMergeTree" in engine
+            assert "max_bytes_to_merge_at_max_space_in_pool = 1" in engine, engine
+            assert "max_bytes_to_merge_at_min_space_in_pool = 1" in engine, engine
+    finally:
+        client.close()
