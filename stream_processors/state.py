@@ -17,7 +17,7 @@ Three problems with handing a Faust table straight to the engines:
 * **Cost.** Faust sends each changelog record through its producer buffer, one asyncio hand-off
   per record (~0.5 ms each here, measured: a batch job writing most keys once per batch ran at
   ~1,000 events/s). The changelog records are instead produced by the worker's confluent-kafka
-  producer, in the same flush as the outputs, in the format Faust's recovery reads (JSON key,
+  producer once the outputs are acknowledged, in the format Faust's recovery reads (JSON key,
   JSON value, ``None`` for a deletion), to the table's own changelog topic.
 
 The Faust table keeps doing what it is good at: declaring the changelog topic, recovering the

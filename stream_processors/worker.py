@@ -10,8 +10,9 @@ the at-least-once order is kept:
 
 1. the engine computes outputs; its state writes stay pending (:mod:`stream_processors.state`);
 2. the delivery before it, if still in flight, is awaited (:meth:`ProcessorRuntime.settle`);
-3. the outputs and the state changelog are produced and flushed (retried until the broker
-   acknowledges all of them) and the state writes applied to the table.
+3. the outputs are produced and flushed, then the state changelog (retried until the broker
+   acknowledges all of them; outputs first, see :meth:`ProcessorRuntime._deliver`), and the
+   state writes are applied to the table.
 
 On the fast path an input batch's flush is left in flight (pipelined) while Faust hands over
 the next batch, which is computed meanwhile; every offset commit, including a rebalance's,
@@ -181,19 +182,29 @@ class ProcessorRuntime:
     async def _deliver(
         self, component: str, outputs: Outputs, changelog: list[ChangelogRecord]
     ) -> dict[str, int]:
-        """Produce and flush ``outputs`` and state ``changelog``, retrying until all are acknowledged.
+        """Produce and flush ``outputs``, then state ``changelog``, retrying until all are acknowledged.
 
         One delivery at a time (both hops share the producer, and a flush's failures must be
-        those of its own records).
+        those of its own records). The outputs are acknowledged before the changelog is sent:
+        a worker killed in the middle of one flush of both could leave the new state stored
+        but outputs lost (the broker takes each partition's batch on its own), and the restarted
+        worker, restoring that state, would take the replayed events for duplicates and never
+        emit those outputs again (CI once saw stage records stuck OPEN that way). Stored outputs
+        without their state are harmless: the replay computes them again from the older state,
+        with the same ids, and hop 2 skips facts by source offset.
         """
         delay = 0.2
+        flush = self.producer.flush
         async with self.delivery_lock:
             while True:
+                loop = asyncio.get_running_loop()
                 self.producer.send(outputs)
-                self.producer.send_changelog(changelog)
                 started = time.perf_counter()
                 try:
-                    acked = await asyncio.get_running_loop().run_in_executor(None, self.producer.flush)
+                    acked = await loop.run_in_executor(None, flush)
+                    if changelog:
+                        self.producer.send_changelog(changelog)
+                        acked.update(await loop.run_in_executor(None, flush))
                     self.metrics.flushed(component, time.perf_counter() - started)
                     return dict(acked)
                 except OutputDeliveryError as exc:

@@ -45,6 +45,7 @@ class GatedProducer:
         return len(outputs)
 
     def send_changelog(self, records: list[Any]) -> int:
+        self.log.append(f"changelog {len(records)}")
         return len(records)
 
     def flush(self) -> Counter[str]:
@@ -90,14 +91,21 @@ def test_the_next_batch_is_computed_while_the_last_is_in_flight_and_sent_after_i
         assert not second_done.done()
         before_release = list(producer.log)
         producer.release()
+        await asyncio.sleep(0.05)
+        # Outputs acknowledged, the changelog sent and in flight: the second batch still waits.
+        assert not second_done.done()
+        producer.release()
         await second_done
+        producer.release()
         producer.release()
         await rt.settle()
         return before_release, producer.log, rt
 
     before_release, log, rt = asyncio.run(scenario())
     assert len(before_release) == 1
-    assert [entry.split()[0] for entry in log] == ["send", "flushed", "send", "flushed"]
+    # Each delivery: its outputs acknowledged before its state changelog is even sent (a worker
+    # killed in between must not leave state stored whose outputs are lost).
+    assert [entry.split()[0] for entry in log] == ["send", "flushed", "changelog", "flushed"] * 2
     assert rt._in_flight is None
 
 
@@ -107,7 +115,8 @@ def test_pipelined_outputs_and_state_equal_the_unpipelined_ones() -> None:
     async def run(pipelining: bool) -> tuple[Outputs, dict[str, Any]]:
         rt, store, producer = runtime(pipelining)
         for batch in same:
-            producer.release()
+            producer.release()  # its outputs' flush
+            producer.release()  # its changelog's flush
             await rt.on_journey_events([Event(m) for m in batch])
         await rt.settle()
         return producer.sent, dict(store.local)
