@@ -7,8 +7,9 @@ acks happen. A delivery that fails raises :class:`OutputDeliveryError`, so the b
 neither committed nor acked and is processed again: at-least-once, and harmless downstream
 because every output record carries a deterministic id (its Kafka key here).
 
-The engines' state changelog records go through the same producer and the same flush
-(:mod:`stream_processors.state`), so state never runs ahead of the outputs it implies.
+The engines' state changelog records go through the same producer, sent only once the outputs
+are acknowledged (:meth:`stream_processors.worker.ProcessorRuntime._deliver`), so stored state
+never runs ahead of the outputs it implies.
 
 Facts for one group are produced in the order the engine listed them, by one producer, to one
 partition (key = group key): hop 2's offset-based idempotency relies on that order.

@@ -195,9 +195,9 @@ class ProcessorRuntime:
         """
         delay = 0.2
         flush = self.producer.flush
+        loop = asyncio.get_running_loop()
         async with self.delivery_lock:
             while True:
-                loop = asyncio.get_running_loop()
                 self.producer.send(outputs)
                 started = time.perf_counter()
                 try:

@@ -1,7 +1,7 @@
 """kill -9 a processor worker mid-stream, start it again: the outputs still equal the oracle.
 
-The restarted worker recovers both tables from their changelogs (written in the same flush as
-the outputs, before offsets are committed), replays the events after the last commit, and
+The restarted worker recovers both tables from their changelogs (written once the outputs are
+acknowledged, before offsets are committed), replays the events after the last commit, and
 must end with the same latest stage records, KPI windows (no double counting: hop 2 skips
 facts it already applied), backlog and CASE_SLA alerts as the oracle computes from the events.
 """
