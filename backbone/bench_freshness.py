@@ -58,6 +58,7 @@ from producers.publisher import LINGER_MS
 from producers.simulator import HOUR, SimEvent, SimulationConfig, generate, mean_events_per_case
 from schemas import contracts
 from schemas.codec import Codec
+from schemas.fast_writer import _long as avro_long  # Avro's zigzag varint of a long
 from stream_processors.api import FACTS_TOPIC
 
 SECTION = "freshness"
@@ -79,17 +80,6 @@ OCCURRED_PLACEHOLDER_MS = 1_700_000_000_456
 """``occurred_at`` of the events of a live-time run, replaced by the send time when sent."""
 
 
-def zigzag_varint(n: int) -> bytes:
-    """Avro's encoding of a long."""
-    z = (n << 1) ^ (n >> 63)
-    out = bytearray()
-    while z & ~0x7F:
-        out.append((z & 0x7F) | 0x80)
-        z >>= 7
-    out.append(z)
-    return bytes(out)
-
-
 class LiveStamper:
     """Pre-encoded events whose ``published_at`` is set to the send time by replacing its bytes.
 
@@ -108,7 +98,7 @@ class LiveStamper:
         stamped = {"published_at": PLACEHOLDER_MS}
         if live_time:
             stamped["occurred_at"] = OCCURRED_PLACEHOLDER_MS
-        self.placeholders = [zigzag_varint(v) for v in stamped.values()]
+        self.placeholders = [avro_long(v) for v in stamped.values()]
         self.encoded: list[tuple[str, bytes, bytes, tuple[int, ...]]] = []
         for e in events:
             value = codec.encode(e.topic, {**e.raw, **stamped})
@@ -126,7 +116,7 @@ class LiveStamper:
 
     def stamped(self, i: int, now_ms: int) -> tuple[str, bytes, bytes]:
         topic, key, value, offsets = self.encoded[i]
-        varint = zigzag_varint(now_ms)
+        varint = avro_long(now_ms)
         if offsets and all(len(varint) == len(p) for p in self.placeholders):
             for at in offsets:  # same length: the other offsets stay valid
                 value = value[:at] + varint + value[at + len(varint) :]
