@@ -374,8 +374,9 @@ class FastConsumer(ProbingConsumer):
 
         Faust calls this with the offsets about to be committed, to send the messages attached
         to them first. The processors produce their outputs with their own producer and may
-        still be waiting for the broker's acknowledgement of the last batch's outputs (pipelined
-        delivery, :meth:`stream_processors.worker.ProcessorRuntime.settle`): the barrier makes a
+        still be waiting for the broker's acknowledgement of the last batch's outputs and state
+        changelog (pipelined delivery,
+        :meth:`stream_processors.worker.ProcessorRuntime.commit_barrier`): the barrier makes a
         commit, including the one of a rebalance, wait for it, so no offset is committed ahead
         of its outputs and state changelog.
         """

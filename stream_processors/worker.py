@@ -10,15 +10,16 @@ the at-least-once order is kept:
 
 1. the engine computes outputs; its state writes stay pending (:mod:`stream_processors.state`);
 2. the delivery before it, if still in flight, is awaited (:meth:`ProcessorRuntime.settle`);
-3. the outputs are produced and flushed, then the state changelog (retried until the broker
-   acknowledges all of them; outputs first, see :meth:`ProcessorRuntime._deliver`), and the
-   state writes are applied to the table.
+3. the outputs are produced and flushed, then the state changelog is sent (retried until the
+   broker acknowledges all of them; outputs first, see :meth:`ProcessorRuntime._deliver`), and
+   the state writes are applied to the table.
 
 On the fast path an input batch's flush is left in flight (pipelined) while Faust hands over
-the next batch, which is computed meanwhile; every offset commit, including a rebalance's,
-first awaits :meth:`ProcessorRuntime.settle` (the consumer's commit barrier), so no offset is
-committed before its outputs and changelog are acknowledged. Timer outputs are delivered
-before the timer returns.
+the next batch, which is computed meanwhile, and a changelog's acknowledgement is taken by the
+next flush; every offset commit, including a rebalance's, first awaits
+:meth:`ProcessorRuntime.commit_barrier` (the delivery in flight, then the changelog sent last),
+so no offset is committed before its outputs and changelog are acknowledged. Timer outputs are
+delivered before the timer returns.
 
 A crash anywhere replays the batch; the outputs carry deterministic ids and hop 2 skips facts
 it has already applied (offsets in its state), so nothing downstream double counts.
@@ -159,6 +160,8 @@ class ProcessorRuntime:
         self.pipelining = False
         """Leave a batch's delivery in flight while the next is computed (needs the commit barrier)."""
         self._in_flight: asyncio.Future[None] | None = None
+        self._changelog_unacked: list[ChangelogRecord] = []
+        """The last delivery's changelog, sent but not yet acknowledged (pipelined path only)."""
         self.ready = False
         """True between a completed rebalance (state recovered) and the next revocation."""
         self.batches = 0
@@ -192,25 +195,40 @@ class ProcessorRuntime:
         emit those outputs again (CI once saw stage records stuck OPEN that way). Stored outputs
         without their state are harmless: the replay computes them again from the older state,
         with the same ids, and hop 2 skips facts by source offset.
+
+        With the commit barrier (:attr:`pipelining`) the changelog's own acknowledgement is not
+        awaited here: the next delivery's flush takes it along with that delivery's outputs, and
+        :meth:`commit_barrier` flushes it before any offset commit or revocation. That saves a
+        broker round trip per batch (live time at 10k ev/s, two A/B pairs: stage p99 1.12/0.89 s
+        with one flush per batch against 1.30/1.22 s with two). Until it is acknowledged the
+        changelog is kept and sent again with any retry, before anything newer, so a key's
+        last changelog record is always its newest state.
         """
         delay = 0.2
         flush = self.producer.flush
         loop = asyncio.get_running_loop()
         async with self.delivery_lock:
+            earlier = self._changelog_unacked
             while True:
                 self.producer.send(outputs)
                 started = time.perf_counter()
                 try:
-                    acked = await loop.run_in_executor(None, flush)
+                    acked = await loop.run_in_executor(None, flush)  # also lands ``earlier``
+                    self._changelog_unacked = []
                     if changelog:
                         self.producer.send_changelog(changelog)
-                        acked.update(await loop.run_in_executor(None, flush))
+                        if self.pipelining:
+                            self._changelog_unacked = changelog
+                        else:
+                            acked.update(await loop.run_in_executor(None, flush))
                     self.metrics.flushed(component, time.perf_counter() - started)
                     return dict(acked)
                 except OutputDeliveryError as exc:
                     log.error("output delivery failed; retrying the same records", extra={"error": str(exc)})
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, 5.0)
+                    if earlier:
+                        self.producer.send_changelog(earlier)  # not known to have landed: again, first
 
     def _observe_clock(self, outputs: Outputs) -> None:
         if isinstance(self.clock, EventClock):
@@ -254,6 +272,18 @@ class ProcessorRuntime:
         finally:
             if self._in_flight is task and task.done():
                 self._in_flight = None
+
+    async def commit_barrier(self) -> None:
+        """What every offset commit and revocation awaits on the pipelined path: the delivery in
+        flight (:meth:`settle`), then the acknowledgement of the changelog it sent last.
+
+        So no offset is committed, and no partition handed to another worker (which restores
+        its state from the changelog), before the outputs and the state of the batches it
+        covers are stored.
+        """
+        await self.settle()
+        if self._changelog_unacked:
+            await self._deliver("changelog", Outputs(), [])
 
     async def _deliver_counted(
         self, component: str, outputs: Outputs, changelog: list[ChangelogRecord]
@@ -470,7 +500,7 @@ class ProcessorRuntime:
     async def on_revoked(self) -> None:
         """Stop the timers' work and let the delivery in flight land before the state moves on."""
         self.ready = False
-        await self.settle()
+        await self.commit_barrier()
 
 
 def committed_offsets(
@@ -578,7 +608,7 @@ def build_worker(
 
         raw = {"schema": RawSchema()}
         # Pipelined delivery is safe only with the fast consumer's commit barrier.
-        app.transport.commit_barrier = runtime.settle  # type: ignore[attr-defined]
+        app.transport.commit_barrier = runtime.commit_barrier  # type: ignore[attr-defined]
         runtime.pipelining = True
 
     def highwater(topic: str, partition: int) -> int | None:

@@ -2,8 +2,10 @@
 
 What must hold (stream_processors/worker.py): a batch's outputs are sent only after the delivery
 before them is acknowledged (outputs leave in computed order, at most one delivery in flight);
-the state is the same as without pipelining; every offset commit first awaits the delivery in
-flight (the consumer's commit barrier), so no offset is committed ahead of its outputs.
+a batch's changelog is sent only after its outputs are acknowledged, and its acknowledgement
+rides on the next flush (sent again first if that flush fails); the state is the same as without
+pipelining; every offset commit first awaits the delivery in flight and the last changelog (the
+consumer's commit barrier), so no offset is committed ahead of its outputs and state.
 
 Real engine, store and runtime; the Faust table is a dict and the producer a stand-in whose
 flush blocks until the test releases it, so "in flight" is a state the test controls. The
@@ -26,6 +28,7 @@ from stream_processors.api import InputMessage, Outputs
 from stream_processors.app import create_app
 from stream_processors.clock import FixedClock
 from stream_processors.journeys import JourneyEngine
+from stream_processors.outputs import OutputDeliveryError
 from stream_processors.state import PartitionedTableStore
 from stream_processors.worker import ProcessorRuntime
 
@@ -92,21 +95,78 @@ def test_the_next_batch_is_computed_while_the_last_is_in_flight_and_sent_after_i
         before_release = list(producer.log)
         producer.release()
         await asyncio.sleep(0.05)
-        # Outputs acknowledged, the changelog sent and in flight: the second batch still waits.
-        assert not second_done.done()
+        # The first batch's outputs are acknowledged and its changelog sent: the second batch
+        # goes out at once, and its flush also lands that changelog (no round trip of its own).
+        await asyncio.wait_for(second_done, 1)
+        assert [entry.split()[0] for entry in producer.log] == ["send", "flushed", "changelog", "send"]
+        barrier = asyncio.ensure_future(rt.commit_barrier())
+        await asyncio.sleep(0.05)
+        assert not barrier.done()  # a commit waits for the delivery in flight...
         producer.release()
-        await second_done
+        await asyncio.sleep(0.05)
+        assert not barrier.done()  # ...then for the changelog that delivery sent last
         producer.release()
-        producer.release()
-        await rt.settle()
+        await barrier
         return before_release, producer.log, rt
 
     before_release, log, rt = asyncio.run(scenario())
     assert len(before_release) == 1
     # Each delivery: its outputs acknowledged before its state changelog is even sent (a worker
-    # killed in between must not leave state stored whose outputs are lost).
-    assert [entry.split()[0] for entry in log] == ["send", "flushed", "changelog", "flushed"] * 2
-    assert rt._in_flight is None
+    # killed in between must not leave state stored whose outputs are lost); the barrier's own
+    # flush (nothing new to send) lands the last changelog.
+    assert [entry.split()[0] for entry in log] == [
+        *["send", "flushed", "changelog"] * 2,
+        "send",
+        "flushed",
+    ]
+    assert rt._in_flight is None and not rt._changelog_unacked
+
+
+class FailingOnceProducer(GatedProducer):
+    """The second flush fails (a record not delivered), as librdkafka reports a lost record."""
+
+    def __init__(self) -> None:
+        super().__init__(gated=False)
+        self.flushes = 0
+
+    def flush(self) -> Counter[str]:
+        self.flushes += 1
+        if self.flushes == 2:
+            self.log.append("failed")
+            raise OutputDeliveryError("1 output records not delivered: test")
+        return super().flush()
+
+
+def test_a_failed_flush_sends_the_unacknowledged_changelog_again_before_anything_newer() -> None:
+    first, second = batches()
+
+    async def scenario() -> list[str]:
+        engine = JourneyEngine(missions(), Settings(grace_ms=HOUR), wall_clock=FixedClock(T0))
+        rt, _, producer = isolation_runtime(engine, FailingOnceProducer())
+        rt.pipelining = True
+        await rt.on_journey_events([Event(m) for m in first])
+        await rt.on_journey_events([Event(m) for m in second])
+        await rt.commit_barrier()
+        return producer.log
+
+    log = asyncio.run(scenario())
+    changelogs = [entry for entry in log if entry.startswith("changelog")]
+    first_changelog, second_changelog = changelogs[0], changelogs[-1]
+    # The second flush failed: it may have lost the first batch's changelog as well as the second
+    # batch's outputs, so the retry sends that changelog again first, then the outputs; only
+    # after they are acknowledged does the second batch's changelog go out.
+    second_send = log[3]
+    assert [log[0].split()[0], *log[1:3]] == ["send", "flushed", first_changelog]
+    assert log[3:] == [
+        second_send,
+        "failed",
+        first_changelog,
+        second_send,
+        "flushed",
+        second_changelog,
+        "send 0",
+        "flushed",
+    ]
 
 
 def test_pipelined_outputs_and_state_equal_the_unpipelined_ones() -> None:
@@ -116,9 +176,9 @@ def test_pipelined_outputs_and_state_equal_the_unpipelined_ones() -> None:
         rt, store, producer = runtime(pipelining)
         for batch in same:
             producer.release()  # its outputs' flush
-            producer.release()  # its changelog's flush
+            producer.release()  # its changelog's flush (unpipelined) or the barrier's
             await rt.on_journey_events([Event(m) for m in batch])
-        await rt.settle()
+        await rt.commit_barrier()
         return producer.sent, dict(store.local)
 
     piped, piped_state = asyncio.run(run(True))
@@ -157,7 +217,7 @@ def test_the_worker_pipelines_only_with_the_fast_consumer(tmp_path: Any) -> None
 
     settings = Settings(kafka_bootstrap_servers="127.0.0.1:1", data_dir=tmp_path)
     app, rt = build_worker(settings, WorkerOptions(app_id="pipe-test"))
-    assert rt.pipelining and app.transport.commit_barrier == rt.settle  # type: ignore[attr-defined]
+    assert rt.pipelining and app.transport.commit_barrier == rt.commit_barrier  # type: ignore[attr-defined]
     stock_app, stock_rt = build_worker(settings, WorkerOptions(app_id="pipe-test-stock", stock=True))
     assert not stock_rt.pipelining
     assert getattr(stock_app.transport, "commit_barrier", None) is None
