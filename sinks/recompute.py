@@ -109,7 +109,7 @@ def kpi_table(version: int) -> str:
     return f"kpi_windows_v{version}"
 
 
-def _stored(columns: tuple[tuple[str, str], ...]) -> list[str]:
+def stored_columns(columns: tuple[tuple[str, str], ...]) -> list[str]:
     """Columns an INSERT fills (not the ALIAS ids, not ``ingested_at``, which defaults to now)."""
     return [n for n, t in columns if "ALIAS" not in t and n != "ingested_at"]
 
@@ -376,8 +376,8 @@ def recompute(
             case_filter = (
                 f"case_id IN (SELECT case_id FROM events WHERE occurred_at >= {ms_literal(from_ms)})"
             )
-        stage_cols = ", ".join(_stored(STAGE_RECORD_COLUMNS))
-        kpi_cols = ", ".join(_stored(KPI_WINDOW_COLUMNS))
+        stage_cols = ", ".join(stored_columns(STAGE_RECORD_COLUMNS))
+        kpi_cols = ", ".join(stored_columns(KPI_WINDOW_COLUMNS))
         phase(
             "stage records",
             lambda: _write_stage_records(client, sql, version, stage_cols, case_filter),
