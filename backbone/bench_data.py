@@ -15,13 +15,22 @@ from schemas.codec import Codec
 BENCH_START_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z: fixed so runs are comparable
 
 
-def simulated_events(n: int, seed: int) -> list[SimEvent]:
-    """About ``n`` valid simulated events (in delivery order), cut at exactly ``n``."""
+def simulated_events(n: int, seed: int, case_interval_ms: int = 60_000) -> list[SimEvent]:
+    """About ``n`` valid simulated events (in delivery order), cut at exactly ``n``.
+
+    A journey starts every ``case_interval_ms`` of event time on average, so ``n`` sets how
+    much history the events cover: at the default minute, 20k events are two days, shorter
+    than a journey (an export takes days, a drawback claim weeks).
+    """
     probe = SimulationConfig(start_ms=BENCH_START_MS, seed=seed, cases=1000)
     per_case = mean_events_per_case(probe)
     cases = int(n / per_case * 1.1) + 10
     config = SimulationConfig(
-        start_ms=BENCH_START_MS, seed=seed, cases=cases, span_ms=max(1, cases) * 60_000, until_ms=NO_CUTOFF
+        start_ms=BENCH_START_MS,
+        seed=seed,
+        cases=cases,
+        span_ms=max(1, cases) * case_interval_ms,
+        until_ms=NO_CUTOFF,
     )
     return list(itertools.islice(generate(config), n))
 

@@ -653,7 +653,10 @@ class JourneyEngine:
                 continue
             due = state["lt"] + self.case_retention_ms
             if due > wm or (exclude is not None and case_id in exclude):
-                deferred.append((max(due, wm + 1), case_id))
+                # A case of the batch being applied waits for the next call (batch or sweep),
+                # due already: keyed ``wm + 1`` it waited for a newer event, which the end of a
+                # replay never brings (its last batch's complete cases stayed live for good).
+                deferred.append((due, case_id))
                 continue
             states[case_id] = {"x": wm, "h": [event_id[:8] for event_id in state["e"]]}
             deferred.append((wm + self.tombstone_retention_ms, case_id))

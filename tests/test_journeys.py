@@ -294,6 +294,19 @@ def test_completed_cases_are_evicted_so_state_stays_bounded_and_late_events_cann
     assert out.duplicates == {C: 2} and out.dead_letters == [] and out.stage_records == []
 
 
+def test_a_replays_last_batch_completes_cases_that_the_next_sweep_evicts_without_newer_events() -> None:
+    # A backlog read in one batch: EXP-OLD completed long before the newest event of the batch.
+    # Its eviction waits for the next call (the batch itself is being applied), and a sweep at
+    # the same watermark is that call: a replay's end brings no newer event.
+    p = Pipeline(case_retention_ms=2 * HOUR, tombstone_retention_ms=DAY)
+    old = export_case("EXP-OLD", T0, customs_h=1, handoff_h=1, port_h=1)
+    p.push([*old, *export_case("EXP-NEW", T0 + 3 * DAY)], T0 + 3 * DAY)
+    assert "x" not in p.case_states["EXP-OLD"]
+    p.tick(T0 + 3 * DAY)
+    assert "x" in p.case_states["EXP-OLD"]
+    assert "x" not in p.case_states["EXP-NEW"]  # still open
+
+
 def test_reprocessing_a_batch_after_a_crash_emits_the_same_facts_and_records() -> None:
     p = Pipeline()
     first = p.feeder.messages(export_case("EXP-1", T0)[:2])
