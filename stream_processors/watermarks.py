@@ -31,7 +31,7 @@ from stream_processors.clock import Clock
 DEFAULT_PARTITION_IDLE_MS = 60_000
 """``Settings.partition_idle_ms``'s default."""
 
-_NEVER = -(2**63)
+NEVER = -(2**63)
 """Judge time while a topic-partition is expected but nothing was read from it: nothing is overdue."""
 
 
@@ -93,7 +93,7 @@ class CatchUpClock:
             if last_read is not None and last_read < idle_before:
                 continue  # idle: caught up or silent
             if newest is None:
-                return _NEVER
+                return NEVER
             if newest < judge:
                 judge = newest
         return judge

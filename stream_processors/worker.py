@@ -555,7 +555,8 @@ def default_journey_engine(missions: Any, settings: Settings, codec: Any) -> Any
 def default_kpi_engine(missions: Any, settings: Settings, codec: Any) -> Any:
     from stream_processors.kpis import KpiEngine
 
-    return KpiEngine(missions, settings)
+    # On the event clock a tick waits until the input is read to its end (``_clock_trustworthy``).
+    return KpiEngine(missions, settings, close_behind_low_watermark=settings.clock == "wall")
 
 
 def kpi_base_key(key: str) -> str:

@@ -534,3 +534,34 @@ def arrival_silences(processing: list[tuple[str, Any]], want: Any, missions: Any
                 last = t
             newest[agency] = last
     return episodes
+
+
+@pytest.mark.parametrize("behind_low_watermark", [False, True])
+def test_a_catch_up_that_reads_one_topic_behind_the_others_counts_no_completion_late(
+    behind_low_watermark: bool,
+) -> None:
+    """After an outage hop 1 drains the backlog on the wall clock, reading customs (busy) slower
+    than permits and ports: the newest event time races ahead of completions still to come.
+    Windows that close behind the input's low watermark (the worker's setting on the wall clock)
+    wait for them; windows that close behind the newest event time count most of them late."""
+    cases = []
+    for i in range(40):
+        cases += export_case(f"EXP-{i}", T0 + i * 9 * MIN, customs_h=1, handoff_h=1, port_h=1)
+    customs = sorted((e for e in cases if e[0] == C), key=lambda e: e[1]["occurred_at"])
+    others = sorted((e for e in cases if e[0] != C), key=lambda e: e[1]["occurred_at"])
+    p = Pipeline()
+    p.kpis.close_behind_low_watermark = behind_low_watermark
+    wall = max(raw["occurred_at"] for _, raw in cases) + 10 * MIN  # the outage is over
+    for n in range(max(len(customs) // 2, len(others) // 8) + 1):  # 2 customs events per 8 others
+        p.push(customs[2 * n : 2 * n + 2] + others[8 * n : 8 * n + 8], wall)
+        p.tick(wall)
+        wall += 1_000
+    p.tick(wall + 2 * HOUR)
+    latest = {r["kpi_id"]: r for r in p.out.kpi_windows if r["window"] == "1h"}
+    completions = sum(r["completions"] for r in latest.values())
+    late = sum(r["late_events"] for r in latest.values())
+    # 40 journeys x 4 stages (customs, hand-off, port, end to end), each in 12 one-hour windows
+    if behind_low_watermark:
+        assert (completions, late) == (40 * 4 * 12, 0)
+    else:
+        assert late > 0 and completions < 40 * 4 * 12
