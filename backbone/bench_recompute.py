@@ -204,10 +204,10 @@ def _timed(fn: Callable[[], Out]) -> tuple[Out, float, float]:
     return out, time.perf_counter() - wall, _process_cpu_s() - cpu
 
 
-def _version_in_memory(client: Client, result: RecomputeResult) -> list[tuple[str, str]]:
+def _version_in_memory(client: Client, result: RecomputeResult) -> list[str]:
     """Hold the version's stored columns in ``Memory`` tables (read back almost for free), and
-    return ``(target table, INSERT)`` pairs that write them again into empty tables of the same
-    kind (``CREATE TABLE ... AS`` copies columns, codecs, engine, sort key and settings)."""
+    return the INSERTs that write them again into empty tables of the same kind (``CREATE
+    TABLE ... AS`` copies columns, codecs, engine, sort key and settings)."""
     inserts = []
     for table, columns in (
         (stage_table(result.version), STAGE_RECORD_COLUMNS),
@@ -216,9 +216,7 @@ def _version_in_memory(client: Client, result: RecomputeResult) -> list[tuple[st
         stored = ", ".join(stored_columns(columns))
         client.command(f"CREATE TABLE {table}_memory ENGINE = Memory AS SELECT {stored} FROM {table}")
         client.command(f"CREATE TABLE {table}_copy AS {table}")
-        inserts.append(
-            (f"{table}_copy", f"INSERT INTO {table}_copy ({stored}) SELECT {stored} FROM {table}_memory")
-        )
+        inserts.append(f"INSERT INTO {table}_copy ({stored}) SELECT {stored} FROM {table}_memory")
     return inserts
 
 
@@ -251,7 +249,7 @@ def run(opts: BenchOptions) -> list[BenchRow]:
             result, _, recompute_cpu = _timed(lambda: recompute(client, missions, grace_ms=settings.grace_ms))
             _, after_s, after_cpu = _timed(ceiling_run)
             inserts = _version_in_memory(client, result)
-            _, write_s, write_cpu = _timed(lambda: [client.command(insert) for _, insert in inserts])
+            _, write_s, write_cpu = _timed(lambda: [client.command(insert) for insert in inserts])
         finally:
             client.close()
     ceiling_s, ceiling_cpu = min(before_s, after_s), min(before_cpu, after_cpu)
