@@ -265,6 +265,8 @@ def run(opts: BenchOptions) -> list[BenchRow]:
         f"CPU {recompute_cpu:.2f} s vs ceiling {ceiling_cpu:.2f} s (CPU ratio {cpu_ratio:.2f}); chdb"
     )
     stage_s = result.phases.get("stage records", 0.0)
+    rows_written = result.stage_records + result.kpi_windows
+    write_floor = events / write_s if write_s else 0.0
     return [
         BenchRow(
             "recompute",
@@ -297,20 +299,20 @@ def run(opts: BenchOptions) -> list[BenchRow]:
         BenchRow(
             "recompute",
             "write floor: inserting the version's rows alone",
-            events / write_s if write_s else 0.0,
+            write_floor,
             "ev/s",
             "bare GROUP BY case_id minIf pivot",
             ceiling,
             notes=(
-                f"{result.stage_records + result.kpi_windows:,} rows written in {write_s:.2f} s "
+                f"{rows_written:,} rows written in {write_s:.2f} s "
                 f"(CPU {write_cpu:.2f} s): the recompute writes the same rows, so it cannot run faster "
-                f"than {events / write_s if write_s else 0.0:,.0f} ev/s here; the target needs the "
+                f"than {write_floor:,.0f} ev/s here; the target needs the "
                 f"whole recompute in {events / TARGET_EVENTS_PER_S:.2f} s"
             ),
             extra={
                 "seconds": write_s,
                 "cpu_seconds": write_cpu,
-                "rows": result.stage_records + result.kpi_windows,
+                "rows": rows_written,
             },
         ),
     ]
