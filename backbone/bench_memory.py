@@ -85,8 +85,8 @@ def case_state_size(bootstrap: str, run: JobRun) -> dict[str, int]:
         last_read = time.monotonic()
         # Read past ``count`` until the topic is quiet: the metric counts a changelog when its
         # acknowledgement is taken, and the worker's last one (the final sweep's evictions) is
-        # sent after the last flush, so the count stops short of it. (Tansu's high watermarks
-        # are too low to say where a partition ends.)
+        # sent after the last flush, so the count stops short of it, and a partition's end
+        # says nothing about a changelog still on its way.
         while time.monotonic() < deadline and (read < count or time.monotonic() - last_read < QUIET_S):
             for msg in consumer.consume(num_messages=10_000, timeout=0.5):
                 if msg.error() is None:

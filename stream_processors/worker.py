@@ -56,11 +56,14 @@ log = logging.getLogger("backbone.processor")
 EVENT_CLOCK_QUIET_S = 1.0
 """On the event clock, how long without a batch counts as "the input is quiet".
 
-Sweeps and ticks wait for this and for every partition read to its high watermark. Tansu
-reports high watermarks too low (the start of the last produced batch + 1), so the quiet period
-is what actually guards a replay against closing windows early: 0.5 s was measured too short on
-a loaded machine (a premature tick in the oracle test). It is pure waiting at the end of a
-replay, so the timer checks every :data:`EVENT_CLOCK_TIMER_S` instead of once a second.
+Sweeps and ticks wait for this and for every partition read to its high watermark. The high
+watermark is the one the last fetch reported (right on Tansu too; only its ListOffsets answer is
+wrong, see :func:`stream_processors.faust_fast.probe_end_offsets`), so "read to the end" is
+exact for what was published when that fetch ran. What it cannot see is what comes next: a
+producer still publishing (the tests publish live, in chunks) and hop 1's facts still in flight
+to hop 2. The quiet period guards against those: 0.5 s was measured too short on a loaded
+machine (a premature tick in the oracle test). It is pure waiting at the end of a replay, so
+the timer checks every :data:`EVENT_CLOCK_TIMER_S` instead of once a second.
 """
 EVENT_CLOCK_TIMER_S = 0.25
 
