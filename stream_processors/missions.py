@@ -10,19 +10,38 @@ from __future__ import annotations
 import re
 from collections import defaultdict
 from dataclasses import dataclass
+from decimal import Decimal
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from schemas import contracts
 from schemas.registry import Registry, default_registry
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
 _UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
+_UNITS = ", ".join(_UNIT_MS)
 _ID = r"^[a-z][a-z0-9_]*$"
+
+MAX_DURATION_MS = 3650 * 86_400_000
+"""The longest duration a missions file may give (3650d, about 10 years).
+
+Far above any real SLA, window or silence threshold, and far below where sums of event times,
+windows and grace periods would overflow the Int64 milliseconds of the stage records, the KPI
+rows and the recompute's SQL.
+"""
 
 
 class MissionsError(ValueError):
@@ -30,12 +49,45 @@ class MissionsError(ValueError):
 
 
 def parse_duration_ms(value: Any) -> int:
-    if isinstance(value, int) and not isinstance(value, bool):
-        return value
+    """A duration written with its unit (``90m``, ``1.5h``, ``14d``) in milliseconds.
+
+    A bare number is refused: ``sla: 24`` could mean hours as easily as milliseconds. The result
+    is at most :data:`MAX_DURATION_MS`.
+    """
+    shown = repr(value) if len(repr(value)) <= 40 else f"{repr(value)[:36]}...'"
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        raise ValueError(f"{shown} has no unit: write a number and one of {_UNITS} (e.g. 90m, 12h or 14d)")
     m = _DURATION.match(str(value))
     if not m:
-        raise ValueError(f"{value!r} is not a duration like 90m, 12h or 14d")
-    return int(float(m.group(1)) * _UNIT_MS[m.group(2)])
+        raise ValueError(f"{shown} is not a duration: a number and one of {_UNITS} (e.g. 90m, 12h or 14d)")
+    ms = Decimal(m.group(1)) * _UNIT_MS[m.group(2)]  # exact: no float overflow or rounding
+    if ms > MAX_DURATION_MS:
+        raise ValueError(f"{shown} is longer than the maximum duration of 3650d (about 10 years)")
+    return int(ms)
+
+
+DurationMs = Annotated[int, BeforeValidator(parse_duration_ms)]
+"""A duration field of the missions file, given with a unit and stored in milliseconds."""
+
+
+def _at_least_one(items: tuple[Any, ...]) -> tuple[Any, ...]:
+    """A non-empty tuple. Checked after the items validated, so that an invalid sole item is
+    reported once, not again as an empty tuple (as pydantic's ``min_length`` does)."""
+    if not items:
+        raise ValueError("at least one is required")
+    return items
+
+
+def _unique(items: tuple[Any, ...], field: str, what: str, listed_in: str, why: str = "") -> None:
+    """Refuse two items with the same ``field`` value; name the value and both positions."""
+    first: dict[Any, int] = {}
+    for i, item in enumerate(items):
+        value = getattr(item, field)
+        if value in first:
+            raise ValueError(
+                f"{what} {value!r} is used twice ({listed_in}[{first[value]}] and {listed_in}[{i}]){why}"
+            )
+        first[value] = i
 
 
 def _status_symbols(topic: str) -> list[str]:
@@ -75,20 +127,29 @@ class Stage(_Model):
     owner: str
     owner_by_province: dict[str, str] = {}
     owner_by_port: dict[str, str] = {}
-    sla_ms: int = Field(alias="sla", gt=0)
+    sla_ms: DurationMs = Field(alias="sla", gt=0)
     handoff: bool = False
     money_field: str | None = None
     cancel_on: tuple[EventRef, ...] = ()
-
-    @field_validator("sla_ms", mode="before")
-    @classmethod
-    def _sla(cls, v: Any) -> int:
-        return parse_duration_ms(v)
 
     @model_validator(mode="after")
     def _consistent(self) -> Stage:
         if self.start == self.end:
             raise ValueError("start and end are the same event")
+        for i, cancel in enumerate(self.cancel_on):
+            # The processors and the recompute fold an event into every boundary it marks, and a
+            # stage with an end is CLOSED whatever else was seen (SEMANTICS.md, stage instances).
+            event = f"cancel_on[{i}] ({cancel.topic} {cancel.status})"
+            if cancel == self.end:
+                raise ValueError(
+                    f"{event} is the stage's end event: that event would close and cancel the stage "
+                    "at once, a close wins, so the cancel could never apply"
+                )
+            if cancel == self.start:
+                raise ValueError(
+                    f"{event} is the stage's start event: every case would be cancelled the moment "
+                    "it starts, so the stage would never be open (no backlog, no SLA alerts)"
+                )
         if (
             self.money_field is not None
             and self.money_field not in contracts.current(self.start.topic).money_fields
@@ -104,7 +165,7 @@ class Stage(_Model):
 class Journey(_Model):
     id: str = Field(pattern=_ID)
     name: str
-    stages: tuple[Stage, ...] = Field(min_length=1)
+    stages: Annotated[tuple[Stage, ...], AfterValidator(_at_least_one)]
 
 
 class Target(_Model):
@@ -120,11 +181,13 @@ class Mission(_Model):
     id: str = Field(pattern=_ID)
     name: str
     co_owners: tuple[str, ...]
-    journeys: tuple[Journey, ...] = Field(min_length=1)
+    journeys: Annotated[tuple[Journey, ...], AfterValidator(_at_least_one)]
     targets: tuple[Target, ...] = ()
 
     @model_validator(mode="after")
-    def _unique_stages(self) -> Mission:
+    def _unique_ids(self) -> Mission:
+        _unique(self.journeys, "id", "journey id", "journeys")
+        _unique(self.targets, "id", "target id", "targets")
         seen: set[str] = set()
         for j in self.journeys:
             for s in j.stages:
@@ -141,13 +204,8 @@ class Window(_Model):
     """A KPI window: tumbling when ``hop`` is absent, hopping otherwise."""
 
     name: str
-    size_ms: int = Field(alias="size", gt=0)
-    hop_ms: int | None = Field(None, alias="hop")
-
-    @field_validator("size_ms", "hop_ms", mode="before")
-    @classmethod
-    def _dur(cls, v: Any) -> int | None:
-        return None if v is None else parse_duration_ms(v)
+    size_ms: DurationMs = Field(alias="size", gt=0)
+    hop_ms: DurationMs | None = Field(None, alias="hop")
 
     @model_validator(mode="after")
     def _hop_divides(self) -> Window:
@@ -161,27 +219,40 @@ class Window(_Model):
 
 
 class Feeds(_Model):
-    default_silence_ms: int = Field(alias="default_silence", gt=0)
-    silence_ms: dict[str, int] = Field(default_factory=dict, alias="silence")
-
-    @field_validator("default_silence_ms", mode="before")
-    @classmethod
-    def _d(cls, v: Any) -> int:
-        return parse_duration_ms(v)
+    default_silence_ms: DurationMs = Field(alias="default_silence", gt=0)
+    silence_ms: dict[str, Annotated[DurationMs, Field(gt=0)]] = Field(default_factory=dict, alias="silence")
 
     @field_validator("silence_ms", mode="before")
     @classmethod
-    def _ds(cls, v: Any) -> dict[str, int]:
-        return {k: parse_duration_ms(x) for k, x in (v or {}).items()}
+    def _none_is_empty(cls, v: Any) -> Any:
+        return {} if v is None else v
 
     def threshold_ms(self, agency: str) -> int:
         return self.silence_ms.get(agency, self.default_silence_ms)
 
 
 class MissionsFile(_Model):
-    windows: tuple[Window, ...] = Field(min_length=1)
+    windows: Annotated[tuple[Window, ...], AfterValidator(_at_least_one)]
     feeds: Feeds
-    missions: tuple[Mission, ...] = Field(min_length=1)
+    missions: Annotated[tuple[Mission, ...], AfterValidator(_at_least_one)]
+
+    @field_validator("windows")
+    @classmethod
+    def _unique_windows(cls, windows: tuple[Window, ...]) -> tuple[Window, ...]:
+        _unique(
+            windows,
+            "name",
+            "window name",
+            "windows",
+            ": KPI rows are keyed by it and would overwrite each other",
+        )
+        return windows
+
+    @field_validator("missions")
+    @classmethod
+    def _unique_missions(cls, missions: tuple[Mission, ...]) -> tuple[Mission, ...]:
+        _unique(missions, "id", "mission id", "missions")
+        return missions
 
 
 @dataclass(frozen=True)
@@ -263,12 +334,19 @@ def _check_agencies(spec: MissionsFile, reg: Registry) -> None:
         check(agency, "feeds.silence")
 
 
-def load_missions(path: Path, registry: Registry | None = None) -> Missions:
-    """Load and validate a missions file (YAML, or TOML by extension)."""
+def _read_data(path: Path) -> Any:
+    """The parsed content of a missions file (YAML, or TOML by extension), or a MissionsError."""
     try:
-        text = path.read_text()
+        raw = path.read_bytes()
     except OSError as exc:
         raise MissionsError(f"{path}: cannot read missions file: {exc.strerror}") from exc
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise MissionsError(
+            f"{path}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start}); "
+            "a missions file must be YAML or TOML saved as UTF-8"
+        ) from exc
     try:
         if path.suffix == ".toml":
             import tomllib
@@ -278,7 +356,12 @@ def load_missions(path: Path, registry: Registry | None = None) -> Missions:
             data = yaml.safe_load(text)
     except (yaml.YAMLError, ValueError) as exc:
         raise MissionsError(f"{path}: not valid YAML/TOML: {exc}") from exc
-    return missions_from_data(data, path, registry)
+    return data
+
+
+def load_missions(path: Path, registry: Registry | None = None) -> Missions:
+    """Load and validate a missions file (YAML, or TOML by extension)."""
+    return missions_from_data(_read_data(path), path, registry)
 
 
 def _error_location(loc: tuple[Any, ...]) -> str:
@@ -286,12 +369,18 @@ def _error_location(loc: tuple[Any, ...]) -> str:
     return ".".join(str(p) if isinstance(p, str) else f"[{p}]" for p in loc).replace(".[", "[")
 
 
+def _error_message(error: Any) -> str:
+    """A pydantic error as ``path: reason``, our own reasons without pydantic's ``Value error, ``."""
+    reason = str(error["ctx"]["error"]) if error["type"] == "value_error" else error["msg"]
+    return f"{_error_location(error['loc']) or 'file'}: {reason}"
+
+
 def missions_from_data(data: Any, path: Path | None = None, registry: Registry | None = None) -> Missions:
     where = str(path) if path else "missions"
     try:
         spec = MissionsFile.model_validate(data)
     except ValidationError as exc:
-        problems = "; ".join(f"{_error_location(e['loc'])}: {e['msg']}" for e in exc.errors())
+        problems = "; ".join(_error_message(e) for e in exc.errors())
         raise MissionsError(f"{where}: {problems}") from exc
     try:
         _check_agencies(spec, registry or default_registry())
@@ -310,10 +399,11 @@ def time_scaled(path: Path, factor: float, out: Path) -> Path:
     """
     if factor <= 0:
         raise MissionsError(f"time scale must be positive, got {factor}")
-    data = yaml.safe_load(path.read_text())
+    load_missions(path)  # the original's own errors first, with its name
+    data = _read_data(path)
 
-    def scale(value: Any) -> int:
-        return max(1, int(parse_duration_ms(value) / factor))
+    def scale(value: Any) -> str:
+        return f"{max(1, int(parse_duration_ms(value) / factor))}ms"
 
     for mission in data.get("missions", []):
         for journey in mission.get("journeys", []):
