@@ -51,6 +51,26 @@ class ChangelogRecord(NamedTuple):
 _json = orjson.dumps
 """JSON bytes (Faust's ``json`` codec reads them back on recovery)."""
 
+MAX_RECORD_BYTES = 512 * 1024
+"""Default largest changelog value written as one record; a larger state is written in pieces
+(``Settings.state_record_max_bytes``).
+
+Why: Kafka refuses a record over its ``message.max.bytes`` (1 MB by default, in librdkafka's
+producer and on the broker), and the worker stopped with MSG_SIZE_TOO_LARGE. A KPI group holds
+every open pane of its windows, and windows stay open as long as the input's low watermark is
+behind them: a 30-day backfill read topic by topic, or a replay on the event clock (panes close
+only at its end), grew one group's state past 1.2 MB. Half the limit leaves room for the key
+and the record's overhead.
+"""
+_PIECE = "\x1f#piece#"
+"""Key suffix of a piece: ``<key>\\x1f#piece#<i>`` (its value is text, never an engine state)."""
+_CHUNKED = "\x1fpieces"
+"""The head record of a chunked state: ``[partition, {"\\x1fpieces": n}]``, after its n pieces."""
+
+
+def piece_key(key: str, i: int) -> str:
+    return f"{key}{_PIECE}{i}"
+
 
 class PartitionedTableStore:
     """The engines' :class:`~stream_processors.api.StateStore` over a Faust table.
@@ -61,9 +81,18 @@ class PartitionedTableStore:
     """
 
     def __init__(
-        self, table: TableT, num_partitions: int, base_key: Callable[[str], str] | None = None
+        self,
+        table: TableT,
+        num_partitions: int,
+        base_key: Callable[[str], str] | None = None,
+        max_record_bytes: int = MAX_RECORD_BYTES,
     ) -> None:
         self.table = table
+        self.max_record_bytes = max_record_bytes
+        """A state whose JSON is longer is written in pieces (see :data:`MAX_RECORD_BYTES`)."""
+        self.piece_chars = max(16, max_record_bytes // 4)
+        """Characters of JSON per piece: at most 4 bytes each once the piece is a JSON string
+        (UTF-8; a quote or backslash takes 2), so a piece's record stays under the limit."""
         self.base_key = base_key
         """Maps a derived key (e.g. ``<group>@<window>``) to the source key whose partition it shares."""
         self.local = table.data
@@ -76,6 +105,10 @@ class PartitionedTableStore:
         """JSON of each stored value as the current call first read it (see :meth:`discard`)."""
         self._encoded: dict[str, tuple[int, bytes]] = {}
         """Partition and changelog JSON of each pending write, from :meth:`changelog` to :meth:`apply`."""
+        self._pieces: dict[str, int] = {}
+        """How many pieces the changelog holds for each chunked key (see :attr:`max_record_bytes`)."""
+        self._encoded_pieces: dict[str, int] = {}
+        """The piece counts of the pending writes, from :meth:`changelog` to :meth:`apply`."""
         self._written: dict[str, tuple[list[Any], bytes]] = {}
         """The stored ``[partition, state]`` lists :meth:`apply` wrote, with their changelog JSON.
 
@@ -176,26 +209,87 @@ class PartitionedTableStore:
         return len(self._pending)
 
     def changelog(self) -> list[ChangelogRecord]:
-        """The pending writes as changelog records, one per key (Faust's JSON table format)."""
+        """The pending writes as changelog records (Faust's JSON table format).
+
+        One record per key; a value whose JSON is over :attr:`max_record_bytes` is written as
+        pieces followed by a head record under the key itself (same partition, so recovery
+        reads them in that order; :meth:`reassemble` joins them). Pieces a key no longer needs
+        (it shrank or was deleted) are deleted.
+        """
         topic = self.changelog_topic
         out = []
-        encoded = self._encoded
+        encoded, encoded_pieces = self._encoded, self._encoded_pieces
         encoded.clear()
+        encoded_pieces.clear()
         for key, value in self._pending.items():
             partition = self._partition_for_write(key)
+            pieces = 0
             if value is _DELETED:
                 if key in self.local:
                     out.append(ChangelogRecord(topic, partition, _json(key), None))
             else:
                 data = _json([partition, value])
                 encoded[key] = (partition, data)
-                out.append(ChangelogRecord(topic, partition, _json(key), data))
+                if len(data) <= self.max_record_bytes:
+                    out.append(ChangelogRecord(topic, partition, _json(key), data))
+                else:
+                    text = data.decode()
+                    step = self.piece_chars
+                    for start in range(0, len(text), step):
+                        piece = _json([partition, text[start : start + step]])
+                        out.append(ChangelogRecord(topic, partition, _json(piece_key(key, pieces)), piece))
+                        pieces += 1
+                    out.append(
+                        ChangelogRecord(topic, partition, _json(key), _json([partition, {_CHUNKED: pieces}]))
+                    )
+            for stale in range(pieces, self._pieces.get(key, 0)):
+                out.append(ChangelogRecord(topic, partition, _json(piece_key(key, stale)), None))
+            encoded_pieces[key] = pieces
         return out
+
+    def reassemble(self) -> int:
+        """After a recovery: join chunked states from their pieces; returns how many.
+
+        Faust's recovery puts every changelog record in the local table as it is, pieces and
+        head records included. The engines must see the state, not its pieces, so the worker
+        calls this on every assignment before anything reads the store.
+        """
+        local = self.local
+        heads = [
+            (key, stored)
+            for key, stored in list(local.items())
+            if isinstance(stored, list)
+            and len(stored) == 2
+            and isinstance(stored[1], dict)
+            and _CHUNKED in stored[1]
+        ]
+        for key, (_, head) in heads:
+            count = int(head[_CHUNKED])
+            parts = [local.get(piece_key(key, i)) for i in range(count)]
+            missing = [i for i, part in enumerate(parts) if part is None]
+            if missing:
+                raise RuntimeError(
+                    f"state {key!r} in {self.changelog_topic}: pieces {missing} of {count} are missing "
+                    "from the changelog; the state cannot be recovered"
+                )
+            local[key] = orjson.loads("".join(part[1] for part in parts))  # type: ignore[index]
+            self._pieces[key] = count
+            self._written.pop(key, None)
+        for key, stored in list(local.items()):
+            if _PIECE in key and isinstance(stored, list) and len(stored) == 2 and isinstance(stored[1], str):
+                del local[key]  # a piece (engine states are never bare strings)
+        return len(heads)
 
     def apply(self) -> int:
         """Put the pending writes into the local table (after their changelog was flushed)."""
         local = self.local
         encoded, written = self._encoded, self._written
+        pieces = self._pieces
+        for key, count in self._encoded_pieces.items():
+            if count:
+                pieces[key] = count
+            else:
+                pieces.pop(key, None)
         n = 0
         try:
             for key, value in self._pending.items():
@@ -217,6 +311,7 @@ class PartitionedTableStore:
             self._routes.clear()
             self._before.clear()
             encoded.clear()
+            self._encoded_pieces.clear()
         return n
 
     def discard(self) -> None:
@@ -234,3 +329,4 @@ class PartitionedTableStore:
         self._routes.clear()
         self._before.clear()
         self._encoded.clear()
+        self._encoded_pieces.clear()

@@ -486,6 +486,8 @@ class ProcessorRuntime:
             self.processed_next = {tp: n for tp, n in self.processed_next.items() if tp in self.assigned}
             self.journey_store.owned = frozenset(p for t, p in assignment if t in contracts.INPUT_TOPICS)
             self.kpi_store.owned = frozenset(p for t, p in assignment if t == FACTS_TOPIC)
+            for store in (self.journey_store, self.kpi_store):
+                store.reassemble()  # states recovered in pieces (over the record size limit)
             self.journeys.rebuild_index(self.journey_store)
             self.kpis.rebuild_index(self.kpi_store)
             self.ready = True
