@@ -2,8 +2,8 @@
 
 File conventions (the contract agencies export against):
 
-* **JSON Lines**: one JSON object per line; blank lines are skipped. Numbers are parsed as exact
-  decimals, never floats.
+* **JSON Lines**: one JSON object per line; blank lines are skipped (and counted, so a summary
+  can account for every line). Numbers are parsed as exact decimals, never floats.
 * **CSV**: a header row of field names, one record per row; list fields (``container_ids``) are
   ``;``-separated; an empty cell is null (the field's default applies, or it is reported missing).
 * **Money in files is PKR** (``1500.50`` or ``"1500.50"``, at most 2 decimals), whatever the
@@ -44,12 +44,19 @@ class BatchFileError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class Entry:
-    """One input record: ``record`` when it parsed, else ``error``; ``source`` is the original text."""
+    """One input line: ``record`` when it parsed, else ``error``; ``source`` is the original text.
+
+    A blank line (or blank CSV row) has neither: it is skipped, but yielded so that it is counted.
+    """
 
     line: int
     record: dict[str, Any] | None
     error: str | None
     source: str
+
+    @property
+    def blank(self) -> bool:
+        return self.record is None and self.error is None
 
 
 def detect_format(path: Path, explicit: str | None = None) -> FileFormat:
@@ -67,7 +74,7 @@ def detect_format(path: Path, explicit: str | None = None) -> FileFormat:
 
 
 def read_entries(path: Path, fmt: FileFormat, topic: str) -> Iterator[Entry]:
-    """Yield one :class:`Entry` per non-blank line (JSON Lines) or data row (CSV)."""
+    """Yield one :class:`Entry` per line (JSON Lines) or data row (CSV), blank ones included."""
     plan = plan_for(topic)
     try:
         if fmt == "jsonl":
@@ -82,7 +89,7 @@ def read_sources(path: Path, fmt: FileFormat, topic: str, lines: set[int]) -> di
     """The original text of the records starting at ``lines`` (a second pass, used for failures)."""
     if not lines:
         return {}
-    return {e.line: e.source for e in read_entries(path, fmt, topic) if e.line in lines}
+    return {e.line: e.source for e in read_entries(path, fmt, topic) if e.line in lines and not e.blank}
 
 
 # -- JSON Lines ------------------------------------------------------------------------------
@@ -99,6 +106,7 @@ def _read_jsonl(path: Path, plan: RecordPlan) -> Iterator[Entry]:
             if line_no == 1 and raw_line.startswith(b"\xef\xbb\xbf"):
                 raw_line = raw_line[3:]
             if not raw_line.strip():
+                yield Entry(line_no, None, None, "")
                 continue
             try:
                 text = raw_line.decode("utf-8").rstrip("\r\n")
@@ -110,6 +118,9 @@ def _read_jsonl(path: Path, plan: RecordPlan) -> Iterator[Entry]:
                 record = json.loads(text, parse_float=Decimal, parse_constant=_reject_constant)
             except (json.JSONDecodeError, ValueError) as exc:
                 yield Entry(line_no, None, f"malformed JSON: {exc}", text)
+                continue
+            except RecursionError:  # the parser recurses per level: [[[[...]]]] deeper than the stack
+                yield Entry(line_no, None, "malformed JSON: nested too deeply", text)
                 continue
             if not isinstance(record, dict):
                 yield Entry(line_no, None, f"expected a JSON object, got {type(record).__name__}", text)
@@ -148,6 +159,7 @@ def _read_csv(path: Path, plan: RecordPlan) -> Iterator[Entry]:
                 continue
             line_no, start = start, reader.line_num + 1
             if not any(cell.strip() for cell in row):
+                yield Entry(line_no, None, None, "")
                 continue
             yield _csv_entry(line_no, row, columns, converters)
 

@@ -1,8 +1,8 @@
 """``backbone produce``: publish a JSON Lines or CSV export file to an agency topic.
 
 Exit codes: 0 every record acknowledged; 1 some records rejected or failed (see the rejects
-file); 2 usage or configuration error (nothing sent); 3 broker unreachable or topic missing
-(nothing sent).
+file), or the run stopped early; 2 usage or configuration error (nothing sent); 3 broker
+unreachable or topic missing (nothing sent).
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ def produce(
     """
     from backbone.cli import settings_or_exit
     from producers.batch_file import BatchFileError, detect_format
-    from producers.batch_upload import progress_line, upload_file
+    from producers.batch_upload import check_rejects_path, progress_line, upload_file
     from producers.publisher import Publisher, PublisherError
     from schemas import contracts
 
@@ -79,6 +79,10 @@ def produce(
     except BatchFileError as exc:
         _fail(str(exc), EXIT_USAGE)
     rejects_path = rejects or file.with_name(file.name + ".rejects.jsonl")
+    try:
+        check_rejects_path(file, rejects_path)
+    except BatchFileError as exc:
+        _fail(f"--rejects: {exc}" if rejects else f"{exc} (pass --rejects FILE)", EXIT_USAGE)
 
     publisher = Publisher(settings, servers, message_timeout_ms=int(timeout * 1000))
     try:
@@ -104,10 +108,18 @@ def produce(
     unlisted = summary.rejected + summary.failed - len(summary.problems)
     if unlisted > 0:
         typer.echo(f"... and {unlisted:,} more in {rejects_path}", err=True)
+    if summary.stopped is not None:
+        typer.echo(
+            f"error: stopped after {summary.read:,} records, the rest of the file unread: {summary.stopped}",
+            err=True,
+        )
     elapsed = time.monotonic() - started
+    blank = (
+        f", {summary.blank:,} blank line{'' if summary.blank == 1 else 's'} skipped" if summary.blank else ""
+    )
     typer.echo(
         f"{file.name} → {topic}: {summary.read:,} read, {summary.sent:,} sent, "
-        f"{summary.rejected:,} rejected, {summary.failed:,} failed in {elapsed:.1f} s"
+        f"{summary.rejected:,} rejected, {summary.failed:,} failed{blank} in {elapsed:.1f} s"
         + ("" if summary.ok else f" (rejects: {rejects_path})")
     )
     if not summary.ok:

@@ -3,8 +3,9 @@
 Contract:
 
 * Every record is normalised and validated (:func:`producers.records.prepare`) before it is
-  encoded; an invalid record raises :class:`~schemas.validation.InvalidRecord` (``publish``) or
-  is returned as a :class:`Rejected` (``publish_many``) and is never sent.
+  encoded; an invalid record, or one whose encoded message is over the message size limit,
+  raises :class:`~schemas.validation.InvalidRecord` (``publish``) or is returned as a
+  :class:`Rejected` (``publish_many``) and is never sent. One bad record never stops a batch.
 * The producer is idempotent with ``acks=all``; retries are bounded by ``message.timeout.ms``
   (librdkafka's ``delivery.timeout.ms`` is an alias of it): a record is either acknowledged by
   the broker within that time or reported failed with the broker's reason.
@@ -53,6 +54,8 @@ KAFKA_LOG = logging.getLogger("producers.kafka")
 
 # What fastavro raises for a value its schema cannot hold (prepare() should have caught it first).
 _ENCODE_ERRORS = (ValueError, TypeError, OverflowError)
+LIBRDKAFKA_MESSAGE_MAX_BYTES = 1_000_000
+"""librdkafka's default ``message.max.bytes``: the largest message (value, key and record overhead)."""
 
 
 class PublisherError(RuntimeError):
@@ -149,6 +152,10 @@ class Publisher:
             }
         )
         conf.update(producer_config or {})
+        # The largest encoded value sent: the producer refuses more, and our consumers dead-letter more.
+        self.max_message_bytes: int = min(
+            self.codec.max_message_bytes, int(conf.get("message.max.bytes", LIBRDKAFKA_MESSAGE_MAX_BYTES))
+        )
         self._producer = Producer(conf)
         self._results: list[DeliveryResult] = []
         self._in_flight = 0
@@ -162,10 +169,7 @@ class Publisher:
     def publish(self, topic: str, record: Mapping[str, Any], ref: Any = None) -> Delivery:
         """Validate, encode and queue one record. Raises :class:`InvalidRecord` without sending."""
         raw = self.prepare(topic, record)
-        try:
-            value = self.codec.encode(topic, raw)
-        except _ENCODE_ERRORS as exc:
-            raise InvalidRecord("record", f"cannot be encoded: {type(exc).__name__}: {exc}") from exc
+        value = self._encode(topic, raw)
         delivery = Delivery(self)
         self._produce(topic, value, raw["case_id"].encode(), partial(self._on_delivery_handle, delivery, ref))
         return delivery
@@ -180,7 +184,7 @@ class Publisher:
         """
         now = self._clock()
         registry, skew = self.registry, self.max_future_skew_ms
-        encode = self.codec.encode
+        encode = self._encode
         produce = self._produce
         on_delivery = self._on_delivery
         rejected: list[Rejected] = []
@@ -188,14 +192,25 @@ class Publisher:
             try:
                 raw = prepare(topic, record, now, registry, skew)
                 value = encode(topic, raw)
+                produce(topic, value, raw["case_id"].encode(), partial(on_delivery, ref))
             except InvalidRecord as exc:
                 rejected.append(Rejected(ref, exc.field, exc.reason))
-                continue
-            except _ENCODE_ERRORS as exc:
-                rejected.append(Rejected(ref, "record", f"cannot be encoded: {type(exc).__name__}: {exc}"))
-                continue
-            produce(topic, value, raw["case_id"].encode(), partial(on_delivery, ref))
+            except RecursionError:  # a value nested deeper than the checks or the encoder can walk
+                rejected.append(Rejected(ref, "record", "cannot be encoded: nested too deeply"))
         return rejected
+
+    def _encode(self, topic: str, raw: dict[str, Any]) -> bytes:
+        """Encode a prepared record; :class:`InvalidRecord` if it cannot be, or is too large to send."""
+        try:
+            value = self.codec.encode(topic, raw)
+        except _ENCODE_ERRORS as exc:
+            raise InvalidRecord("record", f"cannot be encoded: {type(exc).__name__}: {exc}") from exc
+        limit = self.max_message_bytes
+        if len(value) > limit:
+            raise InvalidRecord(
+                "record", f"encoded record is {len(value):,} bytes, over the {limit:,}-byte message limit"
+            )
+        return value
 
     def _produce(self, topic: str, value: bytes, key: bytes, callback: Any) -> None:
         while True:
@@ -207,6 +222,12 @@ class Publisher:
                 # The local queue is full: back-pressure, serve delivery reports until there is room.
                 self._producer.poll(0.05)
             except KafkaException as exc:
+                if exc.args[0].code() == KafkaError.MSG_SIZE_TOO_LARGE:  # key and record overhead count too
+                    raise InvalidRecord(
+                        "record",
+                        f"encoded record is {len(value):,} bytes with a {len(key):,}-byte key, over the "
+                        "producer's message.max.bytes (which counts key and record overhead too)",
+                    ) from exc
                 raise PublisherError(f"cannot queue a record for {topic}: {exc.args[0].str()}") from exc
 
     # -- delivery reports ----------------------------------------------------------------

@@ -35,6 +35,8 @@ TypeCheck = Callable[[Any], "str | None"]
 _INT_RANGE = (-(2**31), 2**31 - 1)
 _LONG_RANGE = (-(2**63), 2**63 - 1)
 _MISSING = object()
+_TYPE_MISMATCH = "expected "
+"""How every check's reason starts when the value is of the wrong type altogether."""
 
 
 @dataclass(frozen=True)
@@ -177,10 +179,16 @@ def _compile(avro_type: Any, name: str) -> TypeCheck:
         labels = " or ".join(_label(t) for t in avro_type)
 
         def check_union(v: Any) -> str | None:
+            # A branch whose type fits but whose content does not (a lone surrogate, an integer
+            # out of range, an unknown enum symbol) knows the real problem; say that, not the union.
+            closest = None
             for branch in branches:
-                if branch(v) is None:
+                reason = branch(v)
+                if reason is None:
                     return None
-            return f"expected {labels}, got {_describe(v)}"
+                if closest is None and not reason.startswith(_TYPE_MISMATCH):
+                    closest = reason
+            return closest or f"expected {labels}, got {_describe(v)}"
 
         return check_union
     kind = avro_type["type"] if isinstance(avro_type, dict) else avro_type

@@ -26,10 +26,10 @@ from producers_fixtures import (  # noqa: F401 - fixtures
 from typer.testing import CliRunner
 
 from backbone.cli import app
-from backbone.config import Settings
+from backbone.config import Settings, load_settings
 from backbone.embedded.broker import TansuBroker
 from producers.batch_upload import upload_file
-from producers.publisher import Publisher
+from producers.publisher import Publisher, PublisherError
 from schemas import contracts
 from schemas.codec import Codec
 
@@ -317,3 +317,133 @@ def test_console_script_runs_produce(
     assert {e: r["occurred_at"] for e, r in got.items()} == {
         r["event_id"]: iso_to_ms(r["occurred_at"]) for r in records
     }
+
+
+def test_rejects_path_that_is_the_input_or_a_directory_is_a_usage_error_and_the_input_is_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("BACKBONE_KAFKA_BOOTSTRAP_SERVERS", unreachable_bootstrap())
+    path = write_jsonl(tmp_path / "same.jsonl", [json.dumps(sample(contracts.CUSTOMS))])
+    content = path.read_bytes()
+    (tmp_path / "link.jsonl").symlink_to(path)
+    (tmp_path / "hard.jsonl").hardlink_to(path)
+    for alias in (path, tmp_path / "link.jsonl", tmp_path / "hard.jsonl", tmp_path / "." / "same.jsonl"):
+        result = produce("-t", contracts.CUSTOMS, "-f", str(path), "--rejects", str(alias))
+        assert result.exit_code == 2, result.output
+        assert "error: --rejects: " in result.stderr and "is the input file" in result.stderr
+        assert "0 sent" in result.stderr and "Traceback" not in result.output
+        assert path.read_bytes() == content
+    result = produce("-t", contracts.CUSTOMS, "-f", str(path), "--rejects", str(tmp_path))
+    assert result.exit_code == 2, result.output
+    assert "error: --rejects: " in result.stderr and "is a directory" in result.stderr
+    (tmp_path / "same.jsonl.rejects.jsonl").mkdir()  # the default rejects path
+    result = produce("-t", contracts.CUSTOMS, "-f", str(path))
+    assert result.exit_code == 2 and "is a directory" in result.stderr and "--rejects FILE" in result.stderr
+    assert path.read_bytes() == content
+
+
+def test_one_bad_line_of_any_kind_is_rejected_with_its_reason_and_never_stops_the_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No broker: the good lines fail (not acknowledged); every other line is rejected, none raises."""
+    monkeypatch.delenv("BACKBONE_KAFKA_BOOTSTRAP_SERVERS", raising=False)
+    topic = contracts.CUSTOMS
+    huge = sample(topic, container_ids=[f"MSCU{i:07d}" for i in range(200_000)])
+    lines = [
+        json.dumps(sample(topic)),  # 1: good
+        "",  # 2: blank, skipped and counted
+        "[" * 100_000 + "]" * 100_000,  # 3: nested beyond the parser's stack
+        json.dumps(sample(topic, exporter_id="\ud800")),  # 4: lone surrogate in an optional string
+        json.dumps(sample(topic, hs_code="\udfff")),  # 5: ... and in a required one
+        json.dumps({**sample(topic), "\ud800": 1}),  # 6: lone surrogate in a field name
+        json.dumps(huge),  # 7: valid, but its message is over the size limit
+        "   ",  # 8: blank
+        json.dumps(sample(topic)),  # 9: good
+    ]
+    path = write_jsonl(tmp_path / "odd.jsonl", lines)
+    publisher = Publisher(load_settings(), unreachable_bootstrap(), message_timeout_ms=1000)
+    summary = upload_file(publisher, topic, path, "jsonl", tmp_path / "odd.rejects.jsonl")
+    assert (summary.read, summary.sent, summary.rejected, summary.failed, summary.blank) == (7, 0, 5, 2, 2)
+    rejects = {
+        r["line"]: r for r in map(json.loads, (tmp_path / "odd.rejects.jsonl").read_text().splitlines())
+    }
+    assert sorted(rejects) == [1, 3, 4, 5, 6, 7, 9]
+    assert rejects[1]["kind"] == rejects[9]["kind"] == "failed"
+    assert "nested too deeply" in rejects[3]["reason"]
+    for line, field in ((4, "exporter_id"), (5, "hs_code")):
+        assert rejects[line]["field"] == field
+        assert rejects[line]["reason"] == "string is not valid Unicode (lone surrogate)"
+    assert rejects[6]["field"] == "\\ud800" and "is not a field" in rejects[6]["reason"]
+    size = len(publisher.codec.encode(topic, publisher.prepare(topic, huge)))
+    assert rejects[7]["field"] == "record"
+    assert f"encoded record is {size:,} bytes, over the 1,000,000-byte message limit" == rejects[7]["reason"]
+    assert rejects[7]["input"] == lines[6]
+    assert (
+        "line 6: rejected: \\ud800: is not a field of pk.gov.backbone.CustomsClearance v2" in summary.problems
+    )
+
+
+def test_blank_csv_rows_are_counted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("BACKBONE_KAFKA_BOOTSTRAP_SERVERS", raising=False)
+    header = "event_id,case_id,agency,province,status,occurred_at,port,terminal,container_id,vessel"
+    path = tmp_path / "moves.csv"
+    path.write_text(f"{header}\n\n{',' * 9}\nx{',' * 9}\n", encoding="utf-8")
+    publisher = Publisher(load_settings(), unreachable_bootstrap(), message_timeout_ms=1000)
+    summary = upload_file(publisher, contracts.PORTS, path, "csv", tmp_path / "r.jsonl", flush_timeout_s=1)
+    assert (summary.read, summary.rejected, summary.blank) == (1, 1, 2)
+
+
+class _StopsAfter(Publisher):
+    """A publisher whose producer gives up for good after ``queued`` records (as on a fatal error)."""
+
+    queued = 5
+
+    def publish_many(self, topic: str, records: Any, refs: Any = None) -> list[Any]:
+        records, refs = list(records), list(refs)
+        rejected = super().publish_many(topic, records[: self.queued], refs[: self.queued])
+        if len(records) > self.queued:
+            raise PublisherError("cannot queue a record for customs.clearances.v1: Local: Fatal error")
+        self.queued -= len(records)
+        return rejected
+
+
+def test_a_producer_that_gives_up_mid_run_accounts_for_every_line_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("BACKBONE_KAFKA_BOOTSTRAP_SERVERS", raising=False)
+    monkeypatch.setattr("producers.batch_upload.CHUNK_RECORDS", 4)
+    lines = [json.dumps(sample(contracts.CUSTOMS, case_id=f"EXP-{i}")) for i in range(10)]
+    lines[5] = "{not json"
+    path = write_jsonl(tmp_path / "c.jsonl", lines)
+    publisher = _StopsAfter(load_settings(), unreachable_bootstrap(), message_timeout_ms=1000)
+    summary = upload_file(publisher, contracts.CUSTOMS, path, "jsonl", tmp_path / "r.jsonl")
+    assert summary.stopped is not None and "Fatal error" in summary.stopped and not summary.ok
+    # chunk 1 (lines 1-4) queued whole; chunk 2 (lines 5-8): line 5 queued, line 6 bad, 7-8 not sent
+    assert (summary.read, summary.sent, summary.rejected, summary.failed) == (8, 0, 1, 7)
+    rejects = {r["line"]: r for r in map(json.loads, (tmp_path / "r.jsonl").read_text().splitlines())}
+    assert sorted(rejects) == list(range(1, 9))
+    assert rejects[6]["kind"] == "rejected" and "malformed JSON" in rejects[6]["reason"]
+    assert all(rejects[n]["reason"].startswith("not sent: ") for n in (7, 8))
+    assert all("not acknowledged" in rejects[n]["reason"] for n in (1, 2, 3, 4, 5))
+
+
+@pytest.mark.integration
+def test_an_oversized_record_is_rejected_and_the_rest_of_its_chunk_is_sent(
+    broker_settings: Settings, fresh_broker: TansuBroker, tmp_path: Path
+) -> None:
+    records = [sample(contracts.CUSTOMS, case_id=f"EXP-{i}") for i in range(32)]
+    huge = sample(contracts.CUSTOMS, container_ids=[f"MSCU{i:07d}" for i in range(200_000)])
+    lines = [json.dumps(r) for r in records]
+    lines[10:10] = [json.dumps(huge)]  # line 11, mid-chunk
+    lines[20:20] = [""]  # line 21: blank
+    path = write_jsonl(tmp_path / "big.jsonl", lines)
+    result = produce("-t", contracts.CUSTOMS, "-f", str(path))
+    assert result.exit_code == 1, result.output
+    assert summary_counts(result.stdout) == (33, 32, 1, 0)
+    assert "1 blank line skipped" in result.stdout and "Traceback" not in result.output
+    assert "line 11: rejected: record: encoded record is " in result.stderr
+    assert "over the 1,000,000-byte message limit" in result.stderr
+    rejects = [json.loads(x) for x in (tmp_path / "big.jsonl.rejects.jsonl").read_text().splitlines()]
+    assert [(r["line"], r["kind"], r["field"]) for r in rejects] == [(11, "rejected", "record")]
+    got = read_back(fresh_broker.bootstrap, contracts.CUSTOMS, 32)
+    assert sorted(got) == sorted(r["event_id"] for r in records)

@@ -141,3 +141,51 @@ def test_schema_registry_mode_uses_confluent_framing_end_to_end(
         assert raw == expected[raw["event_id"]]
         theirs = deserializer(m.value(), SerializationContext(contracts.REBATES, MessageField.VALUE))
         assert {**theirs, "event_id": str(theirs["event_id"])} == to_rich(contracts.REBATES, raw)
+
+
+def test_a_record_over_the_message_size_limit_is_refused_and_the_batch_goes_on(
+    offline_settings: Settings,
+) -> None:
+    publisher = Publisher(offline_settings, unreachable_bootstrap(), message_timeout_ms=1000)
+    huge = sample(contracts.CUSTOMS, container_ids=[f"MSCU{i:07d}" for i in range(200_000)])
+    size = len(publisher.codec.encode(contracts.CUSTOMS, publisher.prepare(contracts.CUSTOMS, huge)))
+    assert size > 1_000_000
+    records = [sample(contracts.CUSTOMS), huge, sample(contracts.CUSTOMS)]
+    rejected = publisher.publish_many(contracts.CUSTOMS, records, refs=["a", "b", "c"])
+    reason = f"encoded record is {size:,} bytes, over the 1,000,000-byte message limit"
+    assert [(r.ref, r.field, r.reason) for r in rejected] == [("b", "record", reason)]
+    assert publisher.in_flight == 2
+    with pytest.raises(InvalidRecord, match="over the 1,000,000-byte message limit"):
+        publisher.publish(contracts.CUSTOMS, huge)
+    assert sorted(r.ref for r in publisher.flush()) == ["a", "c"]
+
+
+def test_a_value_that_fits_but_not_with_its_key_and_overhead_is_refused_not_raised(
+    offline_settings: Settings,
+) -> None:
+    """librdkafka's message.max.bytes counts key and record overhead: its refusal is a rejection too."""
+    record = sample(contracts.CUSTOMS, container_ids=[f"MSCU{i:07d}" for i in range(100)])
+    probe = Publisher(offline_settings, unreachable_bootstrap())
+    size = len(probe.codec.encode(contracts.CUSTOMS, probe.prepare(contracts.CUSTOMS, record)))
+    assert size >= 1000  # librdkafka's smallest allowed message.max.bytes
+    publisher = Publisher(
+        offline_settings, unreachable_bootstrap(), producer_config={"message.max.bytes": size}
+    )
+    rejected = publisher.publish_many(contracts.CUSTOMS, [record])
+    assert [r.field for r in rejected] == ["record"]
+    assert f"encoded record is {size:,} bytes with a 13-byte key" in rejected[0].reason
+    assert publisher.in_flight == 0 and publisher.flush(1) == []
+
+
+def test_a_lone_surrogate_is_named_as_such_in_optional_fields_too(offline_settings: Settings) -> None:
+    publisher = Publisher(offline_settings, unreachable_bootstrap())
+    for field in ("exporter_id", "hs_code"):  # optional (a union with null) and required
+        with pytest.raises(InvalidRecord) as info:
+            publisher.publish(contracts.CUSTOMS, sample(contracts.CUSTOMS, **{field: "NTN-\ud800"}))
+        assert (info.value.field, info.value.reason) == (
+            field,
+            "string is not valid Unicode (lone surrogate)",
+        )
+    with pytest.raises(InvalidRecord) as info:
+        publisher.publish(contracts.CUSTOMS, sample(contracts.CUSTOMS, exporter_id=42))
+    assert info.value.reason == "expected null or string, got int 42"
