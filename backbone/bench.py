@@ -151,10 +151,16 @@ def register(app: typer.Typer) -> None:
     @app.command("bench")
     def bench(
         events: int = typer.Option(
-            20_000, help="Events per throughput measurement (scale up for steadier figures)."
+            20_000,
+            min=2,  # the producer section sends its first event as a warm-up and times the rest
+            help="Events per throughput measurement (scale up for steadier figures).",
         ),
-        rate: int = typer.Option(10_000, help="Sustained rate (events/s) for the freshness measurement."),
-        partitions: int = typer.Option(6, help="Partitions of the benchmark topics."),
+        rate: int = typer.Option(
+            10_000,
+            min=100,  # the freshness section's floor: it stops lowering the rate below 100 ev/s
+            help="Sustained rate (events/s) for the freshness measurement.",
+        ),
+        partitions: int = typer.Option(6, min=1, max=1024, help="Partitions of the benchmark topics."),
         sections: str = typer.Option("all", help=f"Comma-separated subset of: {', '.join(SECTIONS)}."),
         out: Path = typer.Option(Path("bench-results"), help="Folder for bench.json and bench.png."),
         seed: int = typer.Option(11, help="Simulator seed."),

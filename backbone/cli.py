@@ -11,7 +11,7 @@ from pathlib import Path
 
 import typer
 
-from backbone.config import ConfigError, Settings, load_settings, settings_markdown
+from backbone.config import ConfigError, Settings, load_settings, mask_url_password, settings_markdown
 
 app = typer.Typer(
     name="backbone",
@@ -19,7 +19,9 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
-missions_app = typer.Typer(help="Check and explain the missions file.", no_args_is_help=True)
+missions_app = typer.Typer(
+    help="Validate the missions file (missions, stages, SLAs, KPI windows, targets).", no_args_is_help=True
+)
 app.add_typer(missions_app, name="missions")
 
 
@@ -42,20 +44,7 @@ def show_config(
         return
     settings = settings_or_exit()
     for name, value in settings.model_dump().items():
-        typer.echo(f"BACKBONE_{name.upper()}={_mask_url_password(value)}")
-
-
-def _mask_url_password(value: object) -> object:
-    """Hide a password embedded in a URL (``http://user:secret@host``) when printing settings."""
-    if not isinstance(value, str) or "://" not in value or "@" not in value:
-        return value
-    from urllib.parse import urlsplit, urlunsplit
-
-    parts = urlsplit(value)
-    if parts.password is None:
-        return value
-    netloc = f"{parts.username}:**********@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
+        typer.echo(f"BACKBONE_{name.upper()}={mask_url_password(value)}")
 
 
 @missions_app.command("check")
@@ -83,16 +72,24 @@ def missions_check(
 @app.command("up")
 def up(
     simulate: bool = typer.Option(True, help="Run the agency simulator."),
-    rate: float = typer.Option(20.0, help="Simulated events per second."),
+    rate: float = typer.Option(20.0, min=0, help="Simulated events per second (ignored with --no-simulate)."),
     time_scale: float = typer.Option(
-        500.0, help="Demo time: simulated delays and the SLAs are compressed this many times (1 = real time)."
+        500.0,
+        min=0.0001,
+        max=10_000,
+        help="Demo time: simulated delays and the SLAs are compressed this many times (1 = real time).",
     ),
-    duration: float = typer.Option(0.0, help="Stop after this many seconds (0: until Ctrl-C)."),
-    workers: int = typer.Option(1, help="Stream processor workers."),
+    duration: float = typer.Option(0.0, min=0, help="Stop after this many seconds (0: until Ctrl-C)."),
+    workers: int = typer.Option(1, min=1, help="Stream processor workers."),
     seed: int = typer.Option(7, help="Simulator seed."),
 ) -> None:
     """Start the embedded stack (broker, topics, processors, sink, board, alerting) and the simulator."""
     from backbone.runtime import run_up
+
+    if simulate and rate <= 0:
+        raise typer.BadParameter(
+            "must be positive when the simulator runs (or pass --no-simulate)", param_hint="'--rate'"
+        )
 
     sys.exit(
         run_up(

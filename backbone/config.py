@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import (
@@ -127,6 +128,29 @@ class Settings(BaseSettings):
     def _strip(cls, v: str) -> str:
         return v.strip()
 
+    @field_validator("clickhouse_url")
+    @classmethod
+    def _clickhouse_dsn(cls, v: str) -> str:
+        """What clickhouse-connect accepts: http(s)://host[:port][/database] or chdb:///path
+        (chdb://memory too). Anything else would silently connect to localhost:8123."""
+        if not v:
+            return v
+        parts = urlsplit(v)
+        shown = repr(mask_url_password(v))
+        if parts.scheme in ("http", "https"):
+            try:
+                parts.port  # noqa: B018 - raises on a port that is not a number in 0-65535
+            except ValueError as exc:
+                raise ValueError(f"{shown}: {exc}") from None
+            if not parts.hostname:
+                raise ValueError(f"{shown} names no host; expected http(s)://host[:port][/database]")
+            return v
+        if parts.scheme == "chdb" and (parts.path.strip("/") or parts.netloc):
+            return v
+        raise ValueError(
+            f"{shown} is not a ClickHouse URL; expected http(s)://host[:port][/database] or chdb:///path"
+        )
+
     @property
     def embedded_kafka(self) -> bool:
         return not self.kafka_bootstrap_servers
@@ -186,6 +210,17 @@ def load_settings(**overrides: Any) -> Settings:
             f"BACKBONE_{'_'.join(str(p) for p in err['loc']).upper()}: {err['msg']}" for err in exc.errors()
         )
         raise ConfigError(f"invalid configuration: {problems}") from exc
+
+
+def mask_url_password(value: object) -> object:
+    """Hide a password embedded in a URL (``http://user:secret@host``) before it is shown."""
+    if not isinstance(value, str) or "://" not in value or "@" not in value:
+        return value
+    parts = urlsplit(value)
+    if parts.password is None:
+        return value
+    host_port = parts.netloc.rpartition("@")[2]  # as written: a bad port must not raise here
+    return urlunsplit(parts._replace(netloc=f"{parts.username}:**********@{host_port}"))
 
 
 def settings_markdown() -> str:

@@ -8,6 +8,7 @@ binaries exist, Prometheus and Alertmanager. Ctrl-C stops them in reverse order.
 
 from __future__ import annotations
 
+import fcntl
 import importlib.util
 import logging
 import os
@@ -17,6 +18,8 @@ import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -194,6 +197,36 @@ def _stop(service: Service, timeout_s: float = 15.0) -> None:
         p.wait()
 
 
+class DataDirBusy(RuntimeError):
+    """Another ``backbone up`` holds the data directory."""
+
+
+LOCK_FILE = "up.lock"
+
+
+@contextmanager
+def hold_data_dir(data_dir: Path) -> Iterator[None]:
+    """Hold ``data_dir/up.lock`` exclusively (``flock``) for the life of ``up``.
+
+    Two ``up`` on one data directory would share the chdb path, the logs and the time-scaled
+    missions file; the second must refuse before it touches any of them. The kernel drops the
+    lock when its holder exits, however it exits, so a lock file left behind never blocks.
+    """
+    data_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(data_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            owner = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            raise DataDirBusy(f"another backbone up is running on {data_dir} (pid {owner})") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)
+
+
 def run_up(
     settings: Settings,
     simulate: bool,
@@ -203,7 +236,26 @@ def run_up(
     seed: int,
     time_scale: float = 1.0,
 ) -> int:
+    """Run the stack until Ctrl-C or ``duration``; 2 (nothing started) if the data dir is taken."""
     data_dir = settings.data_dir.resolve()
+    try:
+        with hold_data_dir(data_dir):
+            return _run_stack(settings, data_dir, simulate, rate, duration, workers, seed, time_scale)
+    except DataDirBusy as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        return 2
+
+
+def _run_stack(
+    settings: Settings,
+    data_dir: Path,
+    simulate: bool,
+    rate: float,
+    duration: float,
+    workers: int,
+    seed: int,
+    time_scale: float,
+) -> int:
     log_dir = data_dir / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
     missions_file = settings.missions_file.resolve()

@@ -326,9 +326,16 @@ def build_config(
         return SimulationConfig(
             **{**base.__dict__, "cases": None, "case_rate_per_h": case_rate, "until_ms": None}
         ), None
+    from schemas.validation import MIN_EVENT_TIME_MS
+
+    if span_ms <= 0:
+        _fail("--span must be longer than 0 (e.g. 7d or 36h)", EXIT_USAGE)
     # Batch: nothing may be in the future once published (late re-publications reach up to an hour).
     latest = now_ms - HOUR - MINUTE
     start = start_ms if start_ms is not None else (latest - span_ms) // MINUTE * MINUTE
+    if start < MIN_EVENT_TIME_MS:
+        option = "--start" if start_ms is not None else "--span"
+        _fail(f"{option}: the span would start before 2000-01-01, the earliest valid event time", EXIT_USAGE)
     until = start + span_ms
     note = None
     if until > latest:
@@ -353,11 +360,14 @@ def simulate(
     rate: Annotated[
         float | None,
         typer.Option(
-            help="Events per second: the cap in batch mode (0: no cap), the target in live mode (default 50)."
+            min=0,
+            help="Events per second: the cap in batch mode (0: no cap), "
+            "the target in live mode (default 50).",
         ),
     ] = None,
     duration: Annotated[
-        float, typer.Option(help="Stop after this many seconds of wall time (0: until done or Ctrl-C).")
+        float,
+        typer.Option(min=0, help="Stop after this many seconds of wall time (0: until done or Ctrl-C)."),
     ] = 0.0,
     cases: Annotated[int, typer.Option(min=0, help="Batch: journeys started over the span.")] = 1000,
     span: Annotated[str, typer.Option(help="Batch: event-time span covered, e.g. 7d or 36h.")] = "7d",

@@ -18,16 +18,29 @@ sink_app = typer.Typer(
 )
 
 
+def client_or_exit(settings: Any, create_database: bool = True) -> Any:
+    """Open the configured ClickHouse or exit with status 1 saying which one and why
+    (unreachable server, embedded path held by another process)."""
+    from sinks.client import ClickHouseUnavailable, open_client
+
+    try:
+        return open_client(settings, create_database=create_database)
+    except ClickHouseUnavailable as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+
+
 @db_app.command("migrate")
 def db_migrate() -> None:
     """Apply the missing migrations (sinks/migrations) in order; safe to run again."""
     from backbone.cli import settings_or_exit
+    from sinks.client import ClickHouseUnavailable
     from sinks.migrate import MigrationError, migrate_database
 
     settings = settings_or_exit()
     try:
         applied = migrate_database(settings)
-    except MigrationError as exc:
+    except (ClickHouseUnavailable, MigrationError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from exc
     where = settings.clickhouse_url or f"chdb:///{settings.chdb_path}"
@@ -111,13 +124,18 @@ def sink_run(
     from backbone.cli import settings_or_exit
     from backbone.logs import setup_logging
     from backbone.metrics import Metrics, serve
-    from sinks.client import open_client
     from sinks.migrate import migrate
     from sinks.sink import Sink, SinkConfig, SinkFatal, SinkShutdownTimeout
 
     settings = settings_or_exit()
+    if not settings.kafka_bootstrap_servers:
+        typer.echo(
+            "error: no broker: set BACKBONE_KAFKA_BOOTSTRAP_SERVERS (`backbone up` starts an embedded one)",
+            err=True,
+        )
+        raise typer.Exit(2)
     setup_logging(settings.log_level, "backbone.sink")
-    client = open_client(settings, create_database=migrate_schema)
+    client = client_or_exit(settings, create_database=migrate_schema)
     if migrate_schema:
         migrate(client)
     else:

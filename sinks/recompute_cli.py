@@ -14,11 +14,11 @@ recompute_app = typer.Typer(
 
 def _client():  # noqa: ANN202 - heavy import kept inside the command
     from backbone.cli import settings_or_exit
-    from sinks.client import open_client
+    from sinks.cli import client_or_exit
     from sinks.migrate import migrate
 
     settings = settings_or_exit()
-    client = open_client(settings)
+    client = client_or_exit(settings)
     migrate(client)
     return settings, client
 
@@ -45,10 +45,14 @@ def recompute(
     from sinks.recompute import recompute as run
     from stream_processors.missions import MissionsError, load_missions
 
+    try:
+        from_ms = parse_from(from_) if from_ else None
+    except RecomputeError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
     settings, client = _client()
     try:
         rules = load_missions(missions or settings.missions_file)
-        from_ms = parse_from(from_) if from_ else None
         result = run(
             client,
             rules,
@@ -77,25 +81,39 @@ def list_cmd() -> None:
 
     _settings, client = _client()
     try:
-        for v in list_versions(client):
-            mark = "*" if v.active else " "
-            tables = "" if v.tables_present else " (tables dropped)"
-            typer.echo(
-                f"{mark} v{v.version} {v.status}{tables}: {v.stage_records:,} records, "
-                f"{v.kpi_windows:,} windows, "
-                f"{v.seconds:.2f} s, {v.missions_file} at {v.snapshot_at}"
-            )
+        versions = list_versions(client)
     finally:
         client.close()
+    for v in versions:
+        mark = "*" if v.active else " "
+        tables = "" if v.tables_present else " (tables dropped)"
+        typer.echo(
+            f"{mark} v{v.version} {v.status}{tables}: {v.stage_records:,} records, "
+            f"{v.kpi_windows:,} windows, "
+            f"{v.seconds:.2f} s, {v.missions_file} at {v.snapshot_at}"
+        )
+    if not versions:
+        typer.echo(
+            "no recomputed versions; the board shows the stream results (`backbone recompute` writes one)"
+        )
 
 
 @recompute_app.command("drop")
 def drop_cmd(version: int = typer.Argument(..., help="Version to drop (not the active one).")) -> None:
     """Drop a version's tables."""
-    from sinks.recompute import RecomputeError, drop_version
+    from sinks.recompute import RecomputeError, drop_version, list_versions
 
+    if version <= 0:
+        typer.echo(
+            f"error: version {version}: versions are numbered from 1; 0 means the stream results, "
+            "which cannot be dropped",
+            err=True,
+        )
+        raise typer.Exit(2)
     _settings, client = _client()
     try:
+        if version not in {v.version for v in list_versions(client)}:
+            raise RecomputeError(f"no version {version} (`backbone recompute list` shows them)")
         drop_version(client, version)
     except RecomputeError as exc:
         typer.echo(f"error: {exc}", err=True)

@@ -538,6 +538,8 @@ def test_backbone_recompute_command(
     store_events(client, valid_copies(traffic, now_ms))
     client.close()
     runner = CliRunner()
+    empty = runner.invoke(app, ["recompute", "list"])
+    assert empty.exit_code == 0 and "no recomputed versions" in empty.output, empty.output
     first = runner.invoke(app, ["recompute"])
     assert first.exit_code == 0, first.output
     assert "version 1 active" in first.output
@@ -547,5 +549,10 @@ def test_backbone_recompute_command(
     assert "* v2 active" in listed.output, listed.output
     refused = runner.invoke(app, ["recompute", "drop", "2"])
     assert refused.exit_code == 1 and "what the board shows" in refused.output
+    missing = runner.invoke(app, ["recompute", "drop", "99"])
+    assert missing.exit_code == 1 and "no version 99" in missing.output, missing.output
+    assert "dropped" not in missing.output
+    stream = runner.invoke(app, ["recompute", "drop", "0"])
+    assert stream.exit_code == 2 and "0 means the stream results" in stream.output, stream.output
     bad = runner.invoke(app, ["recompute", "--from", "yesterday"])
-    assert bad.exit_code == 1 and "--from 'yesterday'" in bad.output
+    assert bad.exit_code == 2 and "--from 'yesterday'" in bad.output and "2026-01-31" in bad.output
