@@ -121,6 +121,13 @@ class Settings(BaseSettings):
         description="Overdue checks (CASE_SLA, FEED_SILENT) wait for input partitions "
         "that delivered within this wall time (catch-up).",
     )
+    state_record_max_bytes: int = Field(
+        512 * 1024,
+        ge=1024,
+        le=100 * 1024 * 1024,
+        description="Processor state whose JSON is longer goes to its changelog in pieces "
+        "(keep it well under the broker's message.max.bytes, 1 MB by default).",
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level.")
 
     @field_validator("kafka_bootstrap_servers", "schema_registry_url", "clickhouse_url", "alertmanager_url")

@@ -53,7 +53,7 @@ _json = orjson.dumps
 
 MAX_RECORD_BYTES = 512 * 1024
 """Default largest changelog value written as one record; a larger state is written in pieces
-(``Settings.state_record_max_bytes``).
+(the worker passes ``Settings.state_record_max_bytes``).
 
 Why: Kafka refuses a record over its ``message.max.bytes`` (1 MB by default, in librdkafka's
 producer and on the broker), and the worker stopped with MSG_SIZE_TOO_LARGE. A KPI group holds

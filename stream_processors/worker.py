@@ -601,8 +601,10 @@ def build_worker(
         settings,
         journey_engine(missions, settings, producer.codec),
         kpi_engine(missions, settings, producer.codec),
-        PartitionedTableStore(journey_table, partitions),
-        PartitionedTableStore(kpi_table, partitions, base_key=kpi_base_key),
+        PartitionedTableStore(journey_table, partitions, max_record_bytes=settings.state_record_max_bytes),
+        PartitionedTableStore(
+            kpi_table, partitions, base_key=kpi_base_key, max_record_bytes=settings.state_record_max_bytes
+        ),
         producer,
         WorkerMetrics(metrics or Metrics()),
         make_clock(settings.clock),
