@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import quote
 
 ALERTNAME_BY_KIND: dict[str, str] = {
     "CASE_SLA": "CaseSlaBreach",
@@ -36,7 +37,12 @@ def rfc3339(ms: int) -> str:
 
 
 def human_duration(ms: float) -> str:
-    """A duration as an officer says it: ``2 d 3 h``, ``3 h 12 min``, ``45 min``, ``30 s``."""
+    """A duration as an officer says it, in its two largest units, floored:
+    ``2 d 3 h``, ``3 h 12 min``, ``2 min 52 s``, ``30 s``.
+
+    The processors' alert summaries (``stream_processors/journeys.py``) use the same words, so
+    a summary and its annotations show the same numbers.
+    """
     seconds = max(0, int(ms // 1000))
     days, rest = divmod(seconds, 86_400)
     hours, rest = divmod(rest, 3_600)
@@ -46,13 +52,44 @@ def human_duration(ms: float) -> str:
     if hours:
         return f"{hours} h {minutes} min" if minutes else f"{hours} h"
     if minutes:
-        return f"{minutes} min"
+        return f"{minutes} min {secs} s" if secs else f"{minutes} min"
     return f"{secs} s"
 
 
 def tracker_url(board_url: str, case_id: str) -> str:
-    """The case tracker page of the board for one case."""
-    return f"{board_url.rstrip('/')}/#/case/{case_id}"
+    """The board's case tracker page for one case: ``<board>/#case/<percent-encoded id>``.
+
+    The form the board links itself (``dashboards/board/static/app.js``). Every character of the
+    id is percent-encoded (UTF-8), so any id gives a valid URI; Alertmanager refuses an alert
+    whose ``generatorURL`` is not one.
+    """
+    return f"{board_url.rstrip('/')}/#case/{quote(case_id, safe='')}"
+
+
+def judged_wait_ms(record: dict[str, Any]) -> float | None:
+    """How long the case (or feed) had waited when the processors judged it, from the record.
+
+    CASE_SLA: ``value`` (overdue) + ``threshold`` (SLA) = judge time - stage start; FEED_SILENT:
+    ``value`` (the silence); RESOLVED: ``ends_at - waiting_since``. These are the numbers the
+    record's summary states. None when the record does not carry them (KPI_TARGET).
+    """
+    waiting_since, value = record.get("waiting_since"), record.get("value")
+    if record.get("state") == "RESOLVED" and record.get("ends_at") and waiting_since is not None:
+        return float(record["ends_at"] - waiting_since)
+    if record.get("kind") == "FEED_SILENT" and value is not None:
+        return float(value)
+    if record.get("kind") == "CASE_SLA" and value is not None and record.get("threshold") is not None:
+        return float(value + record["threshold"])
+    return None
+
+
+def overdue_shown_ms(waited_ms: float, sla_ms: float) -> int:
+    """The overdue time as an officer reads it: waited minus SLA, each in whole seconds (floored).
+
+    So "waited W: O past its S SLA" adds up in the words :func:`human_duration` gives, within a
+    second of the exact overdue time (the record's ``value``). The processors' summary does the same.
+    """
+    return max(0, int(waited_ms // 1000) - int(sla_ms // 1000)) * 1000
 
 
 def alert_labels(record: dict[str, Any]) -> dict[str, str]:
@@ -77,7 +114,9 @@ def alert_labels(record: dict[str, Any]) -> dict[str, str]:
     return labels
 
 
-def _annotations(record: dict[str, Any], board_url: str, now_ms: int) -> dict[str, str]:
+def _annotations(record: dict[str, Any], board_url: str) -> dict[str, str]:
+    """What the officer reads. Every duration is the one judged by the processors (the same
+    numbers as the summary), not recomputed at post time: a re-post changes nothing."""
     kind = record["kind"]
     out = {"summary": str(record.get("summary") or ALERTNAME_BY_KIND[kind]), "kind": kind}
     if record.get("journey"):
@@ -87,10 +126,13 @@ def _annotations(record: dict[str, Any], board_url: str, now_ms: int) -> dict[st
         out["case_id"] = str(case_id)
         out["tracker_url"] = tracker_url(board_url, str(case_id))
     waiting_since = record.get("waiting_since")
+    waited = judged_wait_ms(record)
+    if waited is not None:
+        out["waiting_time"] = human_duration(waited)
     if waiting_since is not None:
-        until = record["ends_at"] if record.get("state") == "RESOLVED" and record.get("ends_at") else now_ms
-        out["waiting_time"] = human_duration(until - waiting_since)
         out["waiting_since"] = rfc3339(waiting_since)
+        if waited is not None and record.get("state") == "FIRING":
+            out["judged_at"] = rfc3339(int(waiting_since + waited))
     if record.get("state") == "RESOLVED" and record.get("ends_at"):
         out["resolved_at"] = rfc3339(record["ends_at"])
     value, threshold = record.get("value"), record.get("threshold")
@@ -102,9 +144,9 @@ def _annotations(record: dict[str, Any], board_url: str, now_ms: int) -> dict[st
     else:
         if kind == "FEED_SILENT" and value is not None:
             out["silent_for"] = human_duration(value)
-            out.setdefault("waiting_time", out["silent_for"])
         elif value is not None:
-            out["overdue_by"] = human_duration(value)
+            shown = value if waited is None or threshold is None else overdue_shown_ms(waited, threshold)
+            out["overdue_by"] = human_duration(shown)
         if threshold is not None:
             out["threshold"] = human_duration(threshold)
     return out
@@ -144,7 +186,7 @@ def to_alertmanager(
     generator = tracker_url(board_url, str(case_id)) if case_id else f"{board_url.rstrip('/')}/"
     return {
         "labels": labels,
-        "annotations": _annotations(record, board_url, now_ms),
+        "annotations": _annotations(record, board_url),
         "startsAt": rfc3339(starts_at),
         "endsAt": rfc3339(ends_at),
         "generatorURL": generator,

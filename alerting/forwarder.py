@@ -289,7 +289,7 @@ class AlertForwarder:
         )
 
     def _repost_firing(self) -> None:
-        """Renew the lease of every held firing alert (recomputing its waiting time)."""
+        """Renew the lease of every held firing alert (its annotations are as the processors judged)."""
         now = self.now_ms()
         lease_ms = int(self.options.firing_lease_s * 1000)
         records = self.firing.records()

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import re
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import httpx
 import pytest
@@ -73,13 +75,68 @@ def test_firing_case_alert_maps_to_labels_annotations_and_a_lease() -> None:
     notes = payload["annotations"]
     assert notes["summary"] == "Case EXP-2025-000042: permit not issued 12 h after customs clearance."
     assert notes["case_id"] == "EXP-2025-000042"
-    assert notes["tracker_url"] == "https://backbone.example.gov.pk/#/case/EXP-2025-000042"
+    assert notes["tracker_url"] == "https://backbone.example.gov.pk/#case/EXP-2025-000042"  # the board's form
     assert notes["waiting_time"] == "15 h 12 min"
     assert notes["overdue_by"] == "3 h 12 min"
     assert notes["threshold"] == "12 h"
     assert payload["startsAt"] == "2025-03-10T09:00:00.000Z"
     assert payload["endsAt"] == "2025-03-10T12:15:00.000Z"
     assert payload["generatorURL"] == notes["tracker_url"]
+
+
+# RFC 3986 URI characters (unreserved, reserved, and "%" of a percent-encoding): nothing else may
+# appear in a generatorURL, which Alertmanager validates as a URI.
+_URI_CHARS = re.compile(r"[A-Za-z0-9\-._~:/?#\[\]@!$&'()*+,;=%]+")
+_PERCENT = re.compile(r"%(?![0-9A-F]{2})")
+
+
+def test_an_odd_case_id_gives_a_valid_uri_that_names_the_case() -> None:
+    """The QA record: case_id "A\\nB\\0C" made Alertmanager answer 422 (generatorURL not a uri)."""
+    payload = to_alertmanager(case_alert(case_id="A\nB\x00C"), BOARD, NOW, LEASE)
+    assert payload["generatorURL"] == f"{BOARD}/#case/A%0AB%00C"
+    assert payload["annotations"]["tracker_url"] == payload["generatorURL"]
+    assert payload["annotations"]["case_id"] == "A\nB\x00C"
+    other = to_alertmanager(case_alert(case_id="EXP/1 #2?x=%&y"), BOARD, NOW, LEASE)
+    assert other["generatorURL"] == f"{BOARD}/#case/EXP%2F1%20%232%3Fx%3D%25%26y"
+
+
+@given(case_id=st.text(min_size=1, max_size=60))
+def test_any_case_id_gives_a_uri_whose_fragment_decodes_to_it(case_id: str) -> None:
+    url = to_alertmanager(case_alert(case_id=case_id), BOARD, NOW, LEASE)["generatorURL"]
+    assert _URI_CHARS.fullmatch(url) and not _PERCENT.search(url), url
+    parts = urlsplit(url)
+    assert (parts.scheme, parts.netloc, parts.path) == ("https", "backbone.example.gov.pk", "/")
+    assert parts.fragment.startswith("case/")
+    assert unquote(parts.fragment.removeprefix("case/"), errors="strict") == case_id
+
+
+def test_case_alert_wording_agrees_with_itself_and_does_not_change_on_repost() -> None:
+    """QA saw a summary "has waited 5m ... 2m past its 2m SLA" next to waiting_time "9 min": the
+    forwarder recomputed the wait at post time, the summary stated it at judge time.
+
+    Demo numbers (``--time-scale 500``, SEMANTICS.md "Alert wording"): the stage started at
+    12:00:00.000, its SLA is 24 h / 500 = 172.8 s, the processors judged it at 12:05:43.600
+    (waited 343.6 s, overdue 170.8 s), and the forwarder posts it at 12:09:00 and 12:30:00.
+    """
+    started = NOW
+    record = case_alert(
+        waiting_since=started,
+        starts_at=started + 172_800,
+        value=170_800.0,
+        threshold=172_800.0,
+        summary="Case EXP-2025-000042 has waited 5 min 43 s at 'Customs clearance (filed to cleared)' "
+        "(FBR-CUSTOMS): 2 min 51 s past its 2 min 52 s SLA",
+    )
+    first = to_alertmanager(record, BOARD, started + 9 * 60_000, LEASE)["annotations"]
+    assert first["waiting_time"] == "5 min 43 s"  # judge time - start, not post time - start (9 min)
+    assert first["overdue_by"] == "2 min 51 s"  # 343 s - 172 s: the words add up
+    assert first["threshold"] == "2 min 52 s"
+    assert first["judged_at"] == "2025-03-10T12:05:43.600Z"
+    assert first["waiting_since"] == "2025-03-10T12:00:00.000Z"
+    for words in ("5 min 43 s", "2 min 51 s", "2 min 52 s"):
+        assert words in first["summary"]
+    later = to_alertmanager(record, BOARD, started + 30 * 60_000, LEASE)["annotations"]
+    assert later == first  # a re-post renews the lease, it does not re-word the alert
 
 
 def test_resolved_case_alert_ends_when_the_case_moved() -> None:
@@ -165,6 +222,7 @@ def test_a_record_through_the_avro_codec_maps_the_same() -> None:
         (0, "0 s"),
         (59_999, "59 s"),
         (60_000, "1 min"),
+        (172_800, "2 min 52 s"),  # two largest units, floored
         (HOUR, "1 h"),
         (HOUR + 60_000, "1 h 1 min"),
         (24 * HOUR, "1 d"),

@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, unquote, urlsplit
 
 import httpx
 import pytest
@@ -266,7 +267,7 @@ def test_case_alert_reaches_the_owner_desk_once_and_resolves(
         }
         notes = alert["annotations"]
         assert notes["case_id"] == case_id
-        assert notes["tracker_url"] == f"http://127.0.0.1:8050/#/case/{case_id}"
+        assert notes["tracker_url"] == f"http://127.0.0.1:8050/#case/{case_id}"
         assert notes["waiting_time"] == "1 d 6 h"
         assert notes["overdue_by"] == "18 h"
         assert notes["threshold"] == "12 h"
@@ -352,16 +353,7 @@ def test_undecodable_alert_record_is_parked_and_the_next_one_delivered(
             for_alert("kp-transport", "firing", alert_id=firing["alert_id"]), 30, "the good record"
         )
         wait_until(lambda: alert_topic.committed() == 2, 10, "both records committed")
-    consumer = Consumer({**client_config(settings, alert_topic.bootstrap), "group.id": "dl-reader"})
-    try:
-        consumer.assign([TopicPartition(alert_topic.dead_letters, p, 0) for p in (0, 1)])
-        parked: list[Any] = []
-        deadline = time.monotonic() + 10
-        while not parked and time.monotonic() < deadline:
-            parked = [m for m in consumer.consume(num_messages=10, timeout=0.5) if m.error() is None]
-        parked += [m for m in consumer.consume(num_messages=10, timeout=0.5) if m.error() is None]
-    finally:
-        consumer.close()
+    parked = parked_records(settings, alert_topic, wait_s=10)
     assert len(parked) == 1
     dead = Codec().decode(contracts.DEAD_LETTERS, parked[0].value())
     assert (dead["source"], dead["topic"], dead["reason"], dead["value"]) == (
@@ -370,6 +362,46 @@ def test_undecodable_alert_record_is_parked_and_the_next_one_delivered(
         "bad_framing",
         garbage,
     )
+
+
+def parked_records(settings: Settings, alert_topic: AlertTopic, wait_s: float) -> list[Any]:
+    """What the forwarder parked in the test's dead-letter topic (waits up to ``wait_s`` for one)."""
+    consumer = Consumer({**client_config(settings, alert_topic.bootstrap), "group.id": "dl-reader"})
+    try:
+        consumer.assign([TopicPartition(alert_topic.dead_letters, p, 0) for p in (0, 1)])
+        parked: list[Any] = []
+        deadline = time.monotonic() + wait_s
+        while not parked and time.monotonic() < deadline:
+            parked = [m for m in consumer.consume(num_messages=10, timeout=0.5) if m.error() is None]
+        parked += [m for m in consumer.consume(num_messages=10, timeout=0.5) if m.error() is None]
+    finally:
+        consumer.close()
+    return parked
+
+
+def test_an_alert_with_an_odd_case_id_is_accepted_with_a_tracker_link(
+    stack: AlertingStack,
+    webhook: WebhookReceiver,
+    alert_topic: AlertTopic,
+    settings: Settings,
+) -> None:
+    """QA: case_id "A\\nB\\0C" gave generatorURL ".../#/case/A\\nB\\0C"; Alertmanager answered 422 and
+    the alert was dead-lettered (alertmanager_rejected). Percent-encoded, it is delivered."""
+    case_id = f"A\nB\x00C {uuid.uuid4().hex[:6]}#%/?"
+    firing = case_sla_record("FIRING", case_id, "SD-TRANSPORT", "PK-SD", "warning", waited_ms=13 * HOUR_MS)
+    alert_id = firing["alert_id"]
+    with running_forwarder(alert_topic, stack.alertmanager_url, Metrics()):
+        alert_topic.send(firing)
+        got = webhook.wait_for(for_alert("sd-transport", "firing", alert_id=alert_id), 30, "the odd-id alert")
+        wait_until(lambda: alert_topic.committed() == 1, 10, "the record committed")
+    (alert,) = got.alerts(alert_id=alert_id)
+    link = f"http://127.0.0.1:8050/#case/{quote(case_id, safe='')}"
+    assert alert["generatorURL"] == link == alert["annotations"]["tracker_url"]
+    assert alert["annotations"]["case_id"] == case_id
+    assert unquote(urlsplit(link).fragment.removeprefix("case/")) == case_id
+    (held,) = am_alerts(stack, alert_id)
+    assert held["generatorURL"] == link
+    assert parked_records(settings, alert_topic, wait_s=1) == []
 
 
 # -- (b) a KPI rule fires from scraped metrics ---------------------------------------------------
@@ -644,7 +676,13 @@ def test_stalled_simulated_case_pages_its_desk_and_resolves_when_the_late_event_
                 "alert_id": alert_id,
             }
             assert alert["annotations"]["case_id"] == case_id
-            assert alert["annotations"]["tracker_url"] == f"http://127.0.0.1:8050/#/case/{case_id}"
+            notes = alert["annotations"]
+            assert notes["tracker_url"] == f"http://127.0.0.1:8050/#case/{quote(case_id, safe='')}"
+            # the processor's summary and the forwarder's annotations state the same judged numbers
+            assert f" has waited {notes['waiting_time']} at " in notes["summary"], notes
+            assert notes["summary"].endswith(f": {notes['overdue_by']} past its {notes['threshold']} SLA"), (
+                notes
+            )
             assert alert["startsAt"].startswith(
                 time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime((cleared + sla_ms) / 1000))
             )

@@ -14,10 +14,12 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 from dashboard_fixtures import DAY, HOUR, SeededDatabase, seeded_database, sha1, ts
 
+from alerting.alertmanager_payload import tracker_url
 from backbone.config import load_settings
 from dashboards.board.server import BoardHandle, start_board
 from dashboards.macros import TimeRange, expand_macros
@@ -99,6 +101,11 @@ def track_case(page: Any, case_id: str) -> None:
     """Ask the tracker for a case and wait until every case panel shows it (they load in parallel)."""
     page.fill("#case-id", case_id)
     page.click("#case-go")
+    wait_for_case(page, case_id)
+
+
+def wait_for_case(page: Any, case_id: str) -> None:
+    """Wait until the case tracker's panels all show ``case_id``."""
     page.wait_for_function(
         """(id) => { const s = [...document.querySelectorAll('section[data-query^="case_"]')];
                      return s.length > 0 && s.every(e => e.dataset.caseId === id); }""",
@@ -285,3 +292,31 @@ def test_case_tracker_finds_a_seeded_case(
     # an unknown case: the tracker says so instead of failing
     track_case(page, "NO-SUCH-CASE")
     page.wait_for_selector('[data-testid="case-no-open"]', timeout=30_000)
+
+
+def test_alert_links_open_the_case_tracker_in_both_forms(
+    page: Any, board: BoardHandle, seeded: SeededDatabase
+) -> None:
+    """Alerts link ``<board>/#case/<percent-encoded id>`` (alerting.alertmanager_payload.tracker_url);
+    links sent out before used ``#/case/<id>``: both open the tracker on the case, not the
+    national view. An id with characters that need encoding arrives intact."""
+    case_id, owner = _open_case(seeded)
+    old_link = board.url.rstrip("/") + f"/?to={seeded.seed.now_ms}#/case/{case_id}"
+    new_link = tracker_url(board.url, case_id).replace("/#", f"/?to={seeded.seed.now_ms}#")
+    assert new_link.endswith(f"#case/{quote(case_id, safe='')}")
+    for link in (new_link, old_link):
+        page.goto("about:blank")
+        page.goto(link)
+        wait_for_case(page, case_id)
+        assert page.get_attribute("#page", "data-page") == "case", link
+        assert page.input_value("#case-id") == case_id
+        page.wait_for_selector('[data-testid="case-current"]', timeout=30_000)
+        assert cells(page, "case_current", "current_owner") == [owner]
+    odd = "A\nB\x00C/%#?"
+    for link in (tracker_url(board.url, odd), board.url.rstrip("/") + "/#/case/50%off"):
+        page.goto("about:blank")
+        page.goto(link)
+        want = odd if "50%off" not in link else "50%off"  # not percent-encoding: taken as it is
+        wait_for_case(page, want)
+        assert page.get_attribute("#page", "data-page") == "case", link
+        page.wait_for_selector('[data-testid="case-no-open"]', timeout=30_000)

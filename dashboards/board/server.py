@@ -10,7 +10,11 @@ Endpoints: ``/`` (the page), ``/static/<file>``, ``/api/meta`` (missions, agenci
 ports, queries and their columns), ``/api/query/<id>?range=24h&to=<ms>&mission=..&agency=..&province=..
 &port=..&case_id=..`` → ``{"columns": [...], "rows": [[...]], "from": ms, "to": ms}``; timestamps as
 epoch ms, money as exact decimal strings. ``to`` defaults to now: an explicit ``to`` shows the board
-as of that time (the queries take "now" from the range end).
+as of that time (the queries take "now" from the range end); ``from`` may replace ``range``.
+
+A parameter the queries cannot take (a time outside what ClickHouse's ``DateTime`` holds, an
+unknown range, mission, agency, province or port, a missing or over-long case id) is answered 400
+naming the parameter and why; a failure of the database itself is 500, its text only in the log.
 """
 
 from __future__ import annotations
@@ -56,7 +60,14 @@ RANGES_MS = {
 DEFAULT_RANGE = "24h"
 REFRESH_MS = 5_000
 MAX_CASE_ID = 200
+EPOCH_MS_MIN = 0
+EPOCH_MS_MAX = 4_294_967_295_999
+"""The times ``from``/``to`` may name: what ClickHouse's ``DateTime`` holds (UInt32 seconds,
+1970-01-01T00:00:00Z to 2106-02-07T06:28:15Z), the narrowest of the types the queries' macros make
+of them (``toDateTime``; ``Date`` ends 2149-06-06, ``DateTime64(3)`` 2299-12-31). Outside it
+ClickHouse fails or wraps around, so the board answers 400 instead."""
 _QUERY_PATH = re.compile(r"^/api/query/([a-z0-9_]+)$")
+_DIGITS = re.compile(r"[0-9]+")
 
 
 class QueryFunction(Protocol):
@@ -134,18 +145,24 @@ class Board:
         }
 
     def time_range(self, params: dict[str, str]) -> TimeRange:
-        try:
-            to_ms = int(params["to"]) if params.get("to") else int(time.time() * 1000)
-            if params.get("from"):
-                from_ms = int(params["from"])
-            else:
-                name = params.get("range") or DEFAULT_RANGE
-                if name not in RANGES_MS:
-                    raise BadRequest(f"range {name!r}: expected one of {', '.join(RANGES_MS)}")
-                from_ms = to_ms - RANGES_MS[name]
-            return TimeRange(from_ms, to_ms, interval_ms=60_000)
-        except ValueError as exc:
-            raise BadRequest(f"time range: {exc}") from exc
+        """``from``/``to`` (epoch ms, within :data:`EPOCH_MS_MIN`..:data:`EPOCH_MS_MAX`) or ``range``
+        before ``to``; ``to`` defaults to now. A bad value is a :class:`BadRequest` naming it."""
+        to_ms = _epoch_ms("to", params["to"]) if params.get("to") else int(time.time() * 1000)
+        if params.get("from"):
+            from_ms = _epoch_ms("from", params["from"])
+            if from_ms > to_ms:
+                raise BadRequest(f"from={from_ms} is after to={to_ms}: the time range would be empty")
+        else:
+            name = params.get("range") or DEFAULT_RANGE
+            if name not in RANGES_MS:
+                raise BadRequest(f"range {name[:40]!r}: expected one of {', '.join(RANGES_MS)}")
+            from_ms = to_ms - RANGES_MS[name]
+            if from_ms < EPOCH_MS_MIN:
+                raise BadRequest(
+                    f"range={name} before to={to_ms} starts before 1970-01-01T00:00:00Z, the earliest "
+                    "time ClickHouse's DateTime holds: give a later to or a shorter range"
+                )
+        return TimeRange(from_ms, to_ms, interval_ms=60_000)
 
     def variables(self, query: Query, params: dict[str, str]) -> Variables:
         values: dict[str, str] = {}
@@ -196,6 +213,19 @@ class Board:
         }
 
 
+def _epoch_ms(name: str, text: str) -> int:
+    """A time parameter as epoch milliseconds that ClickHouse can take, else a :class:`BadRequest`."""
+    expected = (
+        f"expected epoch milliseconds, a whole number from {EPOCH_MS_MIN} (1970-01-01T00:00:00Z) "
+        f"to {EPOCH_MS_MAX} (2106-02-07T06:28:15.999Z), the times ClickHouse's DateTime holds"
+    )
+    if not _DIGITS.fullmatch(text):
+        raise BadRequest(f"{name}={text[:40]!r}: {expected}")
+    if len(text) > len(str(EPOCH_MS_MAX)) or int(text) > EPOCH_MS_MAX:
+        raise BadRequest(f"{name}={text[:40]}: {expected}")
+    return int(text)
+
+
 def _handler(board: Board) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         server_version = "backbone-board"
@@ -239,11 +269,12 @@ def _handler(board: Board) -> type[BaseHTTPRequestHandler]:
                 self._json(HTTPStatus.NOT_FOUND, {"error": str(exc)})
             except BadRequest as exc:
                 self._json(HTTPStatus.BAD_REQUEST, {"error": str(exc)})
-            except Exception as exc:  # the query failed in ClickHouse: report it, keep serving
+            except Exception:  # the query failed in ClickHouse: log it, keep serving
+                # Bad input is answered 400 above; this is the server's own failure. Its text (SQL,
+                # database internals) goes to the log, not to the browser.
                 log.exception("board query failed", extra={"path": url.path})
-                self._json(
-                    HTTPStatus.INTERNAL_SERVER_ERROR, {"error": f"{url.path}: {type(exc).__name__}: {exc}"}
-                )
+                error = f"{url.path}: the database could not answer; the details are in the board's log"
+                self._json(HTTPStatus.INTERNAL_SERVER_ERROR, {"error": error})
 
         def _static(self, name: str) -> None:
             path = STATIC_DIR / name

@@ -337,11 +337,18 @@ async function refresh() {
   document.body.dataset.loads = String(state.loads);
 }
 
+// Page links are `#<page>` and `#case/<percent-encoded id>` (what alerts link to); `#/case/<id>`,
+// the form alerts used before, opens the same page. An id that is not valid percent-encoding
+// (e.g. a raw "%" in an old link) is taken as it is.
+function decodeCaseId(text) {
+  try { return decodeURIComponent(text); } catch (err) { if (err instanceof URIError) return text; throw err; }
+}
 function route() {
-  const hash = location.hash.replace(/^#/, "");
-  const [page, ...rest] = hash.split("/");
-  state.page = PAGES[page] ? page : "national";
-  state.caseId = state.page === "case" ? decodeURIComponent(rest.join("/")) : "";
+  const hash = location.hash.replace(/^#\/?/, "");
+  const slash = hash.indexOf("/");
+  const page = slash < 0 ? hash : hash.slice(0, slash);
+  state.page = Object.prototype.hasOwnProperty.call(PAGES, page) ? page : "national";
+  state.caseId = state.page === "case" && slash >= 0 ? decodeCaseId(hash.slice(slash + 1)) : "";
   layout();
   refresh();
 }
