@@ -8,11 +8,21 @@ JSON in three kinds of keys:
 
     {"src": {"topic:partition": max offset applied},   # idempotency marker
      "bl": [started_at, ...] sorted,  "amt": paisa | None,  "bv": backlog version,
-     "p": {window: {pane_start: [completions, sla_met, sum_ms, sketch]}},   # open panes
+     "pb": {bucket_start: 1},                           # pane buckets that exist (below)
+     "pm": {window: oldest open pane_start},            # when the next window closes
+     "db": {bucket_start: 1},                           # buckets with panes changed since the last tick
      "w": {window: {window_start: version}},            # versions of open windows emitted
-     "d": {window: {pane_start: 1}},                    # panes changed since the last tick
      "kt": {target: [alert_id, starts_at]},             # open KPI_TARGET episodes
      "cw": watermark of the last close pass}
+
+* **pane bucket** ``<group>@#p<bucket_start>``: the group's open panes of one UTC day
+  (:data:`PANE_BUCKET_MS`) of event time, ``{"p": {window: {pane_start: [completions, sla_met,
+  sum_ms, sketch]}}, "d": {window: {pane_start: 1}}}`` (``d``: changed since the last tick).
+  Why apart from the group: windows stay open while the input's low watermark is behind them
+  (a whole replay on the event clock, a backfill), and a group holding all its open panes was
+  written whole to the changelog at every batch that touched it: a 100k-event replay wrote
+  112 MB of KPI state for 4.8 MB kept, and a 30-day backfill grew one group past Kafka's 1 MB
+  record limit. A batch now writes the group (small) and the day buckets it touched.
 
 * **closed windows** ``<group>@<window>``: final summaries of the group's closed windows,
   kept ``closed_window_retention_ms`` (event time) after closing so a late completion can be
@@ -32,7 +42,7 @@ after a crash changes nothing. Windows are closed, and changed windows emitted, 
 from __future__ import annotations
 
 from bisect import bisect_left, insort
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -59,6 +69,10 @@ from stream_processors.windows import WindowSpec, window_specs
 
 DEFAULT_CLOSED_WINDOW_RETENTION_MS = 24 * 3_600_000
 SUMMARY_SEP = "@"
+PANE_BUCKET_MS = 86_400_000
+"""A pane bucket holds the panes that start in one UTC day (see the module docstring)."""
+PANES_TAG = "#p"
+"""Pane bucket keys are ``<group>@#p<bucket_start>`` (``SUMMARY_SEP`` first: same partition as the group)."""
 _QS = (0.5, 0.9)
 _ID_CACHE_SIZE = 100_000
 
@@ -224,6 +238,13 @@ class KpiEngine:
         for key, st in loaded.items():
             if SUMMARY_SEP not in key and not key.startswith(FEED_KEY_PREFIX):
                 st["cw"] = self.closed_wm
+            elif is_pane_bucket(key) and not st["p"] and not st["d"]:  # retracted to nothing
+                group, start = split_pane_bucket_key(key)
+                loaded[group]["pb"].pop(start, None)
+                loaded[group]["db"].pop(start, None)
+                if key in states:
+                    del states[key]
+                continue
             states[key] = st
         return out
 
@@ -241,6 +262,20 @@ class KpiEngine:
         src: dict[str, int] = st["src"]
         applied: dict[str, int] = {}
         late_hits: list[tuple[str, int, str, int]] = []  # (window, window start, source tp, offset)
+        emptied: set[str] = set()  # window specs whose oldest open pane was retracted away
+
+        def bucket(start: int) -> dict[str, Any]:
+            """The group's pane bucket starting at ``start``, created if new (read once per call)."""
+            bkey = pane_bucket_key(info.key, start)
+            b = loaded.get(bkey)
+            if b is None:
+                b = states.get(bkey)
+                if b is None:
+                    b = {"p": {}, "d": {}}
+                    st["pb"][str(start)] = 1
+                loaded[bkey] = b
+            return b
+
         for fact in facts:
             tp = f"{fact[1]}:{fact[2]}"
             offset = fact[3]
@@ -249,7 +284,7 @@ class KpiEngine:
             if offset > applied.get(tp, -1):
                 applied[tp] = offset
             if fact[0] == COMPLETION_FACT:
-                if self._apply_completion(st, fact, tp, late_hits):
+                if self._apply_completion(st, fact, tp, late_hits, bucket, emptied):
                     k = (info.mission, info.stage)
                     out.late_events[k] = out.late_events.get(k, 0) + 1
             elif fact[0] == BACKLOG_FACT:
@@ -258,9 +293,11 @@ class KpiEngine:
         if applied and st["bv"] is None:
             backlog_changed[info.key] = info  # every group with instances has a backlog row, 0 or not
         src.update(applied)
-        if st["d"]:
+        if emptied:
+            st["pm"] = self._oldest_panes(info.key, st, lambda bkey: loaded.get(bkey) or states.get(bkey))
+        if st["db"]:
             self._dirty.add(info.key)
-        if st["p"] and info.key not in self._windowed:
+        if st["pm"] and info.key not in self._windowed:
             # A group already windowed keeps its entry: new panes make it dirty, and the next
             # tick visits every dirty group and recomputes when it next closes a window.
             next_close = self._next_close(st)
@@ -269,12 +306,22 @@ class KpiEngine:
         if late_hits:
             self._count_late(info, late_hits, loaded, states, now_ms, out)
 
-    def _apply_completion(self, st: dict[str, Any], fact: list[Any], tp: str, late_hits: list[Any]) -> bool:
-        """Fold a ±completion into one pane per window spec; True if it was late for some window."""
+    def _apply_completion(
+        self,
+        st: dict[str, Any],
+        fact: list[Any],
+        tp: str,
+        late_hits: list[Any],
+        bucket: Callable[[int], dict[str, Any]],
+        emptied: set[str],
+    ) -> bool:
+        """Fold a ±completion into one pane per window spec (in its day's pane bucket); True if
+        it was late for some window. ``emptied``: specs whose oldest open pane went empty."""
         sign, ended, duration, met = fact[4], fact[5], fact[6], fact[7]
         bkey = sketch.bucket_key(duration)
         late = False
         closed_wm = self.closed_wm
+        oldest, dirty_buckets = st["pm"], st["db"]
         for spec in self.specs:
             pane = ended - ended % spec.step_ms
             if closed_wm is not None:
@@ -286,24 +333,34 @@ class KpiEngine:
                         late_hits.append((spec.name, start, tp, fact[3]))
                     if last_closed >= pane:
                         continue
-            panes = st["p"].get(spec.name)
+            start = pane - pane % PANE_BUCKET_MS
+            b = bucket(start)
+            panes = b["p"].get(spec.name)
             if panes is None:
-                panes = st["p"][spec.name] = {}
+                panes = b["p"][spec.name] = {}
             pk = str(pane)
             entry = panes.get(pk)
             if entry is None:
                 entry = panes[pk] = [0, 0, 0, {}]
+                first = oldest.get(spec.name)
+                if first is None or pane < first:
+                    oldest[spec.name] = pane
             entry[0] += sign
             entry[1] += sign * met
             entry[2] += sign * duration
             sketch.add(entry[3], bkey, sign)
             if entry[0] == 0:
                 del panes[pk]
-            dirty = st["d"].get(spec.name)
+                if not panes:
+                    del b["p"][spec.name]
+                if oldest.get(spec.name) == pane:
+                    emptied.add(spec.name)
+            dirty = b["d"].get(spec.name)
             if dirty is None:
-                st["d"][spec.name] = {pk: 1}
+                b["d"][spec.name] = {pk: 1}
             else:
                 dirty[pk] = 1
+            dirty_buckets[str(start)] = 1
         return late
 
     def _count_late(
@@ -553,13 +610,41 @@ class KpiEngine:
     def _next_close(self, st: dict[str, Any]) -> int | None:
         """The watermark at which the group's oldest open window closes (None: no open pane)."""
         soonest: int | None = None
+        oldest = st["pm"]
         for spec in self.specs:
-            panes = st["p"].get(spec.name)
-            if panes:
-                closes = min(int(p) for p in panes) + spec.step_ms + self.grace_ms
+            pane = oldest.get(spec.name)
+            if pane is not None:
+                closes = pane + spec.step_ms + self.grace_ms
                 if soonest is None or closes < soonest:
                     soonest = closes
         return soonest
+
+    def _oldest_panes(self, group: str, st: dict[str, Any], get: Callable[[str], Any]) -> dict[str, int]:
+        """``pm``: the oldest open pane of each window spec, from the group's pane buckets."""
+        oldest: dict[str, int] = {}
+        for start in sorted(st["pb"], key=int):
+            b = get(pane_bucket_key(group, int(start)))
+            if not isinstance(b, dict):
+                continue
+            for name, panes in b["p"].items():
+                if panes and name not in oldest:
+                    oldest[name] = min(int(p) for p in panes)
+            if len(oldest) == len(self.specs):
+                break
+        return oldest
+
+    def open_panes(self, group: str, states: StateStore) -> dict[str, dict[str, Any]]:
+        """Every open pane of a group: ``{window: {pane_start: [n, met, sum_ms, sketch]}}``."""
+        st = states.get(group)
+        merged: dict[str, dict[str, Any]] = {}
+        if not isinstance(st, dict):
+            return merged
+        for start in sorted(st["pb"], key=int):
+            b = states.get(pane_bucket_key(group, int(start)))
+            if isinstance(b, dict):
+                for name, panes in b["p"].items():
+                    merged.setdefault(name, {}).update(panes)
+        return merged
 
     def _prune_closed(self, states: StateStore, wm: int) -> None:
         """Drop closed-window summaries past their retention (no late completion can update them)."""
@@ -590,9 +675,21 @@ class KpiEngine:
         now_ms: int,
         out: Outputs,
     ) -> None:
-        dirty: dict[str, dict[str, int]] = st["d"]
+        buckets: dict[str, dict[str, Any]] = {}
+        for start in sorted(st["pb"], key=int):
+            b = states.get(pane_bucket_key(info.key, int(start)))
+            if isinstance(b, dict):
+                buckets[start] = b
+        panes_by_spec: dict[str, dict[str, Any]] = {}
+        dirty: dict[str, set[str]] = {}
+        for b in buckets.values():
+            for name, panes in b["p"].items():
+                panes_by_spec.setdefault(name, {}).update(panes)
+            for name, marks in b["d"].items():
+                dirty.setdefault(name, set()).update(marks)
+        touched = set(st["db"])  # buckets to write back: changed, or panes closed below
         for spec in self.specs:
-            panes: dict[str, Any] = st["p"].get(spec.name) or {}
+            panes: dict[str, Any] = panes_by_spec.get(spec.name) or {}
             changed = [int(p) for p in dirty.get(spec.name) or ()]
             last_closed = spec.last_closed_start(wm, self.grace_ms)
             prev_closed = spec.last_closed_start(self.closed_wm, self.grace_ms)
@@ -619,15 +716,35 @@ class KpiEngine:
                     )
                     states[skey] = closed
             if last_closed is not None:
-                for pk in [pk for pk in panes if int(pk) <= last_closed]:
-                    del panes[pk]
-                if not panes:
-                    st["p"].pop(spec.name, None)
+                for start, b in buckets.items():
+                    bucket_panes = b["p"].get(spec.name)
+                    if not bucket_panes:
+                        continue
+                    closed_panes = [pk for pk in bucket_panes if int(pk) <= last_closed]
+                    for pk in closed_panes:
+                        del bucket_panes[pk]
+                    if closed_panes:
+                        touched.add(start)
+                        if not bucket_panes:
+                            del b["p"][spec.name]
                 versions = st["w"].get(spec.name)
                 if versions:
                     for sk in [sk for sk in versions if int(sk) <= last_closed]:
                         del versions[sk]
-        st["d"] = {}
+        for start in touched:
+            b = buckets.get(start)
+            bkey = pane_bucket_key(info.key, int(start))
+            if b is None:
+                continue
+            b["d"] = {}
+            if b["p"]:
+                states[bkey] = b
+            else:
+                del states[bkey]
+                del buckets[start]
+                st["pb"].pop(start, None)
+        st["db"] = {}
+        st["pm"] = self._oldest_panes(info.key, st, lambda bkey: buckets.get(split_pane_bucket_key(bkey)[1]))
 
     def _emit_windows(
         self,
@@ -794,6 +911,34 @@ class KpiEngine:
         }
 
     # -- recovery ---------------------------------------------------------------------------
+    def _move_panes_to_buckets(self, key: str, st: dict[str, Any], states: StateStore) -> None:
+        """A group state written before pane buckets existed keeps its panes (``p``) and their
+        changed marks (``d``) inside: move them to pane buckets, so a changelog written by an
+        older worker is still read right."""
+        panes_by_spec: dict[str, dict[str, Any]] = st.pop("p", None) or {}
+        marks_by_spec: dict[str, dict[str, int]] = st.pop("d", None) or {}
+        st.setdefault("pb", {})
+        st.setdefault("db", {})
+        buckets: dict[str, dict[str, Any]] = {}
+
+        def bucket(pk: str) -> dict[str, Any]:
+            pane = int(pk)
+            return buckets.setdefault(str(pane - pane % PANE_BUCKET_MS), {"p": {}, "d": {}})
+
+        for name, panes in panes_by_spec.items():
+            for pk, entry in panes.items():
+                bucket(pk)["p"].setdefault(name, {})[pk] = entry
+        for name, marks in marks_by_spec.items():
+            for pk in marks:
+                bucket(pk)["d"].setdefault(name, {})[pk] = 1
+        for start, b in buckets.items():
+            states[pane_bucket_key(key, int(start))] = b
+            st["pb"][start] = 1
+            if b["d"]:
+                st["db"][start] = 1
+        st["pm"] = {name: min(int(p) for p in panes) for name, panes in panes_by_spec.items() if panes}
+        states[key] = st
+
     def rebuild_index(self, states: StateStore) -> None:
         windowed: dict[str, int] = {}
         dirty: set[str] = set()
@@ -812,16 +957,20 @@ class KpiEngine:
                     read_from.add((topic, int(partition)))
                 if st["lo"] is not None and (wm is None or st["lo"] > wm):
                     wm = st["lo"]
+            elif is_pane_bucket(key):
+                continue
             elif SUMMARY_SEP in key:
                 spec = self._spec_by_name.get(key.rsplit(SUMMARY_SEP, 1)[1])
                 if spec is not None and st["s"]:
                     first = min(int(k) for k in st["s"])
                     closed_keys[key] = first + spec.size_ms + self.grace_ms + self.closed_window_retention_ms
             else:
+                if "p" in st:
+                    self._move_panes_to_buckets(key, st, states)
                 next_close = self._next_close(st)
                 if next_close is not None:
                     windowed[key] = next_close
-                if st["d"]:
+                if st["db"]:
                     dirty.add(key)
                 cw = st.get("cw")
                 if cw is not None and (closed is None or cw > closed):
@@ -835,7 +984,33 @@ class KpiEngine:
 
 
 def _new_group() -> dict[str, Any]:
-    return {"src": {}, "bl": [], "amt": None, "bv": None, "p": {}, "w": {}, "d": {}, "kt": {}, "cw": None}
+    return {
+        "src": {},
+        "bl": [],
+        "amt": None,
+        "bv": None,
+        "pb": {},
+        "pm": {},
+        "db": {},
+        "w": {},
+        "kt": {},
+        "cw": None,
+    }
+
+
+def pane_bucket_key(group: str, start: int) -> str:
+    return f"{group}{SUMMARY_SEP}{PANES_TAG}{start}"
+
+
+def is_pane_bucket(key: str) -> bool:
+    _, sep, rest = key.partition(SUMMARY_SEP)
+    return bool(sep) and rest.startswith(PANES_TAG)
+
+
+def split_pane_bucket_key(key: str) -> tuple[str, str]:
+    """``(group key, bucket start as written in the group's "pb")``."""
+    group, _, rest = key.partition(SUMMARY_SEP)
+    return group, rest[len(PANES_TAG) :]
 
 
 def _new_feed() -> dict[str, Any]:

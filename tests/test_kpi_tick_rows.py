@@ -119,7 +119,8 @@ def tick_traffic(seed: int) -> list[tuple[int, dict[str, Any], Any, dict[str, An
 
 def test_tick_rows_equal_rows_rebuilt_from_the_panes_before_the_tick() -> None:
     field_names = contracts.current(contracts.KPI_WINDOWS).field_names
-    specs = {spec.name: spec for spec in Pipeline().kpis.specs}
+    kpis = Pipeline().kpis
+    specs = {spec.name: spec for spec in kpis.specs}
     rows_seen = closed_seen = 0
     for seed in (1, 2):
         for now, before, out, after in tick_traffic(seed):
@@ -130,7 +131,7 @@ def test_tick_rows_equal_rows_rebuilt_from_the_panes_before_the_tick() -> None:
                     row[f] for f in ("mission", "journey", "stage", "owner_agency", "province", "port")
                 )
                 st = before[group]
-                panes = st["p"].get(spec.name, {})
+                panes = kpis.open_panes(group, before).get(spec.name, {})
                 inside = [panes[k] for k in map(str, spec.panes_of_window(start)) if k in panes]
                 n, met, total = (sum(e[i] for e in inside) for i in range(3))
                 counts = sketch.merged(e[3] for e in inside)
