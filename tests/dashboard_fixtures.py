@@ -25,7 +25,8 @@ import pandas as pd
 from clickhouse_connect.driver.client import Client
 
 from backbone.config import DEFAULT_MISSIONS_FILE, load_settings
-from sinks.client import open_client
+from dashboards.board.server import BoardHandle, start_board
+from sinks.client import LockedQuery, open_client
 from sinks.migrate import migrate
 from stream_processors.missions import Missions, load_missions
 
@@ -593,3 +594,12 @@ def seeded_database(path: Path, now_ms: int | None = None) -> Iterator[SeededDat
         yield SeededDatabase(client, seed, path)
     finally:
         client.close()
+
+
+def running_board(db: SeededDatabase) -> Iterator[BoardHandle]:
+    """The built-in board serving ``db`` on a free port; stopped afterwards."""
+    handle = start_board(LockedQuery(db.client), 0, load_settings())
+    try:
+        yield handle
+    finally:
+        handle.stop()

@@ -17,11 +17,10 @@ from typing import Any
 from urllib.parse import quote
 
 import pytest
-from dashboard_fixtures import SeededDatabase, seeded_database, ts
+from dashboard_fixtures import SeededDatabase, running_board, seeded_database, ts
 
 from backbone.config import load_settings
 from dashboards.board.server import EPOCH_MS_MAX, BoardHandle, start_board
-from sinks.client import LockedQuery
 
 TO_MS = 1_741_608_000_000  # 2025-03-10T12:00:00Z
 DAY = 86_400_000
@@ -139,11 +138,7 @@ def seeded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeededDatabase]
 
 @pytest.fixture(scope="module")
 def board(seeded: SeededDatabase) -> Iterator[BoardHandle]:
-    handle = start_board(LockedQuery(seeded.client), 0, load_settings())
-    try:
-        yield handle
-    finally:
-        handle.stop()
+    yield from running_board(seeded)
 
 
 HOSTILE_CASE_IDS = ["A\nB\x00C", "x' OR '1'='1", "50%off", "a/b#c?d&e=f", "\\'", "ق-٣٤٥", "\u202e"]

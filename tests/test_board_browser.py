@@ -17,16 +17,15 @@ from typing import Any
 from urllib.parse import quote
 
 import pytest
-from dashboard_fixtures import DAY, HOUR, SeededDatabase, seeded_database, sha1, ts
+from dashboard_fixtures import DAY, HOUR, SeededDatabase, running_board, seeded_database, sha1, ts
 
 from alerting.alertmanager_payload import tracker_url
 from backbone.config import load_settings
-from dashboards.board.server import BoardHandle, start_board
+from dashboards.board.server import BoardHandle
 from dashboards.macros import TimeRange, expand_macros
 from dashboards.mission_facts import MissionFacts
 from dashboards.queries import build_queries
 from dashboards.variables import ALL, Variables, interpolate
-from sinks.client import LockedQuery
 from stream_processors.missions import load_missions
 
 pytestmark = pytest.mark.integration
@@ -44,11 +43,7 @@ def seeded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeededDatabase]
 
 @pytest.fixture(scope="module")
 def board(seeded: SeededDatabase) -> Iterator[BoardHandle]:
-    handle = start_board(LockedQuery(seeded.client), 0, load_settings())
-    try:
-        yield handle
-    finally:
-        handle.stop()
+    yield from running_board(seeded)
 
 
 @pytest.fixture(scope="module")
