@@ -56,11 +56,11 @@ MAX_RECORD_BYTES = 512 * 1024
 (the worker passes ``Settings.state_record_max_bytes``).
 
 Why: Kafka refuses a record over its ``message.max.bytes`` (1 MB by default, in librdkafka's
-producer and on the broker), and the worker stopped with MSG_SIZE_TOO_LARGE. A KPI group holds
-every open pane of its windows, and windows stay open as long as the input's low watermark is
-behind them: a 30-day backfill read topic by topic, or a replay on the event clock (panes close
-only at its end), grew one group's state past 1.2 MB. Half the limit leaves room for the key
-and the record's overhead.
+producer and on the broker), and the worker stopped with MSG_SIZE_TOO_LARGE: a KPI group then
+held every open pane of its windows, and a 30-day backfill grew one past 1.2 MB. Open panes now
+live in day buckets (``stream_processors/kpis.py``), but nothing else bounds a state's size (a
+busy day, a case with a very long history), so the store never sends a record the broker would
+refuse. Half the limit leaves room for the key and the record's overhead.
 """
 _PIECE = "\x1f#piece#"
 """Key suffix of a piece: ``<key>\\x1f#piece#<i>`` (its value is text, never an engine state)."""
