@@ -12,6 +12,8 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
 
+from schemas.alert_wording import human_duration, overdue_shown_ms
+
 ALERTNAME_BY_KIND: dict[str, str] = {
     "CASE_SLA": "CaseSlaBreach",
     "FEED_SILENT": "FeedSilent",
@@ -34,26 +36,6 @@ class AlertRecordError(ValueError):
 def rfc3339(ms: int) -> str:
     """Epoch millis → the RFC 3339 UTC timestamp Alertmanager expects."""
     return datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def human_duration(ms: float) -> str:
-    """A duration as an officer says it, in its two largest units, floored:
-    ``2 d 3 h``, ``3 h 12 min``, ``2 min 52 s``, ``30 s``.
-
-    The processors' alert summaries (``stream_processors/journeys.py``) use the same words, so
-    a summary and its annotations show the same numbers.
-    """
-    seconds = max(0, int(ms // 1000))
-    days, rest = divmod(seconds, 86_400)
-    hours, rest = divmod(rest, 3_600)
-    minutes, secs = divmod(rest, 60)
-    if days:
-        return f"{days} d {hours} h" if hours else f"{days} d"
-    if hours:
-        return f"{hours} h {minutes} min" if minutes else f"{hours} h"
-    if minutes:
-        return f"{minutes} min {secs} s" if secs else f"{minutes} min"
-    return f"{secs} s"
 
 
 def tracker_url(board_url: str, case_id: str) -> str:
@@ -81,15 +63,6 @@ def judged_wait_ms(record: dict[str, Any]) -> float | None:
     if record.get("kind") == "CASE_SLA" and value is not None and record.get("threshold") is not None:
         return float(value + record["threshold"])
     return None
-
-
-def overdue_shown_ms(waited_ms: float, sla_ms: float) -> int:
-    """The overdue time as an officer reads it: waited minus SLA, each in whole seconds (floored).
-
-    So "waited W: O past its S SLA" adds up in the words :func:`human_duration` gives, within a
-    second of the exact overdue time (the record's ``value``). The processors' summary does the same.
-    """
-    return max(0, int(waited_ms // 1000) - int(sla_ms // 1000)) * 1000
 
 
 def alert_labels(record: dict[str, Any]) -> dict[str, str]:

@@ -49,6 +49,7 @@ from typing import Any
 
 from backbone.config import Settings
 from schemas import contracts
+from schemas.alert_wording import human_duration, overdue_shown_ms
 from schemas.codec import Codec, DecodeError
 from schemas.registry import Registry, default_registry
 from schemas.validation import InvalidRecord, validate_event
@@ -145,26 +146,6 @@ def stage_infos(missions: Missions) -> dict[str, StageInfo]:
             places={},
         )
     return out
-
-
-def _fmt_duration(ms: int) -> str:
-    """Plain words for alert summaries, in the two largest units, floored: ``3 d 4 h``,
-    ``5 h 20 min``, ``2 min 52 s``, ``40 s``.
-
-    The same words as the alert annotations (``alerting.alertmanager_payload.human_duration``),
-    so a summary and its annotations show the same numbers (tests/test_alert_wording.py).
-    """
-    seconds = max(0, ms) // 1000
-    days, rest = divmod(seconds, 86_400)
-    hours, rest = divmod(rest, 3_600)
-    minutes, secs = divmod(rest, 60)
-    if days:
-        return f"{days} d {hours} h" if hours else f"{days} d"
-    if hours:
-        return f"{hours} h {minutes} min" if minutes else f"{hours} h"
-    if minutes:
-        return f"{minutes} min {secs} s" if secs else f"{minutes} min"
-    return f"{secs} s"
 
 
 def is_complete(state: dict[str, Any]) -> bool:
@@ -582,19 +563,15 @@ class JourneyEngine:
         owner = info.owner(province, port)
         rid = self._record_id(case_id, info)
         if state == "FIRING":
-            # waited = judge time - start; the overdue time shown is waited - SLA in whole seconds,
-            # so the sentence adds up (alerting.alertmanager_payload.overdue_shown_ms, the same)
-            waited = overdue + info.sla_ms
-            overdue_shown = max(0, waited // 1000 - info.sla_ms // 1000) * 1000
+            waited = overdue + info.sla_ms  # judge time - start
+            shown = overdue_shown_ms(waited, info.sla_ms)  # so the sentence adds up in its words
             summary = (
-                f"Case {case_id} has waited {_fmt_duration(waited)} at '{info.name}' "
-                f"({owner}): "
-                f"{_fmt_duration(overdue_shown)} past its {_fmt_duration(info.sla_ms)} SLA"
+                f"Case {case_id} has waited {human_duration(waited)} at '{info.name}' ({owner}): "
+                f"{human_duration(shown)} past its {human_duration(info.sla_ms)} SLA"
             )
         else:
-            summary = (
-                f"Case {case_id} left '{info.name}' ({owner}) after {_fmt_duration((ends_at or 0) - started)}"
-            )
+            stayed = human_duration((ends_at or 0) - started)
+            summary = f"Case {case_id} left '{info.name}' ({owner}) after {stayed}"
         return {
             "alert_id": ids.case_sla_alert_id(rid),
             "kind": "CASE_SLA",
