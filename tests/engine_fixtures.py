@@ -201,3 +201,19 @@ def export_case(
         (PORTS, event(PORTS, case_id, "GATE_IN", gate_in, **kw)),
         (PORTS, event(PORTS, case_id, "LOADED", loaded, **kw)),
     ]
+
+
+class _ChangelogTopic:
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def get_topic_name(self) -> str:
+        return self.name
+
+
+class DictTable:
+    """What PartitionedTableStore uses of a Faust table: its local data and changelog topic."""
+
+    def __init__(self, changelog: str = "test-journey_state-changelog") -> None:
+        self.data: dict[str, Any] = {}
+        self.changelog_topic = _ChangelogTopic(changelog)

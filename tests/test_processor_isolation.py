@@ -18,7 +18,7 @@ import json
 from collections import Counter
 from typing import Any
 
-from engine_fixtures import HOUR, T0, Feeder, export_case, missions
+from engine_fixtures import HOUR, T0, DictTable, Feeder, export_case, missions
 
 from backbone.config import Settings
 from backbone.metrics import Metrics
@@ -32,19 +32,6 @@ from stream_processors.worker_metrics import WorkerMetrics
 
 POISON = "CASE-POISON"
 PARTITIONS = 3
-
-
-class Topic:
-    def get_topic_name(self) -> str:
-        return "test-journey_state-changelog"
-
-
-class Table:
-    """What PartitionedTableStore uses of a Faust table: its local data and changelog topic."""
-
-    def __init__(self) -> None:
-        self.data: dict[str, Any] = {}
-        self.changelog_topic = Topic()
 
 
 class Producer:
@@ -76,7 +63,7 @@ def runtime(
     engine: JourneyEngine, producer: Any = None
 ) -> tuple[ProcessorRuntime, PartitionedTableStore, Any]:
     """A runtime around ``engine`` with a dict table and a stand-in producer (default: :class:`Producer`)."""
-    store = PartitionedTableStore(Table(), PARTITIONS)  # type: ignore[arg-type]
+    store = PartitionedTableStore(DictTable(), PARTITIONS)  # type: ignore[arg-type]
     store.owned = frozenset(range(PARTITIONS))
     producer = producer or Producer()
     rt = ProcessorRuntime(
@@ -172,7 +159,7 @@ def test_the_undo_restores_what_the_table_held_whoever_wrote_it(monkeypatch: Any
     """A read's pre-image is the JSON the store's last write produced (not encoded again), but
     only while the table still holds that write: a value Faust's recovery put there since is
     what an undo restores."""
-    store = PartitionedTableStore(Table(), PARTITIONS)  # type: ignore[arg-type]
+    store = PartitionedTableStore(DictTable(), PARTITIONS)  # type: ignore[arg-type]
     store.owned = frozenset(range(PARTITIONS))
     store.route({"CASE-A": 1, "CASE-B": 2})
     store["CASE-A"], store["CASE-B"] = {"n": 1}, {"n": 1}

@@ -14,27 +14,15 @@ from typing import Any
 
 import orjson
 import pytest
+from engine_fixtures import DictTable
 
 from stream_processors.state import ChangelogRecord, PartitionedTableStore
 
 LIMIT = 2_000
 
 
-class Topic:
-    def get_topic_name(self) -> str:
-        return "test-kpi_state-changelog"
-
-
-class Table:
-    """What PartitionedTableStore uses of a Faust table: its local data and changelog topic."""
-
-    def __init__(self) -> None:
-        self.data: dict[str, Any] = {}
-        self.changelog_topic = Topic()
-
-
 def new_store() -> PartitionedTableStore:
-    store = PartitionedTableStore(Table(), 3, max_record_bytes=LIMIT)  # type: ignore[arg-type]
+    store = PartitionedTableStore(DictTable("test-kpi_state-changelog"), 3, max_record_bytes=LIMIT)  # type: ignore[arg-type]
     store.owned = frozenset({0, 1, 2})
     return store
 
