@@ -42,7 +42,7 @@ after a crash changes nothing. Windows are closed, and changed windows emitted, 
 from __future__ import annotations
 
 from bisect import bisect_left, insort
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -294,7 +294,8 @@ class KpiEngine:
             backlog_changed[info.key] = info  # every group with instances has a backlog row, 0 or not
         src.update(applied)
         if emptied:
-            st["pm"] = self._oldest_panes(info.key, st, lambda bkey: loaded.get(bkey) or states.get(bkey))
+            buckets = pane_buckets(info.key, st, lambda k: loaded.get(k) or states.get(k))
+            st["pm"] = self._oldest_panes(b for _, b in buckets)
         if st["db"]:
             self._dirty.add(info.key)
         if st["pm"] and info.key not in self._windowed:
@@ -619,13 +620,11 @@ class KpiEngine:
                     soonest = closes
         return soonest
 
-    def _oldest_panes(self, group: str, st: dict[str, Any], get: Callable[[str], Any]) -> dict[str, int]:
-        """``pm``: the oldest open pane of each window spec, from the group's pane buckets."""
+    def _oldest_panes(self, buckets: Iterable[dict[str, Any]]) -> dict[str, int]:
+        """``pm``: the oldest open pane of each window spec, from a group's pane buckets (oldest
+        first; read only as far as needed)."""
         oldest: dict[str, int] = {}
-        for start in sorted(st["pb"], key=int):
-            b = get(pane_bucket_key(group, int(start)))
-            if not isinstance(b, dict):
-                continue
+        for b in buckets:
             for name, panes in b["p"].items():
                 if panes and name not in oldest:
                     oldest[name] = min(int(p) for p in panes)
@@ -637,11 +636,8 @@ class KpiEngine:
         """Every open pane of a group: ``{window: {pane_start: [n, met, sum_ms, sketch]}}``."""
         st = states.get(group)
         merged: dict[str, dict[str, Any]] = {}
-        if not isinstance(st, dict):
-            return merged
-        for start in sorted(st["pb"], key=int):
-            b = states.get(pane_bucket_key(group, int(start)))
-            if isinstance(b, dict):
+        if isinstance(st, dict):
+            for _, b in pane_buckets(group, st, states.get):
                 for name, panes in b["p"].items():
                     merged.setdefault(name, {}).update(panes)
         return merged
@@ -675,11 +671,7 @@ class KpiEngine:
         now_ms: int,
         out: Outputs,
     ) -> None:
-        buckets: dict[str, dict[str, Any]] = {}
-        for start in sorted(st["pb"], key=int):
-            b = states.get(pane_bucket_key(info.key, int(start)))
-            if isinstance(b, dict):
-                buckets[start] = b
+        buckets = dict(pane_buckets(info.key, st, states.get))
         panes_by_spec: dict[str, dict[str, Any]] = {}
         dirty: dict[str, set[str]] = {}
         for b in buckets.values():
@@ -744,7 +736,7 @@ class KpiEngine:
                 del buckets[start]
                 st["pb"].pop(start, None)
         st["db"] = {}
-        st["pm"] = self._oldest_panes(info.key, st, lambda bkey: buckets.get(split_pane_bucket_key(bkey)[1]))
+        st["pm"] = self._oldest_panes(buckets.values())
 
     def _emit_windows(
         self,
@@ -1000,6 +992,16 @@ def _new_group() -> dict[str, Any]:
 
 def pane_bucket_key(group: str, start: int) -> str:
     return f"{group}{SUMMARY_SEP}{PANES_TAG}{start}"
+
+
+def pane_buckets(
+    group: str, st: dict[str, Any], get: Callable[[str], Any]
+) -> Iterator[tuple[str, dict[str, Any]]]:
+    """The group's pane buckets, oldest first, as ``(start as written in "pb", bucket)``."""
+    for start in sorted(st["pb"], key=int):
+        b = get(pane_bucket_key(group, int(start)))
+        if isinstance(b, dict):
+            yield start, b
 
 
 def is_pane_bucket(key: str) -> bool:
