@@ -255,16 +255,16 @@ class PartitionedTableStore:
         calls this on every assignment before anything reads the store.
         """
         local = self.local
-        heads = [
-            (key, stored)
-            for key, stored in list(local.items())
-            if isinstance(stored, list)
-            and len(stored) == 2
-            and isinstance(stored[1], dict)
-            and _CHUNKED in stored[1]
-        ]
-        for key, (_, head) in heads:
-            count = int(head[_CHUNKED])
+        heads: list[tuple[str, int]] = []
+        pieces: list[str] = []
+        for key, stored in list(local.items()):  # one pass over the recovered table
+            if not (isinstance(stored, list) and len(stored) == 2):
+                continue
+            if isinstance(stored[1], dict) and _CHUNKED in stored[1]:
+                heads.append((key, int(stored[1][_CHUNKED])))
+            elif isinstance(stored[1], str) and _PIECE in key:  # engine states are never bare strings
+                pieces.append(key)
+        for key, count in heads:
             parts = [local.get(piece_key(key, i)) for i in range(count)]
             missing = [i for i, part in enumerate(parts) if part is None]
             if missing:
@@ -275,9 +275,8 @@ class PartitionedTableStore:
             local[key] = orjson.loads("".join(part[1] for part in parts))  # type: ignore[index]
             self._pieces[key] = count
             self._written.pop(key, None)
-        for key, stored in list(local.items()):
-            if _PIECE in key and isinstance(stored, list) and len(stored) == 2 and isinstance(stored[1], str):
-                del local[key]  # a piece (engine states are never bare strings)
+        for key in pieces:
+            del local[key]
         return len(heads)
 
     def apply(self) -> int:
