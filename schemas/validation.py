@@ -18,6 +18,10 @@ MIN_EVENT_TIME_MS = 946_684_800_000  # 2000-01-01: nothing in these systems pred
 DEFAULT_MAX_FUTURE_SKEW_MS = 10 * 60 * 1000
 MAX_CASE_ID_LEN = 128
 MAX_STRING_LEN = 1024
+CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+"""C0 and C1 control characters and DEL: no identifier holds one. A NUL or a newline in a case id
+travels into alert labels, tracker links, log lines and CSV exports, where it breaks or forges
+them, so identifiers are refused with one; free text (an energy instrument's title) may keep a tab."""
 _UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 
 
@@ -48,6 +52,17 @@ def _nonempty(rec: Mapping[str, Any], name: str, max_len: int = MAX_STRING_LEN) 
     return value
 
 
+def _identifier(rec: Mapping[str, Any], name: str, max_len: int) -> str:
+    """A non-empty string without control characters (see :data:`CONTROL_CHARS`)."""
+    value = _nonempty(rec, name, max_len)
+    bad = CONTROL_CHARS.search(value)
+    if bad is not None:
+        raise InvalidRecord(
+            name, f"contains control character U+{ord(bad.group()):04X} at position {bad.start()}"
+        )
+    return value
+
+
 def _province(rec: Mapping[str, Any], name: str, reg: Registry) -> None:
     value = _nonempty(rec, name)
     if value not in reg.provinces:
@@ -72,7 +87,7 @@ def _money(rec: Mapping[str, Any], name: str) -> None:
 
 def _customs(rec: Mapping[str, Any], reg: Registry) -> None:
     _port(rec, reg)
-    _nonempty(rec, "hs_code", 16)
+    _identifier(rec, "hs_code", 16)
     _money(rec, "declared_value_pkr")
     ids = rec.get("container_ids")
     if not isinstance(ids, list) or not ids:
@@ -82,23 +97,23 @@ def _customs(rec: Mapping[str, Any], reg: Registry) -> None:
 def _permits(rec: Mapping[str, Any], reg: Registry) -> None:
     _province(rec, "from_province", reg)
     _province(rec, "to_province", reg)
-    _nonempty(rec, "vehicle_reg", 32)
+    _identifier(rec, "vehicle_reg", 32)
 
 
 def _ports(rec: Mapping[str, Any], reg: Registry) -> None:
     _port(rec, reg)
-    _nonempty(rec, "terminal", 64)
-    _nonempty(rec, "container_id", 32)
+    _identifier(rec, "terminal", 64)
+    _identifier(rec, "container_id", 32)
 
 
 def _rebates(rec: Mapping[str, Any], reg: Registry) -> None:
-    _nonempty(rec, "exporter_id", 64)
+    _identifier(rec, "exporter_id", 64)
     _money(rec, "amount_pkr")
 
 
 def _energy(rec: Mapping[str, Any], reg: Registry) -> None:
     _nonempty(rec, "instrument")
-    _nonempty(rec, "sector", 64)
+    _identifier(rec, "sector", 64)
 
 
 FAMILY_CHECKS: dict[str, Callable[[Mapping[str, Any], Registry], None]] = {
@@ -122,7 +137,7 @@ def validate_event(
     event_id = rec.get("event_id")
     if not isinstance(event_id, str) or not _UUID.match(event_id):
         raise InvalidRecord("event_id", f"must be a UUID, got {event_id!r:.60}")
-    _nonempty(rec, "case_id", MAX_CASE_ID_LEN)
+    _identifier(rec, "case_id", MAX_CASE_ID_LEN)
     agency = _nonempty(rec, "agency", 64)
     if agency not in reg.agencies:
         raise InvalidRecord("agency", f"unknown agency {agency!r}; see schemas/registry.yaml")

@@ -38,7 +38,7 @@ from sinks.rows import MAX_ABS_PAISA, MONEY_SCALE
 
 log = logging.getLogger(__name__)
 
-VALIDATION_SHA256 = "e3d56e0becc3e12306117a5b1a5d38883a4ebcd2509c17cb1799481245d74468"
+VALIDATION_SHA256 = "4df2ab3ea29d8adf48800a5074fdaab470151d952b0d6cea0e925704b9feec43"
 """sha256 of the ``schemas/validation.py`` these rules were checked against."""
 
 _UUID_EXACT = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
@@ -64,6 +64,12 @@ def fast_path_enabled() -> bool:
 def _texts(values: Iterable[Any], max_len: int) -> bool:
     """Every value is a non-blank string of at most ``max_len`` characters (checked per distinct value)."""
     return all(type(v) is str and len(v) <= max_len and v.strip() for v in set(values))
+
+
+def _ids(values: Iterable[Any], max_len: int) -> bool:
+    """:func:`_texts`, and no value holds a control character (``validation._identifier``)."""
+    distinct = set(values)
+    return _texts(distinct, max_len) and not any(validation.CONTROL_CHARS.search(v) for v in distinct)
 
 
 def _among(values: Iterable[Any], allowed: frozenset[str]) -> bool:
@@ -100,8 +106,9 @@ def _allowed(names: Iterable[str], max_len: int) -> frozenset[str]:
 
 
 Rule = tuple[str, str, Any]
-"""(field, check, argument): check ``among`` (argument: the allowed names), ``text`` (argument: the
-maximum length), ``money`` or ``list``: one rule of ``schemas.validation.FAMILY_CHECKS``."""
+"""(field, check, argument): check ``among`` (argument: the allowed names), ``text`` or ``id`` (a text
+without control characters; argument: the maximum length), ``money`` or ``list``: one rule of
+``schemas.validation.FAMILY_CHECKS``."""
 
 
 @cache
@@ -114,18 +121,18 @@ def _family_rules(topic: str) -> tuple[Rule, ...]:
     rules: dict[str, tuple[Rule, ...]] = {
         contracts.CUSTOMS: (
             ("port", "among", ports),
-            ("hs_code", "text", 16),
+            ("hs_code", "id", 16),
             ("declared_value_pkr", "money", None),
             ("container_ids", "list", None),
         ),
         contracts.PERMITS: (
             ("from_province", "among", provinces),
             ("to_province", "among", provinces),
-            ("vehicle_reg", "text", 32),
+            ("vehicle_reg", "id", 32),
         ),
-        contracts.PORTS: (("port", "among", ports), ("terminal", "text", 64), ("container_id", "text", 32)),
-        contracts.REBATES: (("exporter_id", "text", 64), ("amount_pkr", "money", None)),
-        contracts.ENERGY: (("instrument", "text", validation.MAX_STRING_LEN), ("sector", "text", 64)),
+        contracts.PORTS: (("port", "among", ports), ("terminal", "id", 64), ("container_id", "id", 32)),
+        contracts.REBATES: (("exporter_id", "id", 64), ("amount_pkr", "money", None)),
+        contracts.ENERGY: (("instrument", "text", validation.MAX_STRING_LEN), ("sector", "id", 64)),
     }
     return rules[topic]
 
@@ -133,6 +140,7 @@ def _family_rules(topic: str) -> tuple[Rule, ...]:
 _COLUMN_CHECKS: dict[str, Callable[[Any, Any], bool]] = {
     "among": _among,
     "text": _texts,
+    "id": _ids,
     "money": lambda values, _: _money(values),
     "list": lambda values, _: _lists(values),
 }
@@ -151,7 +159,7 @@ def _envelope_rules(topic: str) -> tuple[Rule, ...]:
     agencies, provinces = _envelope_sets(topic)
     return (
         ("event_id", "uuid", None),
-        ("case_id", "text", validation.MAX_CASE_ID_LEN),
+        ("case_id", "id", validation.MAX_CASE_ID_LEN),
         ("agency", "among", agencies),
         ("province", "among", provinces),
         ("occurred_at", "time", None),
@@ -188,6 +196,7 @@ _UUID_ANCHORED = f"^{_UUID_EXACT.pattern}$"  # RE2: $ is the end of the text, ne
 # "non-blank" without Python's Unicode whitespace table: a value with an ASCII letter or digit is not
 # blank; one without (all punctuation, or another script) takes the record-by-record path
 _NOT_BLANK = "[0-9A-Za-z]"
+_CONTROL_RE2 = validation.CONTROL_CHARS.pattern  # RE2 reads the same \xNN class
 
 
 def _all_true(mask: pa.ChunkedArray | pa.Array) -> bool:
@@ -200,8 +209,10 @@ def _arrow_check(column: pa.ChunkedArray, check: str, arg: Any, latest_ms: int) 
         return False
     if check == "uuid":
         return _all_true(pc.match_substring_regex(column, _UUID_ANCHORED))
-    if check == "text":
+    if check in ("text", "id"):
         longest = pc.max(pc.utf8_length(column)).as_py()
+        if check == "id" and pc.any(pc.match_substring_regex(column, _CONTROL_RE2)).as_py():
+            return False
         return (longest is None or longest <= arg) and _all_true(pc.match_substring_regex(column, _NOT_BLANK))
     if check == "among":
         return frozenset(arg).issuperset(pc.unique(column).to_pylist())

@@ -294,6 +294,22 @@ def unknown_agency_or_province(draw: st.DrawFn) -> BadRecord:
     return _breach(topic, raw, "unknown agency / province", field, value=text)
 
 
+CONTROL = st.characters(min_codepoint=0, max_codepoint=31) | st.sampled_from(["\x7f", "\x85", "\x9f"])
+
+
+@st.composite
+def control_character_id(draw: st.DrawFn) -> BadRecord:
+    """A case id with a NUL, newline, escape, ... (the message key is the same id, so only the
+    contract is broken): it would forge alert labels, links and log lines downstream."""
+    topic, raw = draw(valid_record())
+    head = raw["case_id"]
+    at = draw(st.integers(0, len(head)))
+    case_id = head[:at] + draw(CONTROL) + head[at:]
+    value = CODEC.encode(topic, {**raw, "case_id": case_id})
+    kind = "control character in an id"
+    return BadRecord(kind, topic, case_id.encode(), value, "invalid_record", "case_id")
+
+
 @st.composite
 def tombstone(draw: st.DrawFn) -> BadRecord:
     topic, raw = draw(valid_record())
@@ -312,6 +328,7 @@ BAD_RECORDS = st.one_of(
     before_1970(),
     negative_money(),
     unknown_agency_or_province(),
+    control_character_id(),
     tombstone(),
 )
 
@@ -348,6 +365,7 @@ def cli_line(draw: st.DrawFn, topic: str, n: int) -> Line:
                 "future",
                 "past",
                 "case_id",
+                "control",
                 "huge",
                 "event_id",
                 "json",
@@ -387,6 +405,9 @@ def cli_line(draw: st.DrawFn, topic: str, n: int) -> Line:
     if choice == "case_id":
         blank = draw(st.sampled_from(["", " ", "\t "]))
         return line(("case_id", "must be a non-empty string", "broken envelope"), case_id=blank)
+    if choice == "control":
+        bad = draw(CONTROL)
+        return line(("case_id", "control character", "control character in an id"), case_id=f"CLI-1{bad}2")
     if choice == "huge":
         return line(
             ("case_id", "longer than 128 characters", "huge record"),

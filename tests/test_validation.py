@@ -39,6 +39,14 @@ def test_rich_python_values_are_accepted() -> None:
     assert raw["amount_pkr"] == 8_450_050
 
 
+def test_free_text_may_hold_a_tab_and_ids_may_hold_any_printable_character() -> None:
+    """Only identifiers refuse control characters: an instrument's title is free text."""
+    raw = prepare(contracts.ENERGY, sample(contracts.ENERGY, instrument="SRO 123\tTariff\nRevision"), NOW_MS)
+    assert raw["instrument"] == "SRO 123\tTariff\nRevision"
+    odd = "EXP-é-ß-中-\u00a0-🚢"  # non-ASCII and a no-break space (Zs, not Cc)
+    assert prepare(contracts.CUSTOMS, sample(contracts.CUSTOMS, case_id=odd), NOW_MS)["case_id"] == odd
+
+
 def test_raw_ints_pass_through_and_published_at_defaults_to_now() -> None:
     record = sample(contracts.REBATES, occurred_at=OCCURRED_MS, amount_pkr=8_450_050)
     del record["published_at"]
@@ -92,6 +100,13 @@ def test_raw_ints_pass_through_and_published_at_defaults_to_now() -> None:
         ),
         (contracts.CUSTOMS, {"case_id": "x" * 129}, "case_id", "longer than 128"),
         (contracts.CUSTOMS, {"case_id": "EXP-\ud800"}, "case_id", "lone surrogate"),
+        (contracts.CUSTOMS, {"case_id": "EXP-1\x00"}, "case_id", "control character U+0000 at position 5"),
+        (contracts.CUSTOMS, {"case_id": "EXP-1\nEXP-2"}, "case_id", "control character U+000A at position 5"),
+        (contracts.CUSTOMS, {"case_id": "EXP-1\x85"}, "case_id", "control character U+0085"),
+        (contracts.CUSTOMS, {"hs_code": "5208\t11"}, "hs_code", "control character U+0009"),
+        (contracts.PERMITS, {"vehicle_reg": "LEA\r1234"}, "vehicle_reg", "control character U+000D"),
+        (contracts.PORTS, {"container_id": "MSCU\x7f1"}, "container_id", "control character U+007F"),
+        (contracts.REBATES, {"exporter_id": "NTN\x1b[31m"}, "exporter_id", "control character U+001B"),
         (contracts.REBATES, {"amount_pkr": "-0.01"}, "amount_pkr", "must not be negative"),
         (contracts.REBATES, {"amount_pkr": True}, "amount_pkr", "not bool"),
         (contracts.ENERGY, {"regulator": "WAPDA"}, "regulator", "unknown regulator 'WAPDA'"),
@@ -165,12 +180,15 @@ def test_datetime_to_ms_truncates_exactly_like_integer_arithmetic(moment: dateti
 
 
 _text = st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=40).filter(str.strip)
+# identifiers refuse control characters (Unicode category Cc: U+0000-U+001F, U+007F-U+009F)
+_id_chars = st.characters(blacklist_categories=("Cs", "Cc"))
+_id_text = st.text(_id_chars, min_size=1, max_size=40).filter(str.strip)
 
 
 @settings(max_examples=150, deadline=None)
 @given(
-    case_id=_text,
-    hs_code=st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=16).filter(str.strip),
+    case_id=_id_text,
+    hs_code=st.text(_id_chars, min_size=1, max_size=16).filter(str.strip),
     paisa=st.integers(min_value=0, max_value=10**18 - 1),
     containers=st.lists(_text, min_size=1, max_size=5),
     occurred=st.integers(min_value=MIN_EVENT_TIME_MS, max_value=NOW_MS),

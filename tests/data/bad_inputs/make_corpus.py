@@ -149,6 +149,7 @@ def records() -> dict[str, bytes]:
         "enum-out-of-range.bin": enum[:status_at] + b"\xc6\x01" + enum[status_at + 1 :],  # symbol 99
         "bad-event-id.bin": framed(M, port("EXP-CORPUS-0022", "not-a-uuid")),
         "empty-case-id.bin": framed(M, port("", eid(23))),
+        "newline-case-id.bin": framed(C, customs("EXP-CORPUS-0024\nEXP-FORGED", eid(24))),
     }
 
 
