@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import typer
+
+if TYPE_CHECKING:
+    from backbone.config import Settings
 
 recompute_app = typer.Typer(
     help="Recompute stage records and KPI windows from the raw events in ClickHouse, as a new version.",
@@ -12,12 +16,13 @@ recompute_app = typer.Typer(
 )
 
 
-def _client():  # noqa: ANN202 - heavy import kept inside the command
+def _client(settings: Settings | None = None) -> tuple[Settings, Any]:
+    """The settings (read now unless given) and a migrated ClickHouse client, or exit saying why."""
     from backbone.cli import settings_or_exit
     from sinks.cli import client_or_exit
     from sinks.migrate import migrate
 
-    settings = settings_or_exit()
+    settings = settings or settings_or_exit()
     client = client_or_exit(settings)
     migrate(client)
     return settings, client
@@ -41,6 +46,7 @@ def recompute(
     """Write a new version from the events table and switch the board to it atomically."""
     if ctx.invoked_subcommand is not None:
         return
+    from backbone.cli import settings_or_exit
     from sinks.recompute import RecomputeError, parse_from
     from sinks.recompute import recompute as run
     from stream_processors.missions import MissionsError, load_missions
@@ -50,9 +56,14 @@ def recompute(
     except RecomputeError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
-    settings, client = _client()
-    try:
+    settings = settings_or_exit()
+    try:  # the rules first: a broken missions file must not open (or migrate) ClickHouse
         rules = load_missions(missions or settings.missions_file)
+    except MissionsError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    settings, client = _client(settings)
+    try:
         result = run(
             client,
             rules,
@@ -61,7 +72,7 @@ def recompute(
             drop_old=drop_old,
             on_phase=lambda name, s: typer.echo(f"  {name}: {s:.2f} s", err=True),
         )
-    except (MissionsError, RecomputeError) as exc:
+    except RecomputeError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from exc
     finally:

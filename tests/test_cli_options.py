@@ -235,6 +235,23 @@ def test_recompute_refuses_a_bad_from_with_the_accepted_forms_before_opening_the
     assert not (tmp_path / "data").exists()
 
 
+def test_recompute_checks_the_missions_file_before_opening_the_database(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A broken rules file is named even while ClickHouse is unreachable, and nothing is created."""
+    monkeypatch.setenv("BACKBONE_CLICKHOUSE_URL", UNREACHABLE)
+    broken = tmp_path / "missions.yaml"
+    broken.write_text("windows: [{name: 1m, size: 60}]\nmissions: []\n", encoding="utf-8")
+    result = CliRunner().invoke(app, ["recompute", "--missions", str(broken)])
+    _refused(result, 1, str(broken))
+    assert "cannot reach ClickHouse" not in result.output
+    monkeypatch.delenv("BACKBONE_CLICKHOUSE_URL")
+    _refused(
+        CliRunner().invoke(app, ["recompute", "--missions", str(tmp_path / "absent.yaml")]), 1, "absent.yaml"
+    )
+    assert not (tmp_path / "data").exists()
+
+
 def test_recompute_drop_0_says_the_stream_results_cannot_be_dropped(tmp_path: Path) -> None:
     _refused(CliRunner().invoke(app, ["recompute", "drop", "0"]), 2, "0 means the stream results")
     assert not (tmp_path / "data").exists()
