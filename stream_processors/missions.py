@@ -200,6 +200,15 @@ class Mission(_Model):
         return self
 
 
+MIN_WINDOW_STEP_MS = 1_000
+"""A window's step (its hop, or a tumbling window's size) is at least a second: the recompute keys a
+pane by ``epoch ms // step`` in a UInt32, which holds seconds until 2106, and no board refreshes faster."""
+MAX_HOPS_PER_WINDOW = 10_000
+"""How many windows of one spec may overlap a moment (size / hop). Each completion is added to that
+many windows, and each tick re-emits the changed ones: 24h with a 1m hop is 1,440; 3650d with a 1ms
+hop (accepted until this limit) is 3e11, which no processor finishes."""
+
+
 class Window(_Model):
     """A KPI window: tumbling when ``hop`` is absent, hopping otherwise."""
 
@@ -211,6 +220,14 @@ class Window(_Model):
     def _hop_divides(self) -> Window:
         if self.hop_ms is not None and (self.hop_ms <= 0 or self.size_ms % self.hop_ms):
             raise ValueError(f"hop must divide size evenly (size {self.size_ms} ms, hop {self.hop_ms} ms)")
+        if self.step_ms < MIN_WINDOW_STEP_MS:
+            which = "hop" if self.hop_ms is not None else "size of a tumbling window"
+            raise ValueError(f"{which} {self.step_ms} ms is shorter than 1s, the shortest KPI window step")
+        if self.size_ms // self.step_ms > MAX_HOPS_PER_WINDOW:
+            raise ValueError(
+                f"size / hop = {self.size_ms // self.step_ms:,} overlapping windows, more than "
+                f"{MAX_HOPS_PER_WINDOW:,} (every completion updates that many windows of its group)"
+            )
         return self
 
     @property

@@ -135,6 +135,21 @@ def _problems(data: dict[str, Any]) -> list[str]:
             id="huge-hop",
         ),
         pytest.param(
+            lambda d: d["windows"][2].update(size="3650d", hop="1ms"),
+            "windows[2]: hop 1 ms is shorter than 1s",
+            id="hop-under-a-second",
+        ),
+        pytest.param(
+            lambda d: d["windows"][0].update(size="500ms"),
+            "windows[0]: size of a tumbling window 500 ms is shorter than 1s",
+            id="tumbling-under-a-second",
+        ),
+        pytest.param(
+            lambda d: d["windows"][2].update(size="3650d", hop="30m"),
+            "windows[2]: size / hop = 175,200 overlapping windows, more than 10,000",
+            id="too-many-hops",
+        ),
+        pytest.param(
             lambda d: d["feeds"].update(default_silence="1" + "0" * 400 + "d"),
             "feeds.default_silence: ",
             id="huge-default-silence-no-float-overflow",
