@@ -49,6 +49,7 @@ from typing import Any
 
 from backbone.config import Settings
 from schemas import contracts
+from schemas.alert_wording import human_duration
 from schemas.registry import Registry, default_registry
 from stream_processors import ids, sketch
 from stream_processors.api import (
@@ -876,8 +877,8 @@ class KpiEngine:
         entry = self.registry.agencies.get(agency)
         if state == "FIRING":
             summary = (
-                f"No event from {agency} since {_iso(silent_since)} ({int(value) // 60_000} min, "
-                f"threshold {threshold // 60_000} min)"
+                f"No event from {agency} since {_iso(silent_since)}: silent {human_duration(value)}, "
+                f"threshold {human_duration(threshold)}"
             )
         else:
             summary = f"{agency} feed is back: new event at {_iso(ends_at or 0)}"

@@ -280,6 +280,8 @@ def test_feed_freshness_and_feed_silent_fire_once_per_silence_and_resolve_on_a_n
         (sha1(f"FEED_SILENT|FBR-DRAWBACK|{T0}"), "FIRING", "FBR-DRAWBACK")
     ]
     assert fired[0]["starts_at"] == T0 + threshold
+    # the summary states the silence and threshold in the officer's units, as the annotations do
+    assert fired[0]["summary"].endswith(": silent 6 h, threshold 6 h"), fired[0]["summary"]
     assert [a for a in p.tick(T0 + 2 * threshold).alerts if a["kind"] == "FEED_SILENT"] == []
     out = p.push([(R, event(R, "R3", "FILED", T0 + DAY))], T0 + DAY)
     assert [(a["alert_id"], a["state"], a["ends_at"]) for a in out.alerts if a["kind"] == "FEED_SILENT"] == [
