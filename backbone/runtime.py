@@ -74,13 +74,43 @@ unchanged (11-12 % of a core). A real Kafka compacts the changelog, so productio
 """
 
 
+SIMULATOR_SERIALS_PER_RUN = 1_000_000
+"""Case-id serials each ``up`` run's simulator may use: run k numbers its cases from
+``(k - 1) * SIMULATOR_SERIALS_PER_RUN + 1``, so a restarted demo's cases (EXP-2026-1000001...)
+never take the ids of earlier runs' cases, whose history ClickHouse keeps and replays."""
+
+SETUP_STEPS = ("db-migrate", "history-replay")
+"""Services ``up`` waits for, in order, before starting the next: tables, then the history."""
+
+
+def next_run_number(data_dir: Path) -> int:
+    """Count this ``up`` run in the data dir (1 for the first) and return its number."""
+    path = data_dir / "up.runs"
+    try:
+        previous = int(path.read_text(encoding="utf-8").strip() or 0)
+    except (FileNotFoundError, ValueError):
+        previous = 0
+    path.write_text(f"{previous + 1}\n", encoding="utf-8")
+    return previous + 1
+
+
 def planned_services(
-    settings: Settings, simulate: bool, rate: float, workers: int, seed: int, time_scale: float = 1.0
+    settings: Settings,
+    simulate: bool,
+    rate: float,
+    workers: int,
+    seed: int,
+    time_scale: float = 1.0,
+    run_number: int = 1,
 ) -> list[Service]:
     """The services ``up`` runs, in start order. Areas that are not installed are skipped."""
     services: list[Service] = []
     if _has("sinks.cli"):
         services.append(Service("db-migrate", _cli("db", "migrate"), required=False))
+        if settings.embedded_kafka:
+            # the embedded broker starts empty: replay ClickHouse's events so the processors
+            # rebuild their state (open cases, panes, backlog) from the whole history
+            services.append(Service("history-replay", _cli("sink", "replay-history"), required=False))
     if _has("alerting.stack"):
         services.append(Service("alerting-stack", _cli("alerting", "stack"), required=False))
     if _has("sinks.cli"):
@@ -108,6 +138,8 @@ def planned_services(
                     f"{1 / time_scale:.6g}",
                     "--warmup",
                     "30m",
+                    "--first-serial",
+                    str((run_number - 1) * SIMULATOR_SERIALS_PER_RUN + 1),
                 ),
             )
         )
@@ -176,6 +208,16 @@ class TopicCounter(threading.Thread):
 
     def stop(self) -> None:
         self._stopping.set()
+
+
+def _last_line(path: Path) -> str:
+    """The last non-empty line of a finished step's log (its summary)."""
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except FileNotFoundError:
+        return "no output"
+    lines = [line for line in text.splitlines() if line.strip()]
+    return lines[-1] if lines else "no output"
 
 
 def _start(service: Service, env: dict[str, str], log_dir: Path) -> None:
@@ -285,7 +327,8 @@ def _run_stack(
     # clock (the newest event time of the partitions still being read), so it raises no false
     # CASE_SLA. (Up to 2026-12 `up` forced the event clock, whose timer waits for a second of quiet
     # input that live agencies never leave: not one KPI window reached the board.)
-    services = planned_services(settings, simulate, rate, workers, seed, time_scale)
+    run_number = next_run_number(data_dir)
+    services = planned_services(settings, simulate, rate, workers, seed, time_scale, run_number)
     stopping = threading.Event()
 
     def _on_signal(signum: int, _frame: object) -> None:
@@ -301,9 +344,16 @@ def _run_stack(
     try:
         for service in services:
             _start(service, env, log_dir)
-            if service.name == "db-migrate" and service.process is not None:
-                service.process.wait()  # tables must exist before the sink starts
-            print(f"started {service.name} (logs: {log_dir / (service.name + '.log')})", flush=True)
+            log_file = log_dir / (service.name + ".log")
+            if service.name in SETUP_STEPS and service.process is not None:
+                # tables, then the history, before the sink and processors (Ctrl-C still stops)
+                while service.process.poll() is None and not stopping.wait(0.2):
+                    pass
+                if stopping.is_set():
+                    break
+                print(f"{service.name}: {_last_line(log_file)} (log: {log_file})", flush=True)
+                continue
+            print(f"started {service.name} (logs: {log_file})", flush=True)
         print(f"board: http://127.0.0.1:{settings.board_port}/  — Ctrl-C to stop", flush=True)
         started = time.monotonic()
         while not stopping.is_set():

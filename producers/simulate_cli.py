@@ -315,12 +315,19 @@ def build_config(
     warmup_ms: int,
     shares: dict[str, float],
     delay_scale: float,
+    first_serial: int = 1,
 ) -> tuple[SimulationConfig, str | None]:
     """The generator config for a run, and a note for the user when the run had to be cut."""
     from producers.simulator import mean_events_per_case
 
     if live:
-        base = SimulationConfig(start_ms=now_ms - warmup_ms, seed=seed, **shares, delay_scale=delay_scale)
+        base = SimulationConfig(
+            start_ms=now_ms - warmup_ms,
+            seed=seed,
+            **shares,
+            delay_scale=delay_scale,
+            first_serial=first_serial,
+        )
         per_case = mean_events_per_case(base, within_ms=max(warmup_ms, 10 * MINUTE), sample_cases=500)
         case_rate = max(rate, 0.001) * 3600 / per_case
         return SimulationConfig(
@@ -352,6 +359,7 @@ def build_config(
         until_ms=until,
         **shares,
         delay_scale=delay_scale,
+        first_serial=first_serial,
     )
     return config, note
 
@@ -399,6 +407,15 @@ def simulate(
     delay_scale: Annotated[
         float, typer.Option(min=0.0001, help="Multiply every agency delay (e.g. 0.05 for a compressed demo).")
     ] = 1.0,
+    first_serial: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            max=10**12,
+            help="Serial of the first case id of each kind (EXP-2026-000001); `up` continues after "
+            "its earlier runs' cases, whose history ClickHouse keeps.",
+        ),
+    ] = 1,
     bootstrap: Annotated[
         str | None,
         typer.Option(help="Kafka bootstrap host:port (default: BACKBONE_KAFKA_BOOTSTRAP_SERVERS)."),
@@ -439,6 +456,7 @@ def simulate(
         warmup_ms=parse_span(warmup, "--warmup"),
         shares=shares,
         delay_scale=delay_scale,
+        first_serial=first_serial,
     )
     if note:
         typer.echo(f"note: {note}", err=True)

@@ -193,6 +193,7 @@ class SimulationConfig:
     rebate_reject_share: float = 0.12
     multi_container_shares: tuple[float, float] = (0.17, 0.08)  # 2 and 3 containers per shipment
     delay_scale: float = 1.0  # multiply every delay (e.g. 0.01 to compress a demo)
+    first_serial: int = 1  # of each case id kind (EXP-2026-000001): a later run continues past earlier ones
     delays: Mapping[str, Delay] = field(default_factory=lambda: dict(DEFAULT_DELAYS))
     province_factor: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_PROVINCE_FACTOR))
     port_factor: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_PORT_FACTOR))
@@ -319,7 +320,7 @@ class _Journeys:
         self.scale = config.delay_scale
         self.tables = {step: _quantile_table(d, config.delay_scale) for step, d in config.delays.items()}
         self.haulage_tables = {p: _quantile_table(d, config.delay_scale) for p, d in config.haulage.items()}
-        self.serial = {"EXP": itertools.count(1), "DDT": itertools.count(1), "TRF": itertools.count(1)}
+        self.serial = {kind: itertools.count(config.first_serial) for kind in ("EXP", "DDT", "TRF")}
         self.permit_agency = {p: self._transport_department(p) for p in registry.provinces}
         self.province_names, self.province_cum = _cum(config.province_mix)
         self.port_names, self.port_cum = _cum(config.port_mix)

@@ -170,6 +170,62 @@ def sink_run(
     sys.exit(code)
 
 
+@sink_app.command("replay-history")
+def sink_replay_history(
+    bootstrap: str = typer.Option(
+        None, "--bootstrap", help="Kafka bootstrap host:port (default: BACKBONE_KAFKA_BOOTSTRAP_SERVERS)."
+    ),
+) -> None:
+    """Publish every event stored in ClickHouse back into the agency topics, in stored order.
+
+    For a broker that lost its topics (``backbone up`` restarts its in-memory one with this): the
+    processors then rebuild their state from the whole history. Exit 1 if a record failed.
+    """
+    from backbone.cli import settings_or_exit
+    from producers.publisher import Publisher, PublisherError
+    from sinks.history_replay import replay
+    from sinks.migrate import migrate
+
+    settings = settings_or_exit()
+    servers = bootstrap or settings.kafka_bootstrap_servers
+    if not servers:
+        typer.echo(
+            "error: no broker: pass --bootstrap HOST:PORT or set BACKBONE_KAFKA_BOOTSTRAP_SERVERS", err=True
+        )
+        raise typer.Exit(2)
+    client = client_or_exit(settings)
+    try:
+        migrate(client)
+        with Publisher(settings, servers) as publisher:
+            result = replay(client, publisher, on_progress=_replay_progress())
+    except PublisherError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    finally:
+        client.close()
+    for line in result.rejected[:20]:
+        typer.echo(f"refused by the current contract (kept in ClickHouse): {line}", err=True)
+    per_topic = ", ".join(f"{t} {n:,}" for t, n in result.published.items()) or "no stored events"
+    typer.echo(
+        f"replayed {result.total:,} stored events ({per_topic}); "
+        f"{len(result.rejected):,} refused, {result.failed:,} failed"
+    )
+    if result.failed:
+        raise typer.Exit(1)
+
+
+def _replay_progress() -> Any:
+    """Print progress every 50,000 events (a long history takes a while to publish)."""
+    step = {"next": 50_000}
+
+    def report(total: int) -> None:
+        if total >= step["next"]:
+            typer.echo(f"  {total:,} events replayed", err=True)
+            step["next"] = total + 50_000
+
+    return report
+
+
 def register(app: typer.Typer) -> None:
     app.add_typer(db_app, name="db")
     app.add_typer(sink_app, name="sink")
