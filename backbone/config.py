@@ -115,6 +115,13 @@ class Settings(BaseSettings):
     max_future_skew_ms: int = Field(
         600_000, ge=0, description="Events stamped further than this in the future are rejected as invalid."
     )
+    case_retention_ms: int = Field(
+        0,
+        ge=0,
+        description="How long (event time past its newest event) a completed case stays in the "
+        "processors' state, so a late start, end or cancel still corrects it; after that such an "
+        "event is dead-lettered as evicted_case. 0: twice the grace, at least 1 h. Memory grows with it.",
+    )
     partition_idle_ms: int = Field(
         60_000,
         ge=0,

@@ -178,7 +178,7 @@ class JourneyEngine:
         self.case_retention_ms = (
             case_retention_ms
             if case_retention_ms is not None
-            else max(2 * settings.grace_ms, DEFAULT_MIN_CASE_RETENTION_MS)
+            else settings.case_retention_ms or max(2 * settings.grace_ms, DEFAULT_MIN_CASE_RETENTION_MS)
         )
         self.tombstone_retention_ms = tombstone_retention_ms
         self.stages = stage_infos(missions)

@@ -24,6 +24,7 @@ from engine_fixtures import (
     export_case,
 )
 
+from backbone.config import Settings
 from stream_processors.api import InputMessage
 
 EXPORT = ("export_competitiveness", "export_shipment")
@@ -292,6 +293,23 @@ def test_completed_cases_are_evicted_so_state_stays_bounded_and_late_events_cann
     assert "x" in p2.case_states["EXP-A"]
     out = p2.push(case[:2], T0 + 2 * DAY)
     assert out.duplicates == {C: 2} and out.dead_letters == [] and out.stage_records == []
+
+
+def test_case_retention_is_a_setting_a_late_correction_within_it_updates_the_case() -> None:
+    """BACKBONE_CASE_RETENTION_MS: a start sent 6 h (event time) after the case completed, with newer
+    cases in between, is dead-lettered under the default (2 x grace = 2 h) and folded in under 12 h."""
+    for retention_ms, folded in ((0, False), (12 * HOUR, True)):
+        p = Pipeline(Settings(grace_ms=HOUR, case_retention_ms=retention_ms))
+        p.push(export_case("EXP-A", T0, customs_h=1, handoff_h=1, port_h=1), T0 + 4 * HOUR)
+        p.push(export_case("EXP-B", T0 + 10 * HOUR), T0 + 10 * HOUR)
+        earlier_filing = event(C, "EXP-A", "FILED", T0 - HOUR)
+        out = p.push([(C, earlier_filing)], T0 + 10 * HOUR)
+        if folded:
+            assert out.dead_letters == []
+            record = next(r for r in out.stage_records if r["stage"] == "customs_clearance")
+            assert record["duration_ms"] == 2 * HOUR  # from the earlier filing to the clearance
+        else:
+            assert [d["reason"] for d in out.dead_letters] == ["evicted_case"]
 
 
 def test_a_replays_last_batch_completes_cases_that_the_next_sweep_evicts_without_newer_events() -> None:
