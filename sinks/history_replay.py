@@ -26,7 +26,7 @@ from schemas import contracts
 
 log = logging.getLogger("backbone.history_replay")
 
-CHUNK_ROWS = 20_000
+CHUNK_ROWS = 50_000
 """Rows read from ClickHouse per query (the replay's memory stays flat however long the history)."""
 _COLUMN_SQL = {
     "event_id": "toString(event_id) AS event_id_text",
