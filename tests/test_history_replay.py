@@ -13,7 +13,6 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -22,7 +21,7 @@ from typing import Any
 import pytest
 from clickhouse_connect.driver.client import Client
 from producers_fixtures import sample
-from sink_fixtures import agency_events
+from sink_fixtures import agency_events, chdb  # noqa: F401 - the chdb fixture
 
 from backbone.config import load_settings
 from backbone.embedded.broker import free_port
@@ -33,20 +32,9 @@ from schemas import contracts
 from sinks import rows
 from sinks.client import open_client
 from sinks.history_replay import replay, stored_events
-from sinks.migrate import migrate
 
 NOW_MS = int(time.time() * 1000)
 HOUR_MS = 3_600_000
-
-
-@pytest.fixture
-def db(tmp_path: Path) -> Iterator[Client]:
-    client = open_client(load_settings(data_dir=tmp_path / "chdb"))
-    migrate(client)
-    try:
-        yield client
-    finally:
-        client.close()
 
 
 def _store(client: Client, parts: list[list[tuple[str, dict[str, Any]]]]) -> list[str]:
@@ -69,10 +57,10 @@ def _store(client: Client, parts: list[list[tuple[str, dict[str, Any]]]]) -> lis
     return sorted(position, key=position.__getitem__)
 
 
-def test_every_stored_event_is_read_once_in_stored_order_as_the_record_sent(db: Client) -> None:
+def test_every_stored_event_is_read_once_in_stored_order_as_the_record_sent(chdb: Client) -> None:  # noqa: F811
     events = agency_events(12, seed=3)
-    order = _store(db, [events[:20], events[20:40], events[40:], events[:5]])  # the last: re-stored copies
-    got = list(stored_events(db, chunk_rows=7))  # pages of 7: page edges fall inside inserts
+    order = _store(chdb, [events[:20], events[20:40], events[40:], events[:5]])  # the last: re-stored copies
+    got = list(stored_events(chdb, chunk_rows=7))  # pages of 7: page edges fall inside inserts
     assert len(got) == len(events)
     assert [r["event_id"] for _, r in got] == order
     sent = {r["event_id"]: (t, r) for t, r in events}
@@ -105,11 +93,11 @@ class _Publisher:
         return []
 
 
-def test_replay_publishes_runs_of_one_topic_in_order_and_reports_refusals(db: Client) -> None:
+def test_replay_publishes_runs_of_one_topic_in_order_and_reports_refusals(chdb: Client) -> None:  # noqa: F811
     events = agency_events(6, seed=3)
-    order = _store(db, [events])
+    order = _store(chdb, [events])
     publisher = _Publisher()
-    result = replay(db, publisher)
+    result = replay(chdb, publisher)
     assert [e for _, ids in publisher.calls for e in ids] == order
     topic_of = {r["event_id"]: t for t, r in events}
     assert all({topic_of[e] for e in ids} == {topic} for topic, ids in publisher.calls)
