@@ -551,8 +551,11 @@ def _discard(client: Client, version: int, reason: str) -> None:
 def activate(client: Client, version: int) -> None:
     """Point the board views at ``version`` (its own cut-offs), or at the stream only for 0."""
     if version == 0:
+        previous = active_version(client)
         for statement in STREAM_ONLY_VIEWS:
             client.command(statement)
+        if previous is not None:  # no version is shown now: `recompute list` must not call it active
+            _log_row(client, previous, "retired")
         return
     if version not in _version_tables(client):
         raise RecomputeError(f"version {version} has no tables (dropped or never written)")

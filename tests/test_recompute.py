@@ -556,3 +556,7 @@ def test_backbone_recompute_command(
     assert stream.exit_code == 2 and "0 means the stream results" in stream.output, stream.output
     bad = runner.invoke(app, ["recompute", "--from", "yesterday"])
     assert bad.exit_code == 2 and "--from 'yesterday'" in bad.output and "2026-01-31" in bad.output
+    # back to the stream only: no version is shown, so none is listed as active
+    assert runner.invoke(app, ["recompute", "activate", "0"]).exit_code == 0
+    listed = runner.invoke(app, ["recompute", "list"]).output
+    assert "  v2 retired" in listed and "active" not in listed and "*" not in listed, listed
