@@ -100,6 +100,18 @@ class Metrics:
             GROUP_LABELS,
             registry=r,
         )
+        self.sla_window_completions = Gauge(
+            "backbone_kpi_sla_window_completions",
+            "Completions in the window behind backbone_kpi_sla_compliance_ratio (a page needs enough).",
+            GROUP_LABELS,
+            registry=r,
+        )
+        self.sla_window_end = Gauge(
+            "backbone_kpi_sla_window_end_timestamp_seconds",
+            "End (event time) of the window behind backbone_kpi_sla_compliance_ratio (pages need it recent).",
+            GROUP_LABELS,
+            registry=r,
+        )
         self.backlog_open = Gauge(
             "backbone_backlog_open_cases", "Cases open at a stage now.", GROUP_LABELS, registry=r
         )
@@ -181,6 +193,12 @@ class Metrics:
             ["mission", "stage"],
             registry=r,
         )
+        self.min_completions = Gauge(
+            "backbone_kpi_min_completions",
+            "Fewest completions a mission target needs in a window to judge a stage.",
+            ["mission", "stage"],
+            registry=r,
+        )
         self.stage_sla = Gauge(
             "backbone_stage_sla_seconds",
             "SLA of a stage from the missions file.",
@@ -195,6 +213,7 @@ class Metrics:
             self.stage_sla.labels(ref.mission.id, ref.stage.id).set(ref.stage.sla_ms / 1000)
         for mission, target, _ref in missions.targets:
             self.sla_target.labels(mission.id, target.stage).set(target.min_sla_compliance)
+            self.min_completions.labels(mission.id, target.stage).set(target.min_completions)
 
 
 def serve(metrics: Metrics, port: int, addr: str = "127.0.0.1") -> int:

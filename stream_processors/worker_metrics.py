@@ -129,3 +129,5 @@ class WorkerMetrics:
         completions = sum(v[1] for v in current[1].values())
         if completions:
             self.m.sla_compliance.labels(*labels).set(met / completions)
+            self.m.sla_window_completions.labels(*labels).set(completions)
+            self.m.sla_window_end.labels(*labels).set(row["window_end"] / 1000)

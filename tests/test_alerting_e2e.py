@@ -418,6 +418,11 @@ def test_kpi_below_target_fires_from_scraped_metrics_and_resolves(
     group = {"mission": "export_competitiveness", "stage": "permit_handoff", "province": "PK-SD"}
     metrics.sla_compliance.labels(agency="SD-TRANSPORT", **group).set(floor - 0.15)
     metrics.sla_compliance.labels(agency="BA-TRANSPORT", **{**group, "province": "PK-BA"}).set(floor)
+    for agency, province in (("SD-TRANSPORT", "PK-SD"), ("BA-TRANSPORT", "PK-BA")):
+        # a window that just ended with the target's minimum completions: the rule may judge it
+        window = {**group, "agency": agency, "province": province}
+        metrics.sla_window_completions.labels(**window).set(int(target["min_completions"]))
+        metrics.sla_window_end.labels(**window).set(time.time())
 
     got = webhook.wait_for(
         for_alert("sd-transport", "firing", alertname="SlaComplianceBelowTarget"),
