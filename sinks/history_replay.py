@@ -35,11 +35,8 @@ _COLUMN_SQL = {
 }
 """Columns read in the records' raw shape (text UUID, epoch ms), under names of their own: an alias
 equal to its column would shadow it in ClickHouse's WHERE and ORDER BY."""
-_RESULT_NAME = {
-    "event_id": "event_id_text",
-    "occurred_at": "occurred_at_ms",
-    "published_at": "published_at_ms",
-}
+_RESULT_NAME = {name: sql.rsplit(" AS ", 1)[1] for name, sql in _COLUMN_SQL.items()}
+"""Field name → the alias its value is read under (from :data:`_COLUMN_SQL`, never a second list)."""
 
 
 @dataclass

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 from clickhouse_connect.driver.client import Client
 from producers_fixtures import sample
-from sink_fixtures import agency_events, chdb  # noqa: F401 - the chdb fixture
+from sink_fixtures import HOUR_MS, agency_events, chdb  # noqa: F401 - the chdb fixture
 
 from backbone.config import load_settings
 from backbone.embedded.broker import free_port
@@ -34,7 +34,6 @@ from sinks.client import open_client
 from sinks.history_replay import replay, stored_events
 
 NOW_MS = int(time.time() * 1000)
-HOUR_MS = 3_600_000
 
 
 def _store(client: Client, parts: list[list[tuple[str, dict[str, Any]]]]) -> list[str]:
