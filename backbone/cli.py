@@ -34,6 +34,27 @@ def settings_or_exit() -> Settings:
         raise typer.Exit(2) from exc
 
 
+def bootstrap_or_exit(
+    settings: Settings, bootstrap: str | None = None, has_option: bool = True, also: str | None = None
+) -> str:
+    """The Kafka bootstrap address (``--bootstrap``, else the setting), or exit 2 saying how to give one.
+
+    One wording for every command that needs a broker. ``has_option``: the command takes
+    ``--bootstrap``; ``also``: a last line the command prints on every failure (``produce``'s count).
+    """
+    servers = bootstrap or settings.kafka_bootstrap_servers
+    if servers:
+        return servers
+    how = "pass --bootstrap HOST:PORT or set" if has_option else "set"
+    typer.echo(
+        f"error: no broker: {how} BACKBONE_KAFKA_BOOTSTRAP_SERVERS (`backbone up` starts an embedded one)",
+        err=True,
+    )
+    if also:
+        typer.echo(also, err=True)
+    raise typer.Exit(2)
+
+
 @app.command("config")
 def show_config(
     markdown: bool = typer.Option(False, help="Print the reference table for the README."),

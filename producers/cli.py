@@ -57,19 +57,14 @@ def produce(
 
     Exit 1 if anything was rejected or failed (see the rejects file), 2 on a usage error, 3 if unreachable.
     """
-    from backbone.cli import settings_or_exit
+    from backbone.cli import bootstrap_or_exit, settings_or_exit
     from producers.batch_file import BatchFileError, detect_format
     from producers.batch_upload import check_rejects_path, progress_line, upload_file
     from producers.publisher import Publisher, PublisherError
     from schemas import contracts
 
     settings = settings_or_exit()
-    servers = bootstrap or settings.kafka_bootstrap_servers
-    if not servers:
-        _fail(
-            "no Kafka bootstrap servers: pass --bootstrap HOST:PORT or set BACKBONE_KAFKA_BOOTSTRAP_SERVERS",
-            EXIT_USAGE,
-        )
+    servers = bootstrap_or_exit(settings, bootstrap, also="0 sent")
     if topic not in contracts.INPUT_TOPICS:
         _fail(f"unknown topic {topic!r}; agency topics: {', '.join(contracts.INPUT_TOPICS)}", EXIT_USAGE)
     if not file.is_file():

@@ -430,7 +430,7 @@ def simulate(
     ] = None,
 ) -> None:
     """Simulate agency traffic: correlated export journeys, drawback claims and tariff notifications."""
-    from backbone.cli import settings_or_exit
+    from backbone.cli import bootstrap_or_exit, settings_or_exit
     from producers.simulator import generate
     from schemas import contracts
 
@@ -465,13 +465,7 @@ def simulate(
     if to_file is not None:
         sink = FileSink(to_file)
     else:
-        servers = bootstrap or settings.kafka_bootstrap_servers
-        if not servers:
-            _fail(
-                "no Kafka bootstrap servers: pass --bootstrap HOST:PORT "
-                "or set BACKBONE_KAFKA_BOOTSTRAP_SERVERS",
-                EXIT_USAGE,
-            )
+        servers = bootstrap_or_exit(settings, bootstrap)
         from producers.publisher import PublisherError
 
         try:

@@ -121,19 +121,14 @@ def sink_run(
     ),
 ) -> None:
     """Run the sink until SIGINT/SIGTERM: migrate, consume, insert in batches, commit after inserts."""
-    from backbone.cli import settings_or_exit
+    from backbone.cli import bootstrap_or_exit, settings_or_exit
     from backbone.logs import setup_logging
     from backbone.metrics import Metrics, serve
     from sinks.migrate import migrate
     from sinks.sink import Sink, SinkConfig, SinkFatal, SinkShutdownTimeout
 
     settings = settings_or_exit()
-    if not settings.kafka_bootstrap_servers:
-        typer.echo(
-            "error: no broker: set BACKBONE_KAFKA_BOOTSTRAP_SERVERS (`backbone up` starts an embedded one)",
-            err=True,
-        )
-        raise typer.Exit(2)
+    bootstrap_or_exit(settings, has_option=False)
     setup_logging(settings.log_level, "backbone.sink")
     client = client_or_exit(settings, create_database=migrate_schema)
     if migrate_schema:
@@ -181,18 +176,13 @@ def sink_replay_history(
     For a broker that lost its topics (``backbone up`` restarts its in-memory one with this): the
     processors then rebuild their state from the whole history. Exit 1 if a record failed.
     """
-    from backbone.cli import settings_or_exit
+    from backbone.cli import bootstrap_or_exit, settings_or_exit
     from producers.publisher import Publisher, PublisherError
     from sinks.history_replay import replay
     from sinks.migrate import migrate
 
     settings = settings_or_exit()
-    servers = bootstrap or settings.kafka_bootstrap_servers
-    if not servers:
-        typer.echo(
-            "error: no broker: pass --bootstrap HOST:PORT or set BACKBONE_KAFKA_BOOTSTRAP_SERVERS", err=True
-        )
-        raise typer.Exit(2)
+    servers = bootstrap_or_exit(settings, bootstrap)
     client = client_or_exit(settings)
     try:
         migrate(client)

@@ -42,7 +42,7 @@ def register(app: typer.Typer) -> None:
         ),
     ) -> None:
         """Consume the agency topics and compute stage records, KPIs and alerts (Ctrl-C stops)."""
-        from backbone.cli import settings_or_exit
+        from backbone.cli import bootstrap_or_exit, settings_or_exit
         from stream_processors.outputs import COMPRESSIONS
         from stream_processors.worker import WorkerOptions, run_worker
 
@@ -52,15 +52,8 @@ def register(app: typer.Typer) -> None:
             )
             raise typer.Exit(2)
         settings = settings_or_exit()
-        if bootstrap:
-            settings = settings.model_copy(update={"kafka_bootstrap_servers": bootstrap})
-        if not settings.kafka_bootstrap_servers:
-            typer.echo(
-                "error: no broker: set BACKBONE_KAFKA_BOOTSTRAP_SERVERS or --bootstrap "
-                "(`backbone up` starts an embedded one)",
-                err=True,
-            )
-            raise typer.Exit(2)
+        servers = bootstrap_or_exit(settings, bootstrap)
+        settings = settings.model_copy(update={"kafka_bootstrap_servers": servers})
         run_worker(
             settings,
             WorkerOptions(

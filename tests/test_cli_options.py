@@ -138,6 +138,21 @@ def test_sink_run_without_a_broker_exits_2_like_process_and_forward() -> None:
     _refused(CliRunner().invoke(app, ["sink", "run"]), 2, "no broker", "BACKBONE_KAFKA_BOOTSTRAP_SERVERS")
 
 
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["produce", "-t", "customs.clearances.v1", "-f", "README.md"],
+        ["simulate", "--duration", "1"],
+        ["process"],
+        ["sink", "replay-history"],
+    ],
+)
+def test_commands_with_bootstrap_option_say_both_ways_to_name_a_broker(args: list[str]) -> None:
+    """One wording for every command that takes ``--bootstrap`` (``backbone.cli.bootstrap_or_exit``)."""
+    result = CliRunner().invoke(app, args)
+    _refused(result, 2, "no broker: pass --bootstrap HOST:PORT or set BACKBONE_KAFKA_BOOTSTRAP_SERVERS")
+
+
 # -- backbone up --------------------------------------------------------------------------------
 
 
