@@ -9,7 +9,6 @@ from the input times."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time
@@ -22,9 +21,9 @@ import pytest
 from clickhouse_connect.driver.client import Client
 from producers_fixtures import sample
 from sink_fixtures import HOUR_MS, agency_events, chdb  # noqa: F401 - the chdb fixture
+from up_fixtures import up_env
 
 from backbone.config import load_settings
-from backbone.embedded.broker import free_port
 from backbone.runtime import SIMULATOR_SERIALS_PER_RUN, next_run_number, planned_services
 from producers.records import prepare
 from producers.simulator import SimulationConfig, generate
@@ -132,14 +131,7 @@ def _iso(moment: datetime) -> str:
 
 def _up_run(data_dir: Path, files: list[tuple[str, Path]], duration_s: int) -> str:
     """One `up --no-simulate` run: wait for the board line, produce ``files``, wait for the end."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BACKBONE_")}
-    env.update(
-        BACKBONE_DATA_DIR=str(data_dir),
-        BACKBONE_BOARD_PORT=str(free_port()),
-        BACKBONE_PROCESSOR_METRICS_PORT=str(free_port()),
-        BACKBONE_SINK_METRICS_PORT=str(free_port()),
-        RUST_BACKTRACE="0",
-    )
+    env = up_env(data_dir)
     argv = [sys.executable, "-m", "backbone", "up", "--no-simulate", "--time-scale", "1"]
     proc = subprocess.Popen(
         [*argv, "--duration", str(duration_s)],

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import sys
@@ -11,6 +10,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from up_fixtures import up_env
 
 from backbone.config import load_settings
 from backbone.embedded.broker import free_port
@@ -51,14 +51,7 @@ def _stored_outcomes(data_dir: Path) -> dict[str, int]:
 
 def test_up_runs_the_embedded_stack_and_events_flow(tmp_path: Path) -> None:
     board_port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BACKBONE_")}
-    env.update(
-        BACKBONE_DATA_DIR=str(tmp_path / "data"),
-        BACKBONE_BOARD_PORT=str(board_port),
-        BACKBONE_BOARD_URL=f"http://127.0.0.1:{board_port}",
-        BACKBONE_PROCESSOR_METRICS_PORT=str(free_port()),
-        BACKBONE_SINK_METRICS_PORT=str(free_port()),
-    )
+    env = up_env(tmp_path / "data", board_port)
     proc = subprocess.Popen(
         [sys.executable, "-m", "backbone", "up", "--rate", "100", "--duration", "75"],
         env=env,
