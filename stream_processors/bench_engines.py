@@ -26,7 +26,7 @@ from typing import Any
 from backbone.config import DEFAULT_MISSIONS_FILE, Settings
 from schemas import contracts
 from schemas.codec import Codec
-from stream_processors.api import FACTS_TOPIC, InputMessage
+from stream_processors.api import DEFAULT_BATCH_MAX, FACTS_TOPIC, InputMessage
 from stream_processors.gc_policy import freeze_state, tune_gc
 from stream_processors.journeys import JourneyEngine
 from stream_processors.kpis import KpiEngine
@@ -160,7 +160,7 @@ def generate(n_events: int, seed: int = 7, events_per_day: int = 55_000) -> list
 
 def run(
     n_events: int = 200_000,
-    batch_size: int = 2000,
+    batch_size: int = DEFAULT_BATCH_MAX,
     partitions: int = 6,
     tick_every: int = 8,
     gc_policy: bool = True,
@@ -252,7 +252,7 @@ def run(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--events", type=int, default=200_000)
-    parser.add_argument("--batch", type=int, default=2000)
+    parser.add_argument("--batch", type=int, default=DEFAULT_BATCH_MAX)
     parser.add_argument("--default-gc", action="store_true", help="CPython's default collector thresholds")
     args = parser.parse_args()
     print(json.dumps(run(args.events, args.batch, gc_policy=not args.default_gc), indent=2))

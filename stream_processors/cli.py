@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import typer
 
+from stream_processors.api import DEFAULT_BATCH_MAX
+
 
 def register(app: typer.Typer) -> None:
     """Add the processor commands to the ``backbone`` CLI (Faust is imported only when they run)."""
@@ -17,7 +19,7 @@ def register(app: typer.Typer) -> None:
             "", "--bootstrap", help="Kafka bootstrap servers (default: BACKBONE_KAFKA_BOOTSTRAP_SERVERS)."
         ),
         stock: bool = typer.Option(False, "--stock", help="Stock Faust classes (benchmark baseline)."),
-        batch_max: int = typer.Option(2000, "--batch-max", min=1, help="Most events per batch."),
+        batch_max: int = typer.Option(DEFAULT_BATCH_MAX, "--batch-max", min=1, help="Most events per batch."),
         batch_within: float = typer.Option(
             0.1, "--batch-within", min=0.01, help="Longest wait to fill a batch (s)."
         ),

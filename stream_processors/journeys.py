@@ -42,7 +42,7 @@ judged against the lowest judge time of all partitions).
 from __future__ import annotations
 
 import heapq
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from hashlib import sha1
 from typing import Any
@@ -80,6 +80,11 @@ EVICTED_CASE = "evicted_case"
 DEFAULT_MIN_CASE_RETENTION_MS = 3_600_000
 DEFAULT_TOMBSTONE_RETENTION_MS = 24 * 3_600_000
 _ID_CACHE_SIZE = 200_000
+MAX_FACTS_PER_MESSAGE = 4000
+"""Most facts in one facts message: about 270 KB at ~67 bytes a fact, well under Kafka's 1 MB
+default ``message.max.bytes``. A group can gain two facts per event of a batch (a retraction and
+an addition), so a backfill of one stage at one desk in a large batch would otherwise make one
+message too large to produce; it gets several, in order, each retraction beside its addition."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,6 +192,7 @@ class JourneyEngine:
             ev: tuple((by_path["|".join(ref.key)], _KINDS[kind]) for ref, kind in refs)
             for ev, refs in missions.stages_by_event.items()
         }
+        self.max_facts_per_message = MAX_FACTS_PER_MESSAGE
         self.watermark_ms: int | None = None
         """Newest occurred_at seen (valid, distinct events): drives eviction; sent with the facts."""
         idle = partition_idle_ms
@@ -403,9 +409,11 @@ class JourneyEngine:
         self, facts: dict[str, list[list[Any]]], feeds: dict[tuple[str, str, int], list[Any]], out: Outputs
     ) -> None:
         wm = self.watermark_ms
+        limit = self.max_facts_per_message
         for key, group_facts in facts.items():
             group_facts.sort(key=_cause)  # stable: a retraction stays before its addition
-            out.facts.append((key, encode_facts(wm, group_facts)))
+            for chunk in _chunks(group_facts, limit):
+                out.facts.append((key, encode_facts(wm, chunk)))
         by_agency: dict[str, list[list[Any]]] = {}
         for (agency, topic, partition), (offset, n, occurred, published, times) in feeds.items():
             by_agency.setdefault(agency, []).append(
@@ -744,6 +752,20 @@ def _fold_feed(feed: list[Any], offset: int, occurred: int, published: int) -> N
 
 def _cause(fact: list[Any]) -> tuple[str, int, int]:
     return (fact[1], fact[2], fact[3])
+
+
+def _chunks(facts: list[list[Any]], limit: int) -> Iterator[list[list[Any]]]:
+    """``facts`` (sorted by cause) in runs of about ``limit``, never splitting one cause's facts."""
+    if len(facts) <= limit:
+        yield facts
+        return
+    start = 0
+    while start < len(facts):
+        end = min(start + limit, len(facts))
+        while end < len(facts) and _cause(facts[end]) == _cause(facts[end - 1]):
+            end += 1
+        yield facts[start:end]
+        start = end
 
 
 def dead_letter(msg: InputMessage, reason: str, detail: str, now_ms: int) -> dict[str, Any]:

@@ -42,7 +42,14 @@ from backbone.config import Settings
 from backbone.kafka import client_config, ensure_topics
 from backbone.metrics import Metrics, serve
 from schemas import contracts
-from stream_processors.api import FACTS_TOPIC, PROCESSOR_SOURCE, InputMessage, Outputs, StateStore
+from stream_processors.api import (
+    DEFAULT_BATCH_MAX,
+    FACTS_TOPIC,
+    PROCESSOR_SOURCE,
+    InputMessage,
+    Outputs,
+    StateStore,
+)
 from stream_processors.app import DEFAULT_APP_ID, create_app
 from stream_processors.clock import Clock, EventClock, make_clock
 from stream_processors.ids import dead_letter_id
@@ -84,7 +91,7 @@ class WorkerOptions:
     worker_id: int = 1
     stock: bool = False
     """Stock Faust Stream/consumer/monitor classes (the benchmark baseline)."""
-    batch_max: int = 2000
+    batch_max: int = DEFAULT_BATCH_MAX
     batch_within_s: float = 0.1
     timer_interval_s: float = 0.5
     compression: str = "none"

@@ -17,6 +17,7 @@ from engine_fixtures import DAY, HOUR, MIN, T0, C, Pipeline, R, event, export_ca
 from kpi_fixtures import assert_stream_windows_match, faulty_traffic
 
 from backbone.config import Settings
+from stream_processors.api import decode_facts
 from stream_processors.kpis import KpiEngine
 
 CUSTOMS_GROUP = "export_competitiveness|export_shipment|customs_clearance|FBR-CUSTOMS|PK-PB|KPT"
@@ -106,6 +107,31 @@ def test_windows_equal_a_brute_force_computation_whatever_the_arrival_order() ->
         p.tick(T0 + 3 * DAY)
     assert_windows_match(p, completions)
     assert sum(p.out.late_events.values()) == 0
+
+
+def test_a_group_with_more_facts_than_one_message_holds_gets_several_with_the_same_result() -> None:
+    """A backfill of one desk in one batch: the group's facts are split into messages of at most
+    about ``max_facts_per_message`` (Kafka refuses a message over ``message.max.bytes``), and
+    hop 2 reaches the same windows and backlog as from one message."""
+    events, completions = customs_cases(120)
+    settings = Pipeline().settings.model_copy(update={"grace_ms": 100 * DAY})
+    whole, split = Pipeline(settings=settings), Pipeline(settings=settings)
+    split.journeys.max_facts_per_message = 7
+    for p in (whole, split):
+        p.push(events, T0 + 3 * DAY)
+        p.tick(T0 + 3 * DAY)
+    sizes = [len(decode_facts(m.value).facts) for m in split.fact_messages if not m.key.startswith(b"feed|")]
+    assert max(sizes) <= 8 and len(sizes) > 30  # a retraction and its addition stay together
+    assert sum(sizes) == sum(
+        len(decode_facts(m.value).facts) for m in whole.fact_messages if not m.key.startswith(b"feed|")
+    )
+    assert_windows_match(split, completions)
+    assert _unversioned(split.windows()) == _unversioned(whole.windows())
+    assert _unversioned(split.backlog()) == _unversioned(whole.backlog())
+
+
+def _unversioned(rows: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {key: {f: v for f, v in row.items() if f != "version"} for key, row in rows.items()}
 
 
 def test_closed_windows_are_final_and_later_completions_are_counted_as_late() -> None:
