@@ -369,7 +369,7 @@ class Sink:
             key = msg.key()
             ts_type, ts = msg.timestamp()
             try:
-                if key is not None and key != str(raw.get("case_id")).encode():
+                if key != str(raw.get("case_id")).encode():  # no key either: as the processors
                     raise InvalidRecord("case_id", "differs from the message key")
                 at_ms = max(now_ms, ts if ts_type and ts > 0 else 0)
                 validate_event(topic, raw, at_ms, max_future_skew_ms=skew)

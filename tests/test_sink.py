@@ -138,6 +138,8 @@ def test_sink_stores_what_was_produced_once_even_after_a_replay(
     produce_bytes(
         sink_settings, contracts.CUSTOMS, [Codec().encode(contracts.CUSTOMS, mismatched)], key=b"OTHER"
     )
+    unkeyed = customs_event("EXP-KEY-2", "FILED", BASE_MS)  # the processors dead-letter it too
+    produce_bytes(sink_settings, contracts.CUSTOMS, [Codec().encode(contracts.CUSTOMS, unkeyed)], key=None)
     produce_bytes(sink_settings, contracts.PORTS, [b"not an event"], key=b"EXP-X")
 
     stages = [stage_record(f"S{i}", 1, "OPEN") for i in range(20)]
@@ -158,14 +160,14 @@ def test_sink_stores_what_was_produced_once_even_after_a_replay(
     produce(sink_settings, [(contracts.FEED_FRESHNESS, r) for r in feeds], key_field="agency")
     produce_bytes(sink_settings, contracts.ALERTS, [b"\xc3\x01garbage"], key=b"A")
     total = (
-        len(valid) + 4 + len(stages) + len(windows) + len(alerts) + len(dls) + len(backlogs) + len(feeds) + 1
+        len(valid) + 5 + len(stages) + len(windows) + len(alerts) + len(dls) + len(backlogs) + len(feeds) + 1
     )
 
     with SinkThread(sink_settings, db, f"sink-{uuid.uuid4().hex[:8]}") as sink:
         sink.wait_committed(total)
     assert (
         sink.metric("backbone_sink_skipped_events_total", topic=contracts.CUSTOMS, reason="invalid_record")
-        == 2
+        == 3
     )
     assert sink.metric("backbone_sink_skipped_events_total", topic=contracts.PORTS, reason="bad_framing") == 1
 

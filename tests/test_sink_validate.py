@@ -81,7 +81,7 @@ def _all_valid(topic: str, records: list[dict[str, Any]], keys: list[bytes | Non
     """The oracle: the sink's per-record rule (key check + validate_event)."""
     try:
         for raw, key in zip(records, keys, strict=True):
-            if key is not None and key != str(raw.get("case_id")).encode():
+            if key != str(raw.get("case_id")).encode():
                 raise InvalidRecord("case_id", "differs from the message key")
             validate_event(topic, raw, NOW_MS, max_future_skew_ms=SKEW)
     except InvalidRecord:
