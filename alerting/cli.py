@@ -109,6 +109,7 @@ def stack(
     forwarder_metrics_port: int = typer.Option(
         DEFAULT_FORWARDER_METRICS_PORT, help="Forwarder metrics port to scrape."
     ),
+    workers: int = typer.Option(1, min=1, help="Processor workers to scrape (as `backbone up --workers`)."),
 ) -> None:
     """Run Prometheus and Alertmanager with the repo's configs in the foreground (Ctrl-C stops)."""
     from alerting.stack import StackError, missing_binaries, stack_for_settings
@@ -119,7 +120,9 @@ def stack(
         typer.echo(f"alerting stack not started: {', '.join(missing)} not found. {INSTALL_HINT}")
         raise typer.Exit(0)
     settings = settings_or_exit()
-    running = stack_for_settings(settings, prometheus_port, alertmanager_port, forwarder_metrics_port)
+    running = stack_for_settings(
+        settings, prometheus_port, alertmanager_port, forwarder_metrics_port, workers
+    )
     stopping = threading.Event()
     _stop_on_signals(stopping.set)
     try:

