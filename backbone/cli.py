@@ -106,15 +106,22 @@ def up(
 ) -> None:
     """Start the embedded stack (broker, topics, processors, sink, board, alerting) and the simulator."""
     from backbone.runtime import run_up
+    from stream_processors.missions import MissionsError, load_missions
 
     if simulate and rate <= 0:
         raise typer.BadParameter(
             "must be positive when the simulator runs (or pass --no-simulate)", param_hint="'--rate'"
         )
+    settings = settings_or_exit()
+    try:  # before anything starts, as every other setting is checked
+        load_missions(settings.missions_file)
+    except MissionsError as exc:
+        typer.echo(f"error: BACKBONE_MISSIONS_FILE: {exc}", err=True)
+        raise typer.Exit(2) from exc
 
     sys.exit(
         run_up(
-            settings_or_exit(),
+            settings,
             simulate=simulate,
             rate=rate,
             duration=duration,

@@ -182,6 +182,26 @@ def test_up_checks_its_options_before_starting_anything(
     assert not (tmp_path / "data").exists()
 
 
+@pytest.mark.parametrize("content", [None, "missions: [{id: x}]\n"])
+def test_up_checks_the_missions_file_before_starting_anything(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, content: str | None
+) -> None:
+    """A missing or invalid missions file: one line naming the variable and the reason, exit 2
+    (QA: ``up`` ended in a MissionsError traceback while ``missions check`` gave the line)."""
+    import backbone.runtime
+
+    def started(*_a: object, **_k: object) -> int:
+        raise AssertionError("run_up was called")
+
+    monkeypatch.setattr(backbone.runtime, "run_up", started)
+    missions = tmp_path / "missions.yaml"
+    if content is not None:
+        missions.write_text(content)
+    monkeypatch.setenv("BACKBONE_MISSIONS_FILE", str(missions))
+    _refused(CliRunner().invoke(app, ["up"]), 2, "BACKBONE_MISSIONS_FILE", str(missions))
+    assert not (tmp_path / "data").exists()
+
+
 def test_up_accepts_rate_0_without_the_simulator(monkeypatch: pytest.MonkeyPatch) -> None:
     """With --no-simulate the rate is not used, so 0 is no error (documented: rate of the simulator)."""
     import backbone.runtime

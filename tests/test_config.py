@@ -72,6 +72,18 @@ def test_missing_config_file(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) ->
         load_settings()
 
 
+def test_a_config_file_that_is_not_toml_names_the_file_and_the_place(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    cfg = tmp_path / "backbone.toml"
+    cfg.write_text("topic_partitions = 3\n[[[bad\n")
+    monkeypatch.setenv("BACKBONE_CONFIG_FILE", str(cfg))
+    with pytest.raises(ConfigError, match=r"BACKBONE_CONFIG_FILE=.*backbone.toml: not valid TOML: .*line 2"):
+        load_settings()
+    result = CliRunner().invoke(app, ["config"])
+    assert result.exit_code == 2 and "not valid TOML" in result.output and "Traceback" not in result.output
+
+
 def test_cli_reports_bad_config_with_exit_2(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("BACKBONE_TOPIC_PARTITIONS", "-1")
     result = CliRunner().invoke(app, ["config"])
