@@ -194,6 +194,25 @@ class Settings(BaseSettings):
             f"{shown} is not a ClickHouse URL; expected http(s)://host[:port][/database] or chdb:///path"
         )
 
+    @field_validator("alertmanager_url", "board_url")
+    @classmethod
+    def _http_url(cls, v: str) -> str:
+        """http(s)://host[:port][/path] (the Alertmanager URL may be empty). A typo here was
+        accepted and then held every alert in the forwarder's retries, or put a ``javascript:``
+        link in every alert."""
+        v = v.strip()
+        if not v:
+            return v
+        parts = urlsplit(v)
+        shown = repr(mask_url_password(v))
+        try:
+            parts.port  # noqa: B018 - raises on a port that is not a number in 0-65535
+        except ValueError as exc:
+            raise ValueError(f"{shown}: {exc}") from None
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"{shown} is not an http(s) URL; expected http(s)://host[:port][/path]")
+        return v
+
     @property
     def embedded_kafka(self) -> bool:
         return not self.kafka_bootstrap_servers

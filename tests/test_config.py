@@ -84,6 +84,32 @@ def test_a_config_file_that_is_not_toml_names_the_file_and_the_place(
     assert result.exit_code == 2 and "not valid TOML" in result.output and "Traceback" not in result.output
 
 
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("BACKBONE_ALERTMANAGER_URL", "notaurl"),
+        ("BACKBONE_ALERTMANAGER_URL", "am:9093"),
+        ("BACKBONE_ALERTMANAGER_URL", "http://am:99999"),
+        ("BACKBONE_BOARD_URL", "javascript:alert(1)"),
+        ("BACKBONE_BOARD_URL", "ftp://board"),
+    ],
+)
+def test_alertmanager_and_board_urls_must_be_http(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str
+) -> None:
+    """QA: a typo was accepted and then held every alert in the forwarder's retries."""
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ConfigError, match=variable):
+        load_settings()
+
+
+def test_good_alertmanager_and_board_urls_are_kept(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BACKBONE_ALERTMANAGER_URL", " https://am.example:9093/ ")
+    monkeypatch.setenv("BACKBONE_BOARD_URL", "https://board.example/track")
+    s = load_settings()
+    assert (s.alertmanager_url, s.board_url) == ("https://am.example:9093/", "https://board.example/track")
+
+
 def test_cli_reports_bad_config_with_exit_2(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("BACKBONE_TOPIC_PARTITIONS", "-1")
     result = CliRunner().invoke(app, ["config"])
