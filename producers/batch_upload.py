@@ -94,15 +94,17 @@ def upload_file(
     """
     check_rejects_path(path, rejects_path)
     summary = UploadSummary()
-    if rejects_path.exists():
-        rejects_path.unlink()  # a rejects file describes one run: never mix in a previous run's lines
     rejects = RejectsWriter(rejects_path)
+    begun = False  # a rejects file describes one run: the previous run's goes once this one reads
     failed_lines: dict[int, str] = {}
     next_progress = progress_every
     chunk: list[Entry] = []
     unsent: list[Entry] = []  # the chunk being handed over when the run had to stop
     try:
         for entry in read_entries(path, fmt, topic):
+            if not begun:  # the file opened and its header fits the topic: a run, not a usage error
+                rejects_path.unlink(missing_ok=True)
+                begun = True
             if entry.blank:
                 summary.blank += 1
                 continue
@@ -119,6 +121,8 @@ def upload_file(
             unsent, chunk = chunk, []
             _send_chunk(publisher, topic, unsent, summary, rejects, failed_lines)
             unsent = []
+        if not begun:  # an empty file: a run with nothing to send
+            rejects_path.unlink(missing_ok=True)
     except BatchFileError as exc:
         if summary.read == 0:
             raise  # nothing was sent: a file error, not a partial run

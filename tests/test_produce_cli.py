@@ -239,8 +239,14 @@ def test_csv_header_naming_unknown_or_lacking_fields_is_a_file_error(
     assert "header names fields that pk.gov.backbone.ContainerMove does not have: colour" in result.stderr
     assert "0 sent" in result.stderr
     path.write_text("event_id,case_id\nx,y\n")
+    previous = tmp_path / "bad.csv.rejects.jsonl"
+    previous.write_text('{"line": 2}\n')  # an earlier run's rejects: a usage error must not delete them
     result = produce("-t", contracts.PORTS, "-f", str(path))
     assert result.exit_code == 2 and "header lacks required fields" in result.stderr
+    assert previous.read_text() == '{"line": 2}\n'
+    path.write_text("")  # a run, with nothing to send: the earlier run's rejects no longer describe it
+    assert produce("-t", contracts.PORTS, "-f", str(path)).exit_code == 0
+    assert not previous.exists()
 
 
 @pytest.mark.integration
