@@ -216,10 +216,22 @@ class Metrics:
             self.min_completions.labels(mission.id, target.stage).set(target.min_completions)
 
 
-def serve(metrics: Metrics, port: int, addr: str = "127.0.0.1") -> int:
+class MetricsPortUnavailable(RuntimeError):
+    """The metrics endpoint cannot bind its port; the message names the port and the setting."""
+
+
+def serve(metrics: Metrics, port: int, addr: str = "127.0.0.1", setting: str = "the metrics port") -> int:
     """Serve ``/metrics`` on ``addr:port`` (port 0: a free one); returns the bound port.
 
     ``addr`` is ``settings.metrics_address``: loopback by default, ``0.0.0.0`` in containers.
+    ``setting`` names what chose the port, for the error when it is taken (another component or
+    a second ``backbone up`` on the same machine).
     """
-    server, _thread = start_http_server(port, addr=addr, registry=metrics.registry)
+    try:
+        server, _thread = start_http_server(port, addr=addr, registry=metrics.registry)
+    except OSError as exc:
+        raise MetricsPortUnavailable(
+            f"cannot serve metrics on {addr}:{port}: {exc.strerror or exc}; choose another port with "
+            f"{setting} (0: any free port)"
+        ) from exc
     return int(server.server_address[1])

@@ -40,11 +40,13 @@ def register(app: typer.Typer) -> None:
         metrics_port: int = typer.Option(
             -1,
             "--metrics-port",
-            help="Metrics port (default: BACKBONE_PROCESSOR_METRICS_PORT + worker id - 1).",
+            help="Metrics port (default: from BACKBONE_PROCESSOR_METRICS_PORT by worker id, skipping the "
+            "sink's, the forwarder's and the board's ports).",
         ),
     ) -> None:
         """Consume the agency topics and compute stage records, KPIs and alerts (Ctrl-C stops)."""
         from backbone.cli import bootstrap_or_exit, settings_or_exit
+        from backbone.metrics import MetricsPortUnavailable
         from stream_processors.outputs import COMPRESSIONS
         from stream_processors.worker import WorkerOptions, run_worker
 
@@ -56,16 +58,20 @@ def register(app: typer.Typer) -> None:
         settings = settings_or_exit()
         servers = bootstrap_or_exit(settings, bootstrap)
         settings = settings.model_copy(update={"kafka_bootstrap_servers": servers})
-        run_worker(
-            settings,
-            WorkerOptions(
-                worker_id=worker_id,
-                stock=stock,
-                batch_max=batch_max,
-                batch_within_s=batch_within,
-                timer_interval_s=timer_interval,
-                compression=compression,
-                app_id=app_id,
-                metrics_port=None if metrics_port < 0 else metrics_port,
-            ),
-        )
+        try:
+            run_worker(
+                settings,
+                WorkerOptions(
+                    worker_id=worker_id,
+                    stock=stock,
+                    batch_max=batch_max,
+                    batch_within_s=batch_within,
+                    timer_interval_s=timer_interval,
+                    compression=compression,
+                    app_id=app_id,
+                    metrics_port=None if metrics_port < 0 else metrics_port,
+                ),
+            )
+        except MetricsPortUnavailable as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2) from exc

@@ -690,7 +690,12 @@ def run_worker(
     )
     check_partitions(settings, bootstrap)
     metrics = Metrics()
-    port = serve(metrics, options.resolved_metrics_port(settings), settings.metrics_address)
+    port = serve(
+        metrics,
+        options.resolved_metrics_port(settings),
+        settings.metrics_address,
+        "--metrics-port or BACKBONE_PROCESSOR_METRICS_PORT",
+    )
     metrics.worker_up.labels("processor").set(1)
     app, _runtime = build_worker(settings, options, metrics, journey_engine, kpi_engine)
     log.info(

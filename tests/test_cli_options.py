@@ -153,6 +153,26 @@ def test_commands_with_bootstrap_option_say_both_ways_to_name_a_broker(args: lis
     _refused(result, 2, "no broker: pass --bootstrap HOST:PORT or set BACKBONE_KAFKA_BOOTSTRAP_SERVERS")
 
 
+def test_a_taken_metrics_port_is_named_with_the_setting_that_chose_it() -> None:
+    """QA: a busy port ended the forwarder (and the sink) in a bare 'Address already in use' traceback."""
+    import socket
+
+    from backbone.metrics import Metrics, MetricsPortUnavailable, serve
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(MetricsPortUnavailable, match=rf"127.0.0.1:{port}: .*BACKBONE_SINK_METRICS_PORT"):
+            serve(Metrics(), port, "127.0.0.1", "BACKBONE_SINK_METRICS_PORT")
+        result = CliRunner().invoke(
+            app,
+            ["alerting", "forward", "--metrics-port", str(port)],
+            env={"BACKBONE_KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1"},
+        )
+        _refused(result, 2, f"cannot serve metrics on 127.0.0.1:{port}", "--metrics-port")
+
+
 # -- backbone up --------------------------------------------------------------------------------
 
 
