@@ -289,6 +289,21 @@ def test_case_tracker_finds_a_seeded_case(
     page.wait_for_selector('[data-testid="case-no-open"]', timeout=30_000)
 
 
+def test_a_hand_typed_bad_as_of_time_is_explained_not_a_script_error(
+    page: Any, board: BoardHandle, seeded: SeededDatabase
+) -> None:
+    """QA: ``?to=abc`` threw "Invalid time value" and the status stayed "loading…" (the page
+    fixture fails the test on any script error); no request for a favicon either."""
+    missing: list[str] = []
+    page.on("response", lambda r: missing.append(r.url) if r.status == 404 else None)
+    page.goto(f"{board.url}?to=abc#national")
+    page.wait_for_function("Number(document.body.dataset.loads || 0) >= 1", timeout=30_000)
+    assert page.text_content("#updated").startswith('as of "abc"')
+    errors = page.eval_on_selector_all("p.error", "els => els.map(e => e.textContent)")
+    assert errors and all(e.startswith("Could not load:") and "to" in e for e in errors), errors
+    assert missing == []
+
+
 def test_alert_links_open_the_case_tracker_in_both_forms(
     page: Any, board: BoardHandle, seeded: SeededDatabase
 ) -> None:

@@ -79,7 +79,9 @@ function fmtMoney(text) {
 function fmtPct(x) { return x === null || x === undefined ? "–" : `${(x * 100).toFixed(1)}%`; }
 function fmtTime(ms) {
   if (ms === null || ms === undefined) return "–";
-  return new Date(ms).toISOString().replace("T", " ").slice(0, 16) + " UTC";
+  const d = new Date(ms);
+  if (Number.isNaN(d.getTime())) return String(ms); // e.g. a hand-typed ?to=abc: the panels say why
+  return d.toISOString().replace("T", " ").slice(0, 16) + " UTC";
 }
 function kind(col) {
   if (col.endsWith("_ms")) return "duration";
@@ -333,7 +335,7 @@ async function refresh() {
   state.loads += 1; state.lastRefresh = Date.now();
   dot.className = `dot ${failed ? "error" : "live"}`;
   const to = currentParams().to;
-  document.getElementById("updated").textContent = `${to ? "as of " + fmtTime(Number(to)) : "live"} · updated ${new Date().toISOString().slice(11, 19)} UTC`;
+  document.getElementById("updated").textContent = `${to ? "as of " + (Number.isFinite(Number(to)) ? fmtTime(Number(to)) : `"${to}"`) : "live"} · updated ${new Date().toISOString().slice(11, 19)} UTC`;
   document.body.dataset.loads = String(state.loads);
 }
 
