@@ -69,3 +69,41 @@ def check(
     if strict and report.unlocked:
         raise typer.Exit(1)
     typer.echo(f"ok: {report.checked} older version(s) readable by the newest; published versions unchanged")
+
+
+@schemas_app.command("read")
+def read(
+    topic: Annotated[str, typer.Argument(help="An agency topic or a backbone.* output topic.")],
+    bootstrap: Annotated[
+        str | None,
+        typer.Option(
+            "--bootstrap", help="Kafka bootstrap host:port (default: BACKBONE_KAFKA_BOOTSTRAP_SERVERS)."
+        ),
+    ] = None,
+    limit: Annotated[int, typer.Option("--max", min=1, help="Stop after this many records.")] = 20,
+    from_beginning: Annotated[
+        bool,
+        typer.Option("--from-beginning/--new-only", help="Start at the oldest record or wait for new ones."),
+    ] = True,
+    idle: Annotated[
+        float, typer.Option("--idle", min=0.5, help="Stop after this many seconds without a record.")
+    ] = 5.0,
+) -> None:
+    """Print a topic's records as JSON lines, decoded with the contracts (times in UTC, money as
+    decimal PKR); a message that does not decode shows its reason. Commits no offset."""
+    from backbone.cli import bootstrap_or_exit, settings_or_exit
+    from schemas import contracts
+    from schemas.topic_reader import read_topic
+
+    known = (*contracts.INPUT_TOPICS, *contracts.OUTPUT_TOPICS)
+    if topic not in known:
+        typer.echo(f"error: unknown topic {topic!r}; Avro topics: {', '.join(known)}", err=True)
+        raise typer.Exit(2)
+    settings = settings_or_exit()
+    servers = bootstrap_or_exit(settings, bootstrap)
+    try:
+        for line in read_topic(settings, servers, topic, limit, from_beginning, idle):
+            typer.echo(line)
+    except RuntimeError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(3) from exc

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from confluent_kafka import Producer
 from producers_fixtures import (  # noqa: F401 - fixtures
     REPO,
     broker_settings,
@@ -453,3 +454,33 @@ def test_an_oversized_record_is_rejected_and_the_rest_of_its_chunk_is_sent(
     assert [(r["line"], r["kind"], r["field"]) for r in rejects] == [(11, "rejected", "record")]
     got = read_back(fresh_broker.bootstrap, contracts.CUSTOMS, 32)
     assert sorted(got) == sorted(r["event_id"] for r in records)
+
+
+@pytest.mark.integration
+def test_schemas_read_prints_what_was_produced_as_json_lines_and_names_what_does_not_decode(
+    broker_settings: Settings, fresh_broker: TansuBroker, tmp_path: Path
+) -> None:
+    """The outside look into a topic (Debian's kcat cannot talk to the embedded broker)."""
+    records = [sample(contracts.CUSTOMS, case_id=f"EXP-R{i}") for i in range(3)]
+    for i, record in enumerate(records):
+        record["declared_value_pkr"] = f"{i}.05"
+    path = write_jsonl(tmp_path / "three.jsonl", [json.dumps(r) for r in records])
+    assert produce("-t", contracts.CUSTOMS, "-f", str(path)).exit_code == 0
+    producer = Producer({"bootstrap.servers": fresh_broker.bootstrap})
+    producer.produce(contracts.CUSTOMS, b"not avro", b"EXP-R9", partition=0)
+    assert producer.flush(10) == 0
+
+    result = runner.invoke(app, ["schemas", "read", contracts.CUSTOMS, "--max", "4", "--idle", "5"])
+    assert result.exit_code == 0, result.output
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert len(lines) == 4
+    got = {line["record"]["event_id"]: line for line in lines if "record" in line}
+    for i, record in enumerate(records):
+        line = got[record["event_id"]]
+        assert line["key"] == record["case_id"] == line["record"]["case_id"]
+        assert line["record"]["declared_value_pkr"] == f"{i}.05"
+        assert line["record"]["occurred_at"] == "2025-03-01T04:30:00.250Z"
+    [bad] = [line for line in lines if "record" not in line]
+    assert bad["key"] == "EXP-R9" and bad["error"].startswith("bad_framing")
+    unknown = runner.invoke(app, ["schemas", "read", "no.such.topic"])
+    assert unknown.exit_code == 2 and "unknown topic 'no.such.topic'" in unknown.output
