@@ -40,7 +40,14 @@ def read_topic(
     """One JSON line per message of ``topic`` (partition, offset, key, record or the decode error),
     until ``limit`` lines or ``idle_s`` seconds without a message. Partitions are assigned, not
     subscribed, and no offset is committed: it disturbs no component's consumer group."""
-    from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaError, TopicPartition
+    from confluent_kafka import (
+        OFFSET_BEGINNING,
+        OFFSET_END,
+        Consumer,
+        KafkaError,
+        KafkaException,
+        TopicPartition,
+    )
 
     codec = codec_for(settings)
     consumer = Consumer(
@@ -53,7 +60,10 @@ def read_topic(
     )
     try:
         # every partition assigned directly: no group to join (a join takes seconds on some brokers)
-        metadata = consumer.list_topics(topic, timeout=10).topics.get(topic)
+        try:
+            metadata = consumer.list_topics(topic, timeout=10).topics.get(topic)
+        except KafkaException as exc:
+            raise RuntimeError(f"cannot reach the broker at {bootstrap}: {exc.args[0].str()}") from exc
         if metadata is None or metadata.error is not None or not metadata.partitions:
             raise RuntimeError(f"topic {topic} does not exist on {bootstrap}")
         start = OFFSET_BEGINNING if from_beginning else OFFSET_END
