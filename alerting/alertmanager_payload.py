@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 from schemas.alert_wording import human_duration, overdue_shown_ms
 
@@ -38,14 +38,30 @@ def rfc3339(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def tracker_url(board_url: str, case_id: str) -> str:
-    """The board's case tracker page for one case: ``<board>/#case/<percent-encoded id>``.
+CASE_ID_PLACEHOLDER = "{case_id}"
 
-    The form the board links itself (``dashboards/board/static/app.js``). Every character of the
-    id is percent-encoded (UTF-8), so any id gives a valid URI; Alertmanager refuses an alert
-    whose ``generatorURL`` is not one.
+
+def tracker_url(board_url: str, case_id: str) -> str:
+    """The case tracker page for one case: ``<board>/#case/<percent-encoded id>``, the form the
+    built-in board links itself (``dashboards/board/static/app.js``), or ``board_url`` with
+    ``{case_id}`` replaced when it is a template (Grafana's tracker in the compose stack:
+    ``.../d/bb-case-tracker?var-case_id={case_id}``).
+
+    Every character of the id is percent-encoded (UTF-8), so any id gives a valid URI;
+    Alertmanager refuses an alert whose ``generatorURL`` is not one.
     """
-    return f"{board_url.rstrip('/')}/#case/{quote(case_id, safe='')}"
+    encoded = quote(case_id, safe="")
+    if CASE_ID_PLACEHOLDER in board_url:
+        return board_url.replace(CASE_ID_PLACEHOLDER, encoded)
+    return f"{board_url.rstrip('/')}/#case/{encoded}"
+
+
+def board_home(board_url: str) -> str:
+    """The board's front page (an alert without a case links there): the template's site root."""
+    if CASE_ID_PLACEHOLDER in board_url:
+        parts = urlsplit(board_url)
+        return f"{parts.scheme}://{parts.netloc}/"
+    return f"{board_url.rstrip('/')}/"
 
 
 def judged_wait_ms(record: dict[str, Any]) -> float | None:
@@ -156,7 +172,7 @@ def to_alertmanager(
     else:
         raise AlertRecordError(alert_id, f"unknown state {state!r}; expected FIRING or RESOLVED")
     case_id = record.get("case_id")
-    generator = tracker_url(board_url, str(case_id)) if case_id else f"{board_url.rstrip('/')}/"
+    generator = tracker_url(board_url, str(case_id)) if case_id else board_home(board_url)
     return {
         "labels": labels,
         "annotations": _annotations(record, board_url),

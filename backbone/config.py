@@ -126,7 +126,9 @@ class Settings(BaseSettings):
         "start the Debian binary if present.",
     )
     board_url: str = Field(
-        "http://127.0.0.1:8050", description="Public base URL of the case tracker, used in alert links."
+        "http://127.0.0.1:8050",
+        description="Public base URL of the built-in board, used in alert links (<url>/#case/<id>); or a "
+        "link template with {case_id}, e.g. Grafana's <grafana>/d/bb-case-tracker?var-case_id={case_id}.",
     )
 
     # -- Processing ---------------------------------------------------------------------

@@ -110,6 +110,17 @@ def test_any_case_id_gives_a_uri_whose_fragment_decodes_to_it(case_id: str) -> N
     assert unquote(parts.fragment.removeprefix("case/"), errors="strict") == case_id
 
 
+def test_a_board_url_with_a_case_id_placeholder_links_grafanas_tracker() -> None:
+    """The compose stack's links: Grafana's case tracker, not the built-in board's ``#case/`` route
+    (QA pass 4: they opened Grafana's home page)."""
+    grafana = "https://grafana.example.gov.pk/d/bb-case-tracker?var-case_id={case_id}"
+    payload = to_alertmanager(case_alert(case_id="EXP/1 #2"), grafana, NOW, LEASE)
+    want = "https://grafana.example.gov.pk/d/bb-case-tracker?var-case_id=EXP%2F1%20%232"
+    assert payload["generatorURL"] == payload["annotations"]["tracker_url"] == want
+    feed = to_alertmanager(case_alert(kind="FEED_SILENT", case_id=None), grafana, NOW, LEASE)
+    assert feed["generatorURL"] == "https://grafana.example.gov.pk/"
+
+
 def test_case_alert_wording_agrees_with_itself_and_does_not_change_on_repost() -> None:
     """QA saw a summary "has waited 5m ... 2m past its 2m SLA" next to waiting_time "9 min": the
     forwarder recomputed the wait at post time, the summary stated it at judge time.
