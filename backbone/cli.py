@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -85,9 +86,15 @@ def missions_check(
         s = ref.stage
         typer.echo(
             f"{ref.mission.id}/{ref.journey.id}/{s.id}: {s.start.topic}:{s.start.status} -> "
-            f"{s.end.topic}:{s.end.status}, owner {s.owner}, SLA {s.sla_ms / 3_600_000:g} h"
+            f"{s.end.topic}:{s.end.status}, owner {_owners(s)}, SLA {s.sla_ms / 3_600_000:g} h"
         )
     typer.echo(f"ok: {len(missions.stages)} stages, {len(missions.targets)} targets in {path}")
+
+
+def _owners(stage: Any) -> str:
+    """The stage's owner, with the by-province and by-port owners it falls back from."""
+    rules = [f"{k} -> {v}" for k, v in {**stage.owner_by_province, **stage.owner_by_port}.items()]
+    return f"{', '.join(rules)}, otherwise {stage.owner}" if rules else stage.owner
 
 
 @app.command("up")

@@ -295,6 +295,9 @@ def test_cli_check(tmp_path: Path) -> None:
     ok = CliRunner().invoke(app, ["missions", "check", str(DEFAULT_MISSIONS_FILE)])
     assert ok.exit_code == 0, ok.output
     assert "7 stages" in ok.output
+    # every owner rule is shown, not only the fallback (QA pass 4)
+    assert "owner KPT -> KPT, PQA -> PQA, GWD -> GPA, otherwise KPT, SLA 48 h" in ok.output
+    assert "PK-SD -> SD-TRANSPORT" in ok.output
     bad = tmp_path / "bad.yaml"
     bad.write_text("windows: []\n")
     res = CliRunner().invoke(app, ["missions", "check", str(bad)])
