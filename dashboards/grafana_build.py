@@ -555,9 +555,25 @@ class BoardsBuilder:
 
     def scorecard(self, mission: str) -> BoardSpec:
         name = next(m.name for m in self.facts.missions.spec.missions if m.id == mission)
-        handoff_target = self.stage_target([k for k in self.facts.handoff_stage_keys if k[0] == mission])
+        handoffs = [k for k in self.facts.handoff_stage_keys if k[0] == mission]
+        handoff_target = self.stage_target(handoffs)
         target = self.mission_target(mission)
         trend_thresholds = target_thresholds(target)
+        # a mission without hand-off stages has no collaboration KPI: no panel that is always empty
+        collaboration = (
+            [
+                PanelSpec(
+                    self.q("collaboration_trend"),
+                    "timeseries",
+                    12,
+                    9,
+                    unit="percentunit",
+                    thresholds=target_thresholds(handoff_target),
+                )
+            ]
+            if handoffs
+            else []
+        )
         return BoardSpec(
             _uid("scorecard", mission),
             f"{name}: agency scorecard",
@@ -585,19 +601,12 @@ class BoardsBuilder:
                         PanelSpec(
                             self.q("agency_trend"),
                             "timeseries",
-                            12,
+                            12 if collaboration else 24,
                             9,
                             unit="percentunit",
                             thresholds=trend_thresholds,
                         ),
-                        PanelSpec(
-                            self.q("collaboration_trend"),
-                            "timeseries",
-                            12,
-                            9,
-                            unit="percentunit",
-                            thresholds=target_thresholds(handoff_target),
-                        ),
+                        *collaboration,
                     ],
                 ),
             ],
