@@ -175,6 +175,16 @@ def feed_key(agency: str) -> str:
     return FEED_KEY_PREFIX + agency
 
 
+# -- batches -----------------------------------------------------------------------------
+DEFAULT_BATCH_MAX = 5000
+"""Most events per batch. Live traffic never fills it (``batch_within_s`` closes a batch first:
+about 1,000 events at 10k ev/s); a catch-up does, and larger batches cost less per event (fewer
+broker round trips, a case's or group's state written once per batch). 100k-event replays,
+interleaved pairs on one host: 5,000 against 2,000 gave 0.95–1.35× the events/s (faster in 7 of
+8 pairs, mean 1.16×); 10,000 was no faster than 5,000 (3 triples). A batch of 5,000 holds the event loop about 0.4 s; facts messages stay
+small (:data:`stream_processors.journeys.MAX_FACTS_PER_MESSAGE`)."""
+
+
 # -- facts (hop 1 → hop 2) ----------------------------------------------------------------
 # One fact is a flat list; the first five items are the kind and the cause:
 #   ["b", topic, partition, offset, sign, started_at, amount_paisa|None]        backlog ±1
@@ -182,15 +192,6 @@ def feed_key(agency: str) -> str:
 #   ["f", topic, partition, offset, count, max_occurred_at, max_published_at,
 #    [distinct occurred_at, ascending]]                                          feed (max offset)
 # ``sign`` is +1 (add) or -1 (retract: a correction moved or removed an earlier contribution).
-DEFAULT_BATCH_MAX = 5000
-"""Most events per batch. Live traffic never fills it (``batch_within_s`` closes a batch first:
-about 1,000 events at 10k ev/s); a catch-up does, and larger batches cost less per event (fewer
-broker round trips, a case's or group's state written once per batch). 100k-event replay,
-interleaved pairs on one host: 5,000 drained 6 %–35 % faster than 2,000 (8 of 9 pairs), 10,000
-no faster than 5,000. A batch of 5,000 holds the event loop about 0.4 s; facts messages stay
-small (:data:`stream_processors.journeys.MAX_FACTS_PER_MESSAGE`)."""
-
-
 BACKLOG_FACT = "b"
 COMPLETION_FACT = "c"
 FEED_FACT = "f"
