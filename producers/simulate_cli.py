@@ -21,7 +21,6 @@ from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from decimal import Decimal
 from pathlib import Path
 from typing import IO, Annotated, Any, NoReturn
 
@@ -230,17 +229,10 @@ class KafkaSink:
 
 def rich_json(topic: str, raw: dict[str, Any], with_topic: bool) -> str:
     """One JSON Lines record in the rich shape (ISO-8601 UTC timestamps, PKR decimal strings)."""
-    from schemas.codec import to_rich
-
-    def encode(value: Any) -> Any:
-        if isinstance(value, datetime):
-            return value.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-        if isinstance(value, Decimal):
-            return str(value)
-        raise TypeError(f"cannot write {type(value).__name__}")
+    from schemas.codec import rich_json_value, to_rich
 
     rec = to_rich(topic, raw)
-    return json.dumps({"topic": topic, **rec} if with_topic else rec, default=encode)
+    return json.dumps({"topic": topic, **rec} if with_topic else rec, default=rich_json_value)
 
 
 class FileSink:

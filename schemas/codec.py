@@ -345,5 +345,15 @@ def to_rich(topic: str, raw: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def rich_json_value(value: Any) -> Any:
+    """``json.dumps``'s ``default`` for the rich shape (:func:`to_rich`): ISO-8601 UTC timestamps
+    with milliseconds and a ``Z``, PKR decimals as strings (never a float)."""
+    if isinstance(value, datetime):
+        return value.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    if isinstance(value, Decimal):
+        return str(value)
+    raise TypeError(f"cannot write {type(value).__name__}")
+
+
 def parse_schema_json(text: str) -> Any:
     return fastavro.parse_schema(text)

@@ -11,27 +11,17 @@ import json
 import time
 import uuid
 from collections.abc import Iterator
-from datetime import datetime
-from decimal import Decimal
 from typing import Any
 
 from backbone.config import Settings
 from backbone.kafka import client_config
-from schemas.codec import DecodeError, codec_for, to_rich
+from schemas.codec import DecodeError, codec_for, rich_json_value, to_rich
 
 
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, datetime):
-        return value.isoformat(timespec="milliseconds").replace("+00:00", "Z")
-    if isinstance(value, Decimal):
-        return str(value)
-    if isinstance(value, bytes):
+def _json_value(value: Any) -> Any:
+    if isinstance(value, bytes):  # a dead letter's key and value
         return value.hex()
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_jsonable(v) for v in value]
-    return value
+    return rich_json_value(value)
 
 
 def read_topic(
@@ -85,10 +75,10 @@ def read_topic(
                 "key": key.decode("utf-8", "replace") if key is not None else None,
             }
             try:
-                line["record"] = _jsonable(to_rich(topic, codec.decode(topic, msg.value())))
+                line["record"] = to_rich(topic, codec.decode(topic, msg.value()))
             except DecodeError as exc:
                 line["error"] = f"{exc.reason}: {exc.detail}"
-            yield json.dumps(line, ensure_ascii=False)
+            yield json.dumps(line, ensure_ascii=False, default=_json_value)
             shown += 1
     finally:
         consumer.close()
