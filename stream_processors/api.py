@@ -181,8 +181,9 @@ DEFAULT_BATCH_MAX = 5000
 about 1,000 events at 10k ev/s); a catch-up does, and larger batches cost less per event (fewer
 broker round trips, a case's or group's state written once per batch). 100k-event replays,
 interleaved pairs on one host: 5,000 against 2,000 gave 0.95–1.35× the events/s (faster in 7 of
-8 pairs, mean 1.16×); 10,000 was no faster than 5,000 (3 triples). A batch of 5,000 holds the event loop about 0.4 s; facts messages stay
-small (:data:`stream_processors.journeys.MAX_FACTS_PER_MESSAGE`)."""
+8 pairs, mean 1.16×); 10,000 was no faster than 5,000 (3 triples). A batch of 5,000 holds the
+event loop about 0.4 s; facts messages stay small
+(:data:`stream_processors.journeys.MAX_FACTS_PER_MESSAGE`)."""
 
 
 # -- facts (hop 1 → hop 2) ----------------------------------------------------------------
