@@ -52,9 +52,9 @@ def forward(
     """Deliver alert transitions from backbone.alerts.v1 to Alertmanager until Ctrl-C."""
     from alerting.forwarder import AlertForwarder, AlertmanagerClient, ForwarderOptions
     from alerting.stack import alertmanager_url_for
-    from backbone.cli import settings_or_exit
+    from backbone.cli import metrics_port_or_exit, settings_or_exit
     from backbone.logs import setup_logging
-    from backbone.metrics import Metrics, MetricsPortUnavailable, serve
+    from backbone.metrics import Metrics, serve
 
     settings = settings_or_exit()
     setup_logging(settings.log_level, "alerting")
@@ -68,11 +68,8 @@ def forward(
     metrics = Metrics()
     _publish_missions(metrics, settings.missions_file)
     if metrics_port >= 0:
-        try:
+        with metrics_port_or_exit():
             port = serve(metrics, metrics_port, settings.metrics_address, "--metrics-port")
-        except MetricsPortUnavailable as exc:
-            typer.echo(f"error: {exc}", err=True)
-            raise typer.Exit(2) from exc
         typer.echo(f"forwarder metrics on http://127.0.0.1:{port}/metrics")
     url = alertmanager_url or alertmanager_url_for(settings, alertmanager_port)
     forwarder = AlertForwarder(

@@ -7,6 +7,8 @@ Each area registers its commands through a ``register(app)`` function so that he
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +56,19 @@ def bootstrap_or_exit(
     if also:
         typer.echo(also, err=True)
     raise typer.Exit(2)
+
+
+@contextmanager
+def metrics_port_or_exit() -> Iterator[None]:
+    """Turn :class:`~backbone.metrics.MetricsPortUnavailable` (its message names the port and the
+    setting that chose it) into one ``error:`` line and exit 2, as for every other usage error."""
+    from backbone.metrics import MetricsPortUnavailable
+
+    try:
+        yield
+    except MetricsPortUnavailable as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
 
 
 @app.command("config")

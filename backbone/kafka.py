@@ -36,6 +36,10 @@ def client_config(settings: Settings, bootstrap: str | None = None) -> dict[str,
     return conf
 
 
+class BrokerUnreachable(RuntimeError):
+    """No broker answered at the bootstrap address; the message names the address and librdkafka's reason."""
+
+
 def topic_configs() -> dict[str, str]:
     return {"retention.ms": str(7 * 24 * 3600 * 1000), "retention.bytes": "-1", "cleanup.policy": "delete"}
 
@@ -47,9 +51,17 @@ def ensure_topics(
     partitions: int | None = None,
     timeout_s: float = 30.0,
 ) -> list[str]:
-    """Create missing topics; returns the names created. Existing topics are left as they are."""
+    """Create missing topics; returns the names created. Existing topics are left as they are.
+
+    Raises :class:`BrokerUnreachable` when no broker answers within ``timeout_s``.
+    """
     admin = AdminClient(client_config(settings, bootstrap))
-    existing = set(admin.list_topics(timeout=timeout_s).topics)
+    try:
+        existing = set(admin.list_topics(timeout=timeout_s).topics)
+    except KafkaException as exc:
+        raise BrokerUnreachable(
+            f"cannot reach Kafka at {bootstrap} within {timeout_s:g} s: {exc.args[0].str()}"
+        ) from exc
     wanted = [t for t in topics if t not in existing]
     if not wanted:
         return []

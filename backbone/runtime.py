@@ -27,7 +27,7 @@ from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from backbone.config import Settings
 from backbone.embedded.broker import TansuBroker
-from backbone.kafka import client_config, ensure_topics
+from backbone.kafka import BrokerUnreachable, client_config, ensure_topics
 from schemas import contracts
 
 log = logging.getLogger("backbone.up")
@@ -280,7 +280,8 @@ def run_up(
     seed: int,
     time_scale: float = 1.0,
 ) -> int:
-    """Run the stack until Ctrl-C or ``duration``; 2 (nothing started) if the data dir is taken."""
+    """Run the stack until Ctrl-C or ``duration``; 2 (nothing started) if the data dir is taken, 3 if
+    the configured Kafka does not answer."""
     data_dir = settings.data_dir.resolve()
     try:
         with hold_data_dir(data_dir):
@@ -288,6 +289,9 @@ def run_up(
     except DataDirBusy as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         return 2
+    except BrokerUnreachable as exc:
+        print(f"error: {exc} (BACKBONE_KAFKA_BOOTSTRAP_SERVERS)", file=sys.stderr, flush=True)
+        return 3
 
 
 def _run_stack(
@@ -315,7 +319,12 @@ def _run_stack(
         print(f"embedded Kafka (Tansu) on {bootstrap}", flush=True)
     else:
         bootstrap = settings.kafka_bootstrap_servers
-    created = ensure_topics(settings, bootstrap)
+    try:
+        created = ensure_topics(settings, bootstrap)
+    except BrokerUnreachable:
+        if broker is not None:
+            broker.stop()
+        raise
     print(f"topics ready ({len(created)} created, {settings.topic_partitions} partitions each)", flush=True)
 
     env = {

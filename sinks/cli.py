@@ -121,9 +121,9 @@ def sink_run(
     ),
 ) -> None:
     """Run the sink until SIGINT/SIGTERM: migrate, consume, insert in batches, commit after inserts."""
-    from backbone.cli import bootstrap_or_exit, settings_or_exit
+    from backbone.cli import bootstrap_or_exit, metrics_port_or_exit, settings_or_exit
     from backbone.logs import setup_logging
-    from backbone.metrics import Metrics, MetricsPortUnavailable, serve
+    from backbone.metrics import Metrics, serve
     from sinks.migrate import migrate
     from sinks.sink import Sink, SinkConfig, SinkFatal, SinkShutdownTimeout
 
@@ -137,13 +137,13 @@ def sink_run(
         _require_tables(client, settings.clickhouse_database)
     metrics = Metrics()
     try:
-        port = serve(
-            metrics, settings.sink_metrics_port, settings.metrics_address, "BACKBONE_SINK_METRICS_PORT"
-        )
-    except MetricsPortUnavailable as exc:
+        with metrics_port_or_exit():
+            port = serve(
+                metrics, settings.sink_metrics_port, settings.metrics_address, "BACKBONE_SINK_METRICS_PORT"
+            )
+    except typer.Exit:
         client.close()
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from exc
+        raise
     config = SinkConfig(group_id=group, batch_rows=batch_rows, max_batch_age_s=max_batch_age)
     sink = Sink(settings, client, metrics, config)
     stop = threading.Event()

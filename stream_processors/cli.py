@@ -45,8 +45,8 @@ def register(app: typer.Typer) -> None:
         ),
     ) -> None:
         """Consume the agency topics and compute stage records, KPIs and alerts (Ctrl-C stops)."""
-        from backbone.cli import bootstrap_or_exit, settings_or_exit
-        from backbone.metrics import MetricsPortUnavailable
+        from backbone.cli import bootstrap_or_exit, metrics_port_or_exit, settings_or_exit
+        from backbone.kafka import BrokerUnreachable
         from stream_processors.outputs import COMPRESSIONS
         from stream_processors.worker import WorkerOptions, run_worker
 
@@ -59,19 +59,20 @@ def register(app: typer.Typer) -> None:
         servers = bootstrap_or_exit(settings, bootstrap)
         settings = settings.model_copy(update={"kafka_bootstrap_servers": servers})
         try:
-            run_worker(
-                settings,
-                WorkerOptions(
-                    worker_id=worker_id,
-                    stock=stock,
-                    batch_max=batch_max,
-                    batch_within_s=batch_within,
-                    timer_interval_s=timer_interval,
-                    compression=compression,
-                    app_id=app_id,
-                    metrics_port=None if metrics_port < 0 else metrics_port,
-                ),
-            )
-        except MetricsPortUnavailable as exc:
-            typer.echo(f"error: {exc}", err=True)
-            raise typer.Exit(2) from exc
+            with metrics_port_or_exit():
+                run_worker(
+                    settings,
+                    WorkerOptions(
+                        worker_id=worker_id,
+                        stock=stock,
+                        batch_max=batch_max,
+                        batch_within_s=batch_within,
+                        timer_interval_s=timer_interval,
+                        compression=compression,
+                        app_id=app_id,
+                        metrics_port=None if metrics_port < 0 else metrics_port,
+                    ),
+                )
+        except BrokerUnreachable as exc:
+            typer.echo(f"error: {exc} (BACKBONE_KAFKA_BOOTSTRAP_SERVERS or --bootstrap)", err=True)
+            raise typer.Exit(3) from exc

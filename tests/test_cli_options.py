@@ -7,6 +7,7 @@ child process, so every command here fails before it would start anything.
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -155,8 +156,6 @@ def test_commands_with_bootstrap_option_say_both_ways_to_name_a_broker(args: lis
 
 def test_a_taken_metrics_port_is_named_with_the_setting_that_chose_it() -> None:
     """QA: a busy port ended the forwarder (and the sink) in a bare 'Address already in use' traceback."""
-    import socket
-
     from backbone.metrics import Metrics, MetricsPortUnavailable, serve
 
     with socket.socket() as taken:
@@ -171,6 +170,20 @@ def test_a_taken_metrics_port_is_named_with_the_setting_that_chose_it() -> None:
             env={"BACKBONE_KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1"},
         )
         _refused(result, 2, f"cannot serve metrics on 127.0.0.1:{port}", "--metrics-port")
+
+
+def test_process_names_an_unreachable_broker_without_a_traceback(tmp_path: Path) -> None:
+    """QA pass 5 (lead): ``process`` against a dead address ended in librdkafka's traceback
+    (``KafkaException ... Broker transport failure``) while the sink and the forwarder wait."""
+    with socket.socket() as closed:  # a port nobody listens on
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    result = CliRunner().invoke(
+        app,
+        ["process", "--bootstrap", f"127.0.0.1:{port}", "--metrics-port", "0"],
+        env={"BACKBONE_DATA_DIR": str(tmp_path)},
+    )
+    _refused(result, 3, f"cannot reach Kafka at 127.0.0.1:{port}", "BACKBONE_KAFKA_BOOTSTRAP_SERVERS")
 
 
 # -- backbone up --------------------------------------------------------------------------------
