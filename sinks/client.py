@@ -53,6 +53,11 @@ def open_client(settings: Settings, database: str | None = None, create_database
             "username": settings.clickhouse_username,
             "password": settings.clickhouse_password.get_secret_value(),
         }
+    if settings.embedded_clickhouse:
+        owner = _chdb_owner(settings.chdb_path)
+        if owner not in (None, os.getpid()):
+            # refuse before chdb tries: it would print its own "Code: 76 ... Cannot lock file" to stderr
+            raise ClickHouseUnavailable(_held_by(settings.chdb_path, owner))
     try:
         client = clickhouse_connect.get_client(dsn=client_dsn(settings), **credentials)
     except DatabaseError as exc:
@@ -70,18 +75,22 @@ def open_client(settings: Settings, database: str | None = None, create_database
     return client
 
 
+def _held_by(path: Path, owner: int) -> str:
+    pid = f" (pid {owner})" if owner else ""
+    return (
+        f"the embedded database at {path} is open in another process{pid}, e.g. the sink of a "
+        "running `backbone up` (chdb allows one process per path); stop it, or set "
+        "BACKBONE_CLICKHOUSE_URL to a ClickHouse server"
+    )
+
+
 def _unavailable(settings: Settings, exc: DatabaseError) -> ClickHouseUnavailable:
     """Name the database and the reason, in words a user can act on."""
     if settings.embedded_clickhouse:
         path = settings.chdb_path
         owner = _chdb_owner(path)
         if owner is not None:
-            pid = f" (pid {owner})" if owner else ""
-            return ClickHouseUnavailable(
-                f"the embedded database at {path} is open in another process{pid}, e.g. the sink of a "
-                "running `backbone up` (chdb allows one process per path); stop it, or set "
-                "BACKBONE_CLICKHOUSE_URL to a ClickHouse server"
-            )
+            return ClickHouseUnavailable(_held_by(path, owner))
         return ClickHouseUnavailable(f"cannot open the embedded database at {path}: {_reason(exc)}")
     where = mask_url_password(settings.clickhouse_url)
     if isinstance(exc, OperationalError):
