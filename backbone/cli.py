@@ -103,6 +103,10 @@ def missions_check(
             f"{ref.mission.id}/{ref.journey.id}/{s.id}: {s.start.topic}:{s.start.status} -> "
             f"{s.end.topic}:{s.end.status}, owner {_owners(s)}, SLA {s.sla_ms / 3_600_000:g} h"
         )
+    from stream_processors.worker_metrics import sla_gauge_window
+
+    gauge = sla_gauge_window(missions.windows)
+    typer.echo(f"Prometheus SLA gauge (rule SlaComplianceBelowTarget): window {gauge or '(none)'}")
     typer.echo(f"ok: {len(missions.stages)} stages, {len(missions.targets)} targets in {path}")
 
 

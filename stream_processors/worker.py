@@ -56,7 +56,7 @@ from stream_processors.ids import dead_letter_id
 from stream_processors.missions import load_missions
 from stream_processors.outputs import OutputDeliveryError, OutputProducer
 from stream_processors.state import ChangelogRecord, PartitionedTableStore
-from stream_processors.worker_metrics import WorkerMetrics
+from stream_processors.worker_metrics import WorkerMetrics, sla_gauge_window
 
 log = logging.getLogger("backbone.processor")
 
@@ -612,7 +612,7 @@ def build_worker(
             kpi_table, partitions, base_key=kpi_base_key, max_record_bytes=settings.state_record_max_bytes
         ),
         producer,
-        WorkerMetrics(metrics or Metrics()),
+        WorkerMetrics(metrics or Metrics(), sla_gauge_window(missions.windows)),
         make_clock(settings.clock),
     )
     if options.stock:

@@ -17,9 +17,28 @@ from typing import Any
 
 from backbone.metrics import Metrics
 from stream_processors.api import InputMessage, Outputs
+from stream_processors.missions import Window
 
 SLA_GAUGE_WINDOW = "1h"
-"""The KPI window whose newest row feeds the SLA-compliance gauge."""
+"""The KPI window whose newest row feeds the SLA-compliance gauge, in the shipped missions file."""
+SLA_GAUGE_WINDOW_MS = 3_600_000
+"""The window length the Prometheus rule ``SlaComplianceBelowTarget`` is written for (it pages on a
+window that ended within the last 2 h)."""
+
+
+def sla_gauge_window(windows: Sequence[Window]) -> str | None:
+    """The missions file's window that feeds the SLA gauge: the hour-long one, chosen by size so a
+    renamed window still feeds it (QA: renaming ``1h`` silenced the rule); without one, the
+    shortest longer window, else the longest. None only for a file without windows."""
+    if not windows:
+        return None
+    hour = [w for w in windows if w.size_ms == SLA_GAUGE_WINDOW_MS]
+    if hour:  # several: the named one, else the finest hop
+        return min(hour, key=lambda w: (w.name != SLA_GAUGE_WINDOW, w.step_ms)).name
+    longer = [w for w in windows if w.size_ms > SLA_GAUGE_WINDOW_MS]
+    if longer:
+        return min(longer, key=lambda w: (w.size_ms, w.step_ms)).name
+    return max(windows, key=lambda w: (w.size_ms, -w.step_ms)).name
 
 
 def _labels(row: dict[str, Any]) -> tuple[str, str, str, str]:
@@ -29,8 +48,10 @@ def _labels(row: dict[str, Any]) -> tuple[str, str, str, str]:
 class WorkerMetrics:
     """Per-batch observations and live KPI gauges of one worker."""
 
-    def __init__(self, metrics: Metrics) -> None:
+    def __init__(self, metrics: Metrics, sla_window: str | None = SLA_GAUGE_WINDOW) -> None:
         self.m = metrics
+        self.sla_window = sla_window
+        """The KPI window feeding the SLA gauge (:func:`sla_gauge_window` of the missions file)."""
         self._backlog: dict[str, dict[str, Any]] = {}
         self._backlog_labels: set[tuple[str, str, str, str]] = set()
         self._sla: dict[tuple[str, str, str, str], tuple[int, int, dict[str, tuple[int, int]]]] = {}
@@ -81,7 +102,8 @@ class WorkerMetrics:
             for row in outputs.backlog:
                 self._backlog[row["backlog_id"]] = row
             self._refresh_backlog(now_ms)
-        folded = {self._fold_sla(row) for row in outputs.kpi_windows if row["window"] == SLA_GAUGE_WINDOW}
+        window = self.sla_window
+        folded = {self._fold_sla(row) for row in outputs.kpi_windows if row["window"] == window}
         for labels in folded:  # once per label set, not per row: a replay's last tick has ~40k rows
             if labels is not None:
                 self._set_sla(labels)

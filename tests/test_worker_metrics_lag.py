@@ -10,7 +10,8 @@ from prometheus_client import generate_latest
 from backbone.bench_peers.jobs import parse_metrics
 from backbone.metrics import Metrics
 from stream_processors.api import FACTS_TOPIC, InputMessage, Outputs
-from stream_processors.worker_metrics import WorkerMetrics
+from stream_processors.missions import Window
+from stream_processors.worker_metrics import WorkerMetrics, sla_gauge_window
 
 LAG = "backbone_end_to_end_latency_seconds"
 
@@ -61,3 +62,38 @@ def test_the_sla_gauge_comes_with_its_windows_completions_and_end_for_the_paging
     assert counters.total("backbone_kpi_sla_compliance_ratio", province="PK-SD") == 0.5  # 3 of 6
     assert counters.total("backbone_kpi_sla_window_completions", province="PK-SD") == 6
     assert counters.total("backbone_kpi_sla_window_end_timestamp_seconds", province="PK-SD") == 7200
+
+
+def _window(name: str, size: str, hop: str | None = None) -> Window:
+    return Window.model_validate({"name": name, "size": size, **({"hop": hop} if hop else {})})
+
+
+def test_the_sla_gauge_follows_the_hour_long_window_whatever_its_name() -> None:
+    """QA pass 5: a missions file that renamed ``1h`` passed ``missions check`` and left the gauge
+    (and so SlaComplianceBelowTarget) without a single series."""
+    assert (
+        sla_gauge_window([_window("1m", "1m"), _window("1h", "1h", "5m"), _window("24h", "24h", "1h")])
+        == "1h"
+    )
+    assert sla_gauge_window([_window("1m", "1m"), _window("hour", "1h", "5m")]) == "hour"
+    assert sla_gauge_window([_window("a", "1h"), _window("b", "1h", "5m")]) == "b"  # finer hop
+    assert sla_gauge_window([_window("1m", "1m"), _window("6h", "6h", "30m"), _window("1d", "1d")]) == "6h"
+    assert sla_gauge_window([_window("1m", "1m"), _window("15m", "15m")]) == "15m"
+    assert sla_gauge_window([]) is None
+
+    metrics = Metrics()
+    row = {
+        "window": "hour",
+        "mission": "export_competitiveness",
+        "stage": "permit_handoff",
+        "owner_agency": "SD-TRANSPORT",
+        "province": "PK-SD",
+        "kpi_id": "a",
+        "window_start": 0,
+        "window_end": 3_600_000,
+        "sla_met": 3,
+        "completions": 4,
+    }
+    WorkerMetrics(metrics, "hour").outputs(Outputs(kpi_windows=[row]), {}, 3_600_000)
+    counters = parse_metrics(generate_latest(metrics.registry).decode())
+    assert counters.total("backbone_kpi_sla_compliance_ratio", stage="permit_handoff") == 0.75
