@@ -15,9 +15,6 @@ import typer
 
 from alerting.stack import (
     ALERTMANAGER_CONFIG,
-    DEFAULT_ALERTMANAGER_PORT,
-    DEFAULT_FORWARDER_METRICS_PORT,
-    DEFAULT_PROMETHEUS_PORT,
     INSTALL_HINT,
     PROMETHEUS_CONFIG,
     RULE_TESTS_DIR,
@@ -40,11 +37,13 @@ def forward(
     alertmanager_url: str = typer.Option(
         "", help="Alertmanager base URL (default: BACKBONE_ALERTMANAGER_URL, else the local stack's)."
     ),
-    alertmanager_port: int = typer.Option(
-        DEFAULT_ALERTMANAGER_PORT, help="Port of the local stack's Alertmanager."
+    alertmanager_port: int | None = typer.Option(
+        None,
+        help="Port of the local stack's Alertmanager (default: BACKBONE_ALERTMANAGER_PORT).",
     ),
-    metrics_port: int = typer.Option(
-        DEFAULT_FORWARDER_METRICS_PORT, help="Prometheus metrics port (-1: none)."
+    metrics_port: int | None = typer.Option(
+        None,
+        help="Prometheus metrics port (default: BACKBONE_FORWARDER_METRICS_PORT; -1: none).",
     ),
     repost_interval: float = typer.Option(60.0, help="Seconds between re-posts of firing alerts."),
     firing_lease: float = typer.Option(900.0, help="endsAt of a firing alert is now + this many seconds."),
@@ -67,9 +66,11 @@ def forward(
         raise typer.Exit(2)
     metrics = Metrics()
     _publish_missions(metrics, settings.missions_file)
+    setting = "--metrics-port" if metrics_port is not None else "BACKBONE_FORWARDER_METRICS_PORT"
+    metrics_port = settings.forwarder_metrics_port if metrics_port is None else metrics_port
     if metrics_port >= 0:
         with metrics_port_or_exit():
-            port = serve(metrics, metrics_port, settings.metrics_address, "--metrics-port")
+            port = serve(metrics, metrics_port, settings.metrics_address, setting)
         typer.echo(f"forwarder metrics on http://127.0.0.1:{port}/metrics")
     url = alertmanager_url or alertmanager_url_for(settings, alertmanager_port)
     forwarder = AlertForwarder(
@@ -105,10 +106,17 @@ def _stop_on_signals(stop: Callable[[], object]) -> None:
 
 @alerting_app.command("stack")
 def stack(
-    prometheus_port: int = typer.Option(DEFAULT_PROMETHEUS_PORT, help="Prometheus port (loopback)."),
-    alertmanager_port: int = typer.Option(DEFAULT_ALERTMANAGER_PORT, help="Alertmanager port (loopback)."),
-    forwarder_metrics_port: int = typer.Option(
-        DEFAULT_FORWARDER_METRICS_PORT, help="Forwarder metrics port to scrape."
+    prometheus_port: int | None = typer.Option(
+        None,
+        help="Prometheus port, loopback (default: BACKBONE_PROMETHEUS_PORT).",
+    ),
+    alertmanager_port: int | None = typer.Option(
+        None,
+        help="Alertmanager port, loopback (default: BACKBONE_ALERTMANAGER_PORT).",
+    ),
+    forwarder_metrics_port: int | None = typer.Option(
+        None,
+        help="Forwarder metrics port to scrape (default: BACKBONE_FORWARDER_METRICS_PORT).",
     ),
     workers: int = typer.Option(1, min=1, help="Processor workers to scrape (as `backbone up --workers`)."),
 ) -> None:

@@ -33,8 +33,8 @@ ALERTMANAGER_CONFIG = ALERTING_DIR / "alertmanager.yml"
 RULES_DIR = ALERTING_DIR / "rules"
 RULE_TESTS_DIR = ALERTING_DIR / "tests"
 
-DEFAULT_PROMETHEUS_PORT = 9090
-DEFAULT_ALERTMANAGER_PORT = 9093
+DEFAULT_PROMETHEUS_PORT: int = Settings.model_fields["prometheus_port"].default
+DEFAULT_ALERTMANAGER_PORT: int = Settings.model_fields["alertmanager_port"].default
 DEFAULT_FORWARDER_METRICS_PORT = FORWARDER_METRICS_PORT
 
 PROMETHEUS_BINARIES = ("prometheus",)
@@ -315,28 +315,31 @@ class AlertingStack:
 
 def stack_for_settings(
     settings: Settings,
-    prometheus_port: int = DEFAULT_PROMETHEUS_PORT,
-    alertmanager_port: int = DEFAULT_ALERTMANAGER_PORT,
-    forwarder_metrics_port: int = DEFAULT_FORWARDER_METRICS_PORT,
+    prometheus_port: int | None = None,
+    alertmanager_port: int | None = None,
+    forwarder_metrics_port: int | None = None,
     workers: int = 1,
 ) -> AlertingStack:
     """The stack ``backbone up`` runs: scraping the ports in the settings (every one of ``workers``
-    processor workers, :func:`backbone.config.processor_metrics_port`), data under data_dir."""
+    processor workers, :func:`backbone.config.processor_metrics_port`), data under data_dir. A port
+    left None is the setting's (``BACKBONE_PROMETHEUS_PORT``, ...)."""
+    forwarder = settings.forwarder_metrics_port if forwarder_metrics_port is None else forwarder_metrics_port
     return AlertingStack(
         work_dir=settings.data_dir / "alerting",
-        prometheus_port=prometheus_port,
-        alertmanager_port=alertmanager_port,
+        prometheus_port=settings.prometheus_port if prometheus_port is None else prometheus_port,
+        alertmanager_port=settings.alertmanager_port if alertmanager_port is None else alertmanager_port,
         scrape_targets={
             JOB_PROCESSORS: [
                 f"127.0.0.1:{processor_metrics_port(settings, worker)}" for worker in range(1, workers + 1)
             ],
             JOB_SINK: [f"127.0.0.1:{settings.sink_metrics_port}"],
-            JOB_FORWARDER: [f"127.0.0.1:{forwarder_metrics_port}"],
+            JOB_FORWARDER: [f"127.0.0.1:{forwarder}"],
         },
         external_alertmanager_url=settings.alertmanager_url or None,
     )
 
 
-def alertmanager_url_for(settings: Settings, alertmanager_port: int = DEFAULT_ALERTMANAGER_PORT) -> str:
+def alertmanager_url_for(settings: Settings, alertmanager_port: int | None = None) -> str:
     """Where the forwarder posts: the configured Alertmanager, else the stack's own."""
-    return settings.alertmanager_url or f"http://127.0.0.1:{alertmanager_port}"
+    port = settings.alertmanager_port if alertmanager_port is None else alertmanager_port
+    return settings.alertmanager_url or f"http://127.0.0.1:{port}"

@@ -14,7 +14,14 @@ from typing import Any
 
 import typer
 
-from backbone.config import ConfigError, Settings, load_settings, mask_url_password, settings_markdown
+from backbone.config import (
+    ConfigError,
+    Settings,
+    load_settings,
+    mask_url_password,
+    settings_markdown,
+    unknown_environment_names,
+)
 
 app = typer.Typer(
     name="backbone",
@@ -82,6 +89,13 @@ def show_config(
     settings = settings_or_exit()
     for name, value in settings.model_dump().items():
         typer.echo(f"BACKBONE_{name.upper()}={mask_url_password(value)}")
+    warn_unknown_environment()
+
+
+def warn_unknown_environment() -> None:
+    """One stderr line per BACKBONE_* variable that names no setting: it is ignored, say so."""
+    for name in unknown_environment_names():
+        typer.echo(f"warning: {name} is not a setting, ignored (`backbone config --markdown`)", err=True)
 
 
 @missions_app.command("check")
@@ -139,6 +153,7 @@ def up(
             "must be positive when the simulator runs (or pass --no-simulate)", param_hint="'--rate'"
         )
     settings = settings_or_exit()
+    warn_unknown_environment()
     try:  # before anything starts, as every other setting is checked
         load_missions(settings.missions_file)
     except MissionsError as exc:

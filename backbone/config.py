@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import os
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     InitSettingsSource,
@@ -27,12 +28,22 @@ DEFAULT_MISSIONS_FILE = REPO_ROOT / "config" / "missions.yaml"
 
 
 FORWARDER_METRICS_PORT = 9466
-"""The alert forwarder's default metrics port (``backbone alerting forward --metrics-port``)."""
+"""``Settings.forwarder_metrics_port``'s default (the alert forwarder's metrics)."""
+
+FIXED_PORTS = (
+    "board_port",
+    "sink_metrics_port",
+    "forwarder_metrics_port",
+    "prometheus_port",
+    "alertmanager_port",
+)
+"""The settings that each name one listening port of ``backbone up``: they must differ (0: any free one)."""
 
 
 def processor_metrics_port(settings: Settings, worker_id: int) -> int:
     """Worker ``worker_id``'s metrics port: the worker_id-th port from ``processor_metrics_port`` on
-    that is not the sink's, the forwarder's or the board's (0 stays 0: a free port).
+    that no other component of ``up`` listens on (sink, forwarder, board, Prometheus, Alertmanager;
+    0 stays 0: a free port).
 
     Why skip: with the defaults (processors 9464, sink 9465, forwarder 9466) the plain
     "base + id - 1" gave worker 2 the sink's port, and ``up --workers 2`` died at start. Workers
@@ -41,7 +52,7 @@ def processor_metrics_port(settings: Settings, worker_id: int) -> int:
     base = settings.processor_metrics_port
     if not base:
         return 0
-    taken = {settings.sink_metrics_port, FORWARDER_METRICS_PORT, settings.board_port}
+    taken = {getattr(settings, name) for name in FIXED_PORTS}
     port, found = base - 1, 0
     while found < worker_id:
         port += 1
@@ -115,6 +126,19 @@ class Settings(BaseSettings):
         "ports the sink, the forwarder and the board do not use (9467, 9468, ... by default).",
     )
     sink_metrics_port: int = Field(9465, ge=0, le=65535, description="Prometheus metrics port of the sink.")
+    forwarder_metrics_port: int = Field(
+        FORWARDER_METRICS_PORT, ge=0, le=65535, description="Prometheus metrics port of the alert forwarder."
+    )
+    prometheus_port: int = Field(
+        9090, ge=1, le=65535, description="Port of the Prometheus of `up` and `alerting stack` (loopback)."
+    )
+    alertmanager_port: int = Field(
+        9093,
+        ge=1,
+        le=65535,
+        description="Port of the Alertmanager of `up` and `alerting stack` (loopback); the forwarder "
+        "posts there unless BACKBONE_ALERTMANAGER_URL is set.",
+    )
     metrics_address: str = Field(
         "127.0.0.1",
         description="Address the metrics endpoints bind to; 0.0.0.0 in containers "
@@ -128,7 +152,8 @@ class Settings(BaseSettings):
     board_url: str = Field(
         "http://127.0.0.1:8050",
         description="Public base URL of the built-in board, used in alert links (<url>/#case/<id>); or a "
-        "link template with {case_id}, e.g. Grafana's <grafana>/d/bb-case-tracker?var-case_id={case_id}.",
+        "link template with {case_id}, e.g. Grafana's <grafana>/d/bb-case-tracker?var-case_id={case_id}. "
+        "Unset: http://127.0.0.1:<BACKBONE_BOARD_PORT>.",
     )
 
     # -- Processing ---------------------------------------------------------------------
@@ -172,6 +197,29 @@ class Settings(BaseSettings):
     @classmethod
     def _strip(cls, v: str) -> str:
         return v.strip()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _board_url_follows_board_port(cls, data: Any) -> Any:
+        """QA: ``BACKBONE_BOARD_PORT`` alone left alert links pointing at :8050."""
+        if isinstance(data, dict) and "board_url" not in data and str(data.get("board_port", "")).isdigit():
+            data = {**data, "board_url": f"http://127.0.0.1:{int(data['board_port'])}"}
+        return data
+
+    @model_validator(mode="after")
+    def _distinct_ports(self) -> Settings:
+        """Two components on one port: the second died at start with a bare "Address already in use"
+        in its log while ``up`` went on (QA)."""
+        seen: dict[int, str] = {}
+        for name in FIXED_PORTS:
+            port = getattr(self, name)
+            if port and port in seen:
+                raise ValueError(
+                    f"BACKBONE_{seen[port].upper()} and BACKBONE_{name.upper()} are both {port}; "
+                    "give each component its own port"
+                )
+            seen.setdefault(port, name)
+        return self
 
     @field_validator("clickhouse_url")
     @classmethod
@@ -272,21 +320,53 @@ def load_settings(**overrides: Any) -> Settings:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"BACKBONE_CONFIG_FILE={config_file}: not valid TOML: {exc}") from exc
     except ValidationError as exc:
-        problems = "; ".join(
-            f"BACKBONE_{'_'.join(str(p) for p in err['loc']).upper()}: {err['msg']}" for err in exc.errors()
-        )
+        problems = "; ".join(_problem(err, config_file) for err in exc.errors())
         raise ConfigError(f"invalid configuration: {problems}") from exc
 
 
+def _problem(err: Any, config_file: str | None) -> str:
+    """One pydantic error in the user's words: the variable, or the config file's key."""
+    loc = "_".join(str(p) for p in err["loc"])
+    if not loc:  # a check across fields: its message names them
+        return str(err["msg"]).removeprefix("Value error, ")
+    if err["type"] == "extra_forbidden" and config_file:  # only the TOML file can carry unknown keys
+        return (
+            f"BACKBONE_CONFIG_FILE={config_file}: unknown key {loc!r} (keys are the settings' names "
+            "in lower case without BACKBONE_, e.g. board_port = 8051)"
+        )
+    return f"BACKBONE_{loc.upper()}: {err['msg']}"
+
+
+COMPOSE_ONLY_VARIABLES = frozenset({"BACKBONE_IMAGE_TAG"})
+"""BACKBONE_* names docker-compose.yml reads itself (not settings)."""
+
+
+def unknown_environment_names(environ: Mapping[str, str] | None = None) -> list[str]:
+    """BACKBONE_* variables that name no setting (a typo is otherwise silently ignored)."""
+    environ = os.environ if environ is None else environ
+    known = {f"BACKBONE_{name.upper()}" for name in Settings.model_fields}
+    known |= {f"{name}_FILE" for name in known} | {"BACKBONE_CONFIG_FILE"} | COMPOSE_ONLY_VARIABLES
+    return sorted(name for name in environ if name.startswith("BACKBONE_") and name not in known)
+
+
+SECRET_QUERY_KEYS = frozenset({"password", "passwd", "pwd", "secret", "token", "access_token", "api_key"})
+"""URL query parameters whose value is a secret (clickhouse-connect accepts ``?password=``)."""
+
+
 def mask_url_password(value: object) -> object:
-    """Hide a password embedded in a URL (``http://user:secret@host``) before it is shown."""
-    if not isinstance(value, str) or "://" not in value or "@" not in value:
+    """Hide a password embedded in a URL (``http://user:secret@host``, ``?password=secret``) before
+    it is shown."""
+    if not isinstance(value, str) or "://" not in value:
         return value
-    parts = urlsplit(value)
-    if parts.password is None:
-        return value
-    host_port = parts.netloc.rpartition("@")[2]  # as written: a bad port must not raise here
-    return urlunsplit(parts._replace(netloc=f"{parts.username}:**********@{host_port}"))
+    parts = original = urlsplit(value)
+    pairs = parse_qsl(parts.query, keep_blank_values=True)
+    if any(k.lower() in SECRET_QUERY_KEYS for k, _ in pairs):
+        masked = [(k, "**********" if k.lower() in SECRET_QUERY_KEYS else v) for k, v in pairs]
+        parts = parts._replace(query=urlencode(masked, safe="*"))
+    if "@" in parts.netloc and parts.password is not None:
+        host_port = parts.netloc.rpartition("@")[2]  # as written: a bad port must not raise here
+        parts = parts._replace(netloc=f"{parts.username}:**********@{host_port}")
+    return value if parts is original else urlunsplit(parts)  # untouched: exactly as written
 
 
 def settings_markdown() -> str:

@@ -42,6 +42,8 @@ class Service:
     env: dict[str, str] = field(default_factory=dict)
     required: bool = True
     process: subprocess.Popen[bytes] | None = None
+    log_offset: int = 0
+    """Size of its log (appended to across runs) when this run started it: this run's lines follow."""
 
 
 def _cli(*args: str) -> list[str]:
@@ -212,18 +214,34 @@ class TopicCounter(threading.Thread):
         self._stopping.set()
 
 
-def _last_line(path: Path) -> str:
-    """The last non-empty line of a finished step's log (its summary)."""
+def _last_line(path: Path, offset: int = 0) -> str:
+    """The last non-empty line a step wrote to its log since ``offset`` (its summary)."""
     try:
-        text = path.read_text(encoding="utf-8", errors="replace")
+        with path.open("rb") as f:
+            f.seek(offset)
+            text = f.read().decode("utf-8", errors="replace")
     except FileNotFoundError:
         return "no output"
     lines = [line for line in text.splitlines() if line.strip()]
     return lines[-1] if lines else "no output"
 
 
+def _exit_reason(path: Path, offset: int) -> str:
+    """Why a child exited: its last ``error:`` line this run (every command words its failures so),
+    else its last line (a traceback's ends with the exception)."""
+    try:
+        with path.open("rb") as f:
+            f.seek(offset)
+            text = f.read().decode("utf-8", errors="replace")
+    except FileNotFoundError:
+        return "no output"
+    errors = [line for line in text.splitlines() if line.startswith("error: ")]
+    return errors[-1].removeprefix("error: ") if errors else _last_line(path, offset)
+
+
 def _start(service: Service, env: dict[str, str], log_dir: Path) -> None:
     out = open(log_dir / f"{service.name}.log", "ab")  # noqa: SIM115 - owned by the child for its life
+    service.log_offset = out.tell()
     service.process = subprocess.Popen(
         service.argv, env={**env, **service.env}, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
     )
@@ -362,18 +380,28 @@ def _run_stack(
                     pass
                 if stopping.is_set():
                     break
-                print(f"{service.name}: {_last_line(log_file)} (log: {log_file})", flush=True)
+                summary = _last_line(log_file, service.log_offset)
+                print(f"{service.name}: {summary} (log: {log_file})", flush=True)
                 continue
             print(f"started {service.name} (logs: {log_file})", flush=True)
         print(f"board: http://127.0.0.1:{settings.board_port}/  — Ctrl-C to stop", flush=True)
         started = time.monotonic()
+        warned: set[str] = set()
         while not stopping.is_set():
             stopping.wait(5.0)
             for s in services:
-                if s.process is not None and s.process.poll() not in (None, 0) and s.required:
-                    print(f"error: {s.name} exited with code {s.process.returncode}; see its log", flush=True)
+                if s.process is None or s.process.poll() in (None, 0) or s.name in warned:
+                    continue
+                log_file = log_dir / (s.name + ".log")
+                reason = _exit_reason(log_file, s.log_offset)
+                why = f"{s.name} exited with code {s.process.returncode}: {reason} (log: {log_file})"
+                if s.required:
+                    print(f"error: {why}", flush=True)
                     exit_code = 1
                     stopping.set()
+                else:  # optional (alerting): say so on screen, keep the rest running
+                    print(f"warning: {why}; the rest keeps running without it", flush=True)
+                    warned.add(s.name)
             counts = " ".join(
                 f"{t}={counter.counts.get(t, 0)}" for t in contracts.INPUT_TOPICS + contracts.OUTPUT_TOPICS
             )

@@ -8,7 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from backbone.cli import app
-from backbone.config import ConfigError, load_settings
+from backbone.config import ConfigError, load_settings, mask_url_password
 
 
 @pytest.fixture(autouse=True)
@@ -53,7 +53,7 @@ def test_unknown_variable_is_rejected(monkeypatch: pytest.MonkeyPatch, tmp_path:
     monkeypatch.setenv("BACKBONE_CONFIG_FILE", str(cfg))
     with pytest.raises(ConfigError) as err:
         load_settings()
-    assert "NO_SUCH_SETTING" in str(err.value)
+    assert "unknown key 'no_such_setting'" in str(err.value)
 
 
 def test_config_file_and_env_precedence(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -131,6 +131,82 @@ def test_cli_masks_passwords_inside_urls(monkeypatch: pytest.MonkeyPatch) -> Non
     assert result.exit_code == 0
     assert "pa55word" not in result.output and "other-secret" not in result.output
     assert "http://writer:**********@clickhouse:8123/backbone" in result.output
+
+
+def test_cli_masks_passwords_in_url_queries(monkeypatch: pytest.MonkeyPatch) -> None:
+    """QA pass 5: clickhouse-connect takes ``?password=``, and `backbone config` printed it."""
+    monkeypatch.setenv("BACKBONE_CLICKHOUSE_URL", "http://clickhouse:8123/backbone?password=qpw1&secure=0")
+    result = CliRunner().invoke(app, ["config"])
+    assert result.exit_code == 0 and "qpw1" not in result.output
+    assert "http://clickhouse:8123/backbone?password=**********&secure=0" in result.output
+    assert "BACKBONE_CHDB" not in result.output  # an embedded path is shown exactly as written
+    assert mask_url_password("chdb:///var/lib/backbone/chdb") == "chdb:///var/lib/backbone/chdb"
+
+
+def test_two_components_on_one_port_are_refused_naming_both(monkeypatch: pytest.MonkeyPatch) -> None:
+    """QA pass 5: the sink's metrics on the board's port passed `backbone config`, then `up` died
+    with a traceback in the sink's log."""
+    monkeypatch.setenv("BACKBONE_BOARD_PORT", "18050")
+    monkeypatch.setenv("BACKBONE_SINK_METRICS_PORT", "18050")
+    with pytest.raises(
+        ConfigError, match="BACKBONE_BOARD_PORT and BACKBONE_SINK_METRICS_PORT are both 18050"
+    ):
+        load_settings()
+    monkeypatch.setenv("BACKBONE_SINK_METRICS_PORT", "0")  # 0: any free port, never a clash
+    monkeypatch.setenv("BACKBONE_FORWARDER_METRICS_PORT", "0")
+    assert load_settings().board_port == 18050
+    with pytest.raises(ConfigError, match="BACKBONE_PROMETHEUS_PORT and BACKBONE_ALERTMANAGER_PORT"):
+        load_settings(prometheus_port=9999, alertmanager_port=9999)
+
+
+def test_alerting_ports_are_settings_and_reach_the_stack_and_the_forwarder(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """QA pass 5: Prometheus, Alertmanager and the forwarder sat on fixed ports, so two `up` on one
+    host collided (and `up` did not say so)."""
+    from alerting.stack import JOB_FORWARDER, alertmanager_url_for, stack_for_settings
+    from backbone.config import processor_metrics_port
+
+    monkeypatch.setenv("BACKBONE_PROMETHEUS_PORT", "19090")
+    monkeypatch.setenv("BACKBONE_ALERTMANAGER_PORT", "19093")
+    monkeypatch.setenv("BACKBONE_FORWARDER_METRICS_PORT", "9467")
+    settings = load_settings()
+    stack = stack_for_settings(settings, workers=2)
+    assert (stack.prometheus_port, stack.alertmanager_port) == (19090, 19093)
+    assert stack.scrape_targets[JOB_FORWARDER] == ["127.0.0.1:9467"]
+    assert alertmanager_url_for(settings) == "http://127.0.0.1:19093"
+    assert processor_metrics_port(settings, 2) == 9466  # 9465 is the sink's; 9466 is free now
+
+
+def test_the_board_url_follows_the_board_port_unless_set(monkeypatch: pytest.MonkeyPatch) -> None:
+    """QA pass 5: BACKBONE_BOARD_PORT alone left alert links pointing at :8050."""
+    assert load_settings().board_url == "http://127.0.0.1:8050"
+    monkeypatch.setenv("BACKBONE_BOARD_PORT", "18051")
+    assert load_settings().board_url == "http://127.0.0.1:18051"
+    monkeypatch.setenv("BACKBONE_BOARD_URL", "https://board.example.gov.pk")
+    assert load_settings().board_url == "https://board.example.gov.pk"
+
+
+def test_unknown_environment_variables_are_named_not_silently_ignored(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("BACKBONE_BOARD_PROT", "8051")  # a typo
+    monkeypatch.setenv("BACKBONE_KAFKA_SASL_PASSWORD_FILE", "/dev/null")  # a secret file: known
+    monkeypatch.setenv("BACKBONE_IMAGE_TAG", "v1")  # docker-compose.yml's own
+    result = CliRunner().invoke(app, ["config"])
+    assert result.exit_code == 0
+    assert "warning: BACKBONE_BOARD_PROT is not a setting" in result.output
+    assert "BACKBONE_IMAGE_TAG is not" not in result.output and "PASSWORD_FILE is not" not in result.output
+
+
+def test_a_config_file_key_written_as_a_variable_says_how_keys_are_written(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    cfg = tmp_path / "backbone.toml"
+    cfg.write_text("BACKBONE_BOARD_PORT = 8051\n")
+    monkeypatch.setenv("BACKBONE_CONFIG_FILE", str(cfg))
+    with pytest.raises(ConfigError, match="unknown key 'BACKBONE_BOARD_PORT'.*lower case without BACKBONE_"):
+        load_settings()
 
 
 def test_clickhouse_credentials_from_settings(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -8,6 +8,7 @@ import sys
 import threading
 import time
 from collections import Counter
+from pathlib import Path
 
 import pytest
 from confluent_kafka import Producer
@@ -20,6 +21,7 @@ from backbone.runtime import (
     EMBEDDED_PROCESSOR_CADENCE,
     EMBEDDED_PROCESSOR_COMPRESSION,
     TopicCounter,
+    _exit_reason,
     planned_services,
 )
 from stream_processors.worker import WorkerOptions
@@ -126,3 +128,22 @@ def test_topic_counter_counts_each_message_once_across_its_pauses(
         steady.set()
         counter.stop()
         counter.join(10)
+
+
+def test_a_failed_child_is_explained_by_its_own_error_line_of_this_run(tmp_path: Path) -> None:
+    """QA pass 5: the alerting stack and the forwarder died on taken ports and `up` said nothing;
+    `up` now prints why (the log is appended to across runs: an older run's error must not show)."""
+    log = tmp_path / "alert-forwarder.log"
+    log.write_text("error: from an earlier run\n")
+    offset = log.stat().st_size
+    with log.open("a") as f:
+        f.write('{"level": "info", "event": "starting"}\n')
+        f.write("error: cannot serve metrics on 127.0.0.1:9466: Address already in use\n\n")
+    assert _exit_reason(log, offset) == "cannot serve metrics on 127.0.0.1:9466: Address already in use"
+    with log.open("a") as f:
+        f.write("Traceback (most recent call last):\nOSError: [Errno 98] Address already in use\n")
+    later = log.stat().st_size - len(
+        "Traceback (most recent call last):\nOSError: [Errno 98] Address already in use\n"
+    )
+    assert _exit_reason(log, later) == "OSError: [Errno 98] Address already in use"
+    assert _exit_reason(tmp_path / "missing.log", 0) == "no output"
