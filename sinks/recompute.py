@@ -126,6 +126,8 @@ class VersionInfo:
     status: str
     missions_file: str = ""
     snapshot_at: datetime | None = None
+    from_time: datetime | None = None
+    """``--from`` of a partial recompute (None: all of history)."""
     stage_records: int = 0
     kpi_windows: int = 0
     seconds: float = 0.0
@@ -271,6 +273,7 @@ def list_versions(client: Client) -> list[VersionInfo]:
                 status=str(r.get("status", "unknown")),
                 missions_file=str(r.get("missions_file", "")),
                 snapshot_at=r.get("snapshot_at"),
+                from_time=r.get("from_time"),
                 stage_records=int(r.get("stage_records", 0)),
                 kpi_windows=int(r.get("kpi_windows", 0)),
                 seconds=float(r.get("seconds", 0.0)),
@@ -587,12 +590,19 @@ def _ms(value: datetime) -> int:
     return int(round(value.timestamp() * 1000))
 
 
-def parse_from(text: str) -> int:
-    """``--from``: a date (``2026-01-31``, UTC midnight) or an ISO time; epoch milliseconds."""
+def parse_from(text: str, now: datetime | None = None) -> int:
+    """``--from``: a date (``2026-01-31``, UTC midnight) or an ISO time, not in the future (no
+    case is active after "now": it would recompute nothing and only copy the old version);
+    epoch milliseconds."""
     try:
         value = datetime.fromisoformat(text)
     except ValueError as exc:
         raise RecomputeError(f"--from {text!r} is not a date like 2026-01-31 or 2026-01-31T06:00") from exc
     if value.tzinfo is None:
         value = value.replace(tzinfo=UTC)
+    now = now or datetime.now(UTC)
+    if value > now:
+        raise RecomputeError(
+            f"--from {text!r} is in the future (now is {now:%Y-%m-%dT%H:%M}Z): nothing would be recomputed"
+        )
     return _ms(value)

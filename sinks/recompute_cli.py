@@ -52,7 +52,7 @@ def recompute(
     from stream_processors.missions import MissionsError, load_missions
 
     try:
-        from_ms = parse_from(from_) if from_ else None
+        from_ms = parse_from(from_) if from_ is not None else None
     except RecomputeError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
@@ -98,9 +98,10 @@ def list_cmd() -> None:
     for v in versions:
         mark = "*" if v.active else " "
         tables = "" if v.tables_present else " (tables dropped)"
+        scope = f"from {v.from_time:%Y-%m-%dT%H:%M:%S}Z" if v.from_time else "all history"
         typer.echo(
             f"{mark} v{v.version} {v.status}{tables}: {v.stage_records:,} records, "
-            f"{v.kpi_windows:,} windows, "
+            f"{v.kpi_windows:,} windows, {scope}, "
             f"{v.seconds:.2f} s, {v.missions_file} at {v.snapshot_at}"
         )
     if not versions:
@@ -123,8 +124,11 @@ def drop_cmd(version: int = typer.Argument(..., help="Version to drop (not the a
         raise typer.Exit(2)
     _settings, client = _client()
     try:
-        if version not in {v.version for v in list_versions(client)}:
+        known = {v.version: v for v in list_versions(client)}
+        if version not in known:
             raise RecomputeError(f"no version {version} (`backbone recompute list` shows them)")
+        if not known[version].tables_present:
+            raise RecomputeError(f"version {version} is already dropped (its tables are gone)")
         drop_version(client, version)
     except RecomputeError as exc:
         typer.echo(f"error: {exc}", err=True)

@@ -547,6 +547,9 @@ def test_backbone_recompute_command(
     assert second.exit_code == 0 and "dropped 1" in second.output, second.output
     listed = runner.invoke(app, ["recompute", "list"])
     assert "* v2 active" in listed.output, listed.output
+    assert "from 2026-01-03T00:00:00Z" in listed.output and "all history" in listed.output, listed.output
+    again = runner.invoke(app, ["recompute", "drop", "1"])  # --drop-old dropped it (QA: "dropped" twice)
+    assert again.exit_code == 1 and "version 1 is already dropped" in again.output, again.output
     refused = runner.invoke(app, ["recompute", "drop", "2"])
     assert refused.exit_code == 1 and "what the board shows" in refused.output
     missing = runner.invoke(app, ["recompute", "drop", "99"])
@@ -556,6 +559,9 @@ def test_backbone_recompute_command(
     assert stream.exit_code == 2 and "0 means the stream results" in stream.output, stream.output
     bad = runner.invoke(app, ["recompute", "--from", "yesterday"])
     assert bad.exit_code == 2 and "--from 'yesterday'" in bad.output and "2026-01-31" in bad.output
+    for text in ("", "2099-01-01"):  # QA: both recomputed nothing and said "version 3 active"
+        refused_from = runner.invoke(app, ["recompute", "--from", text])
+        assert refused_from.exit_code == 2 and f"--from {text!r}" in refused_from.output, refused_from.output
     # back to the stream only: no version is shown, so none is listed as active
     assert runner.invoke(app, ["recompute", "activate", "0"]).exit_code == 0
     listed = runner.invoke(app, ["recompute", "list"]).output
