@@ -114,3 +114,18 @@ def test_take_events_survives_the_queue_being_emptied_while_it_yields(
         return batches
 
     assert asyncio.run(scenario()) == [[10, 11]]
+
+
+def test_the_quiet_monitor_still_tells_faust_when_a_partition_last_took_an_event() -> None:
+    """QA pass 5: with no inbound times, Faust's liveness check logged "Stream has not started
+    processing TP(topic='customs.clearances.v1', partition=4)" at ERROR for a processed partition."""
+    from faust.types import TP
+
+    from stream_processors.faust_fast import QuietMonitor
+
+    monitor = QuietMonitor()
+    tp = TP("customs.clearances.v1", 4)
+    before = time.monotonic()
+    assert monitor.on_stream_event_in(tp, 7, None, None) is None  # type: ignore[arg-type]
+    assert monitor.stream_inbound_time[tp] >= before
+    assert monitor.events_total == 0  # the rest of the per-event bookkeeping stays off
