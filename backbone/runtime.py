@@ -259,6 +259,41 @@ def _stop(service: Service, timeout_s: float = 15.0) -> None:
         p.wait()
 
 
+DRAIN_S = 5.0
+"""How long ``up`` lets the pipeline run on after the simulator stops, on the embedded broker
+(which keeps nothing across runs): the processors' last batch (up to 1 s, see
+:data:`EMBEDDED_PROCESSOR_CADENCE`), the facts hop and a KPI tick (every 2 s), the sink's batch
+age (0.5 s). Without it the last 2-5 s of completions never reached the KPI windows in
+ClickHouse until the next ``up`` replayed them (QA pass 5: 405-980 windows short)."""
+SINK_DRAIN_S = 1.5
+"""After the processors stop: the sink's fetch and batch age for their last outputs."""
+
+
+def _stop_draining(services: list[Service], drain: bool, hurry: threading.Event) -> None:
+    """Stop the services in reverse start order, the agencies' traffic first; with ``drain``, let
+    what is in flight reach ClickHouse before the processors and then the sink stop (a second
+    Ctrl-C sets ``hurry`` and skips the waits)."""
+
+    def running(name: str) -> bool:
+        return any(
+            s.name.startswith(name) and s.process is not None and s.process.poll() is None for s in services
+        )
+
+    for service in reversed(services):
+        if service.name == "simulator":
+            _stop(service)
+    if drain and running("processor-") and running("sink") and not hurry.is_set():
+        print(
+            f"draining: {DRAIN_S:g} s for the last events to reach ClickHouse (Ctrl-C again skips)",
+            flush=True,
+        )
+        hurry.wait(DRAIN_S)
+    for service in reversed(services):
+        if service.name == "sink" and drain and not hurry.is_set():
+            hurry.wait(SINK_DRAIN_S)
+        _stop(service)
+
+
 class DataDirBusy(RuntimeError):
     """Another ``backbone up`` holds the data directory."""
 
@@ -359,8 +394,11 @@ def _run_stack(
     run_number = next_run_number(data_dir)
     services = planned_services(settings, simulate, rate, workers, seed, time_scale, run_number)
     stopping = threading.Event()
+    hurry = threading.Event()  # a second Ctrl-C: skip the drain
 
     def _on_signal(signum: int, _frame: object) -> None:
+        if stopping.is_set():
+            hurry.set()
         stopping.set()
 
     signal.signal(signal.SIGINT, _on_signal)
@@ -411,8 +449,7 @@ def _run_stack(
     finally:
         print("stopping...", flush=True)
         try:
-            for service in reversed(services):
-                _stop(service)
+            _stop_draining(services, drain=broker is not None, hurry=hurry)
             counter.stop()
             counter.join(timeout=5)
         finally:  # never leave the embedded broker running, whatever failed above
