@@ -214,28 +214,27 @@ class TopicCounter(threading.Thread):
         self._stopping.set()
 
 
-def _last_line(path: Path, offset: int = 0) -> str:
-    """The last non-empty line a step wrote to its log since ``offset`` (its summary)."""
+def _log_lines(path: Path, offset: int = 0) -> list[str]:
+    """The non-empty lines a child wrote to its log since ``offset`` (logs are appended across runs)."""
     try:
         with path.open("rb") as f:
             f.seek(offset)
             text = f.read().decode("utf-8", errors="replace")
     except FileNotFoundError:
-        return "no output"
-    lines = [line for line in text.splitlines() if line.strip()]
+        return []
+    return [line for line in text.splitlines() if line.strip()]
+
+
+def _last_line(path: Path, offset: int = 0) -> str:
+    """The last non-empty line a step wrote to its log since ``offset`` (its summary)."""
+    lines = _log_lines(path, offset)
     return lines[-1] if lines else "no output"
 
 
 def _exit_reason(path: Path, offset: int) -> str:
     """Why a child exited: its last ``error:`` line this run (every command words its failures so),
     else its last line (a traceback's ends with the exception)."""
-    try:
-        with path.open("rb") as f:
-            f.seek(offset)
-            text = f.read().decode("utf-8", errors="replace")
-    except FileNotFoundError:
-        return "no output"
-    errors = [line for line in text.splitlines() if line.startswith("error: ")]
+    errors = [line for line in _log_lines(path, offset) if line.startswith("error: ")]
     return errors[-1].removeprefix("error: ") if errors else _last_line(path, offset)
 
 
