@@ -173,12 +173,22 @@ def test_a_taken_metrics_port_is_named_with_the_setting_that_chose_it() -> None:
         _refused(result, 2, f"cannot serve metrics on 127.0.0.1:{port}", "--metrics-port")
 
 
-def test_process_names_an_unreachable_broker_without_a_traceback(tmp_path: Path) -> None:
+def test_process_names_an_unreachable_broker_without_a_traceback(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """QA pass 5 (lead): ``process`` against a dead address ended in librdkafka's traceback
     (``KafkaException ... Broker transport failure``) while the sink and the forwarder wait."""
+    from backbone import kafka
+    from backbone.config import load_settings
+
     with socket.socket() as closed:  # a port nobody listens on
         closed.bind(("127.0.0.1", 0))
         port = closed.getsockname()[1]
+    with pytest.raises(kafka.BrokerUnreachable, match=rf"cannot reach Kafka at 127.0.0.1:{port} within 2 s"):
+        kafka.ensure_topics(load_settings(), f"127.0.0.1:{port}", timeout_s=2)
+    real = kafka.ensure_topics  # the CLI waits the production 30 s: shorten it for the test
+    monkeypatch.setattr(kafka, "ensure_topics", lambda *a, **k: real(*a, **{**k, "timeout_s": 2}))
+    monkeypatch.setattr("stream_processors.worker.ensure_topics", kafka.ensure_topics)
     result = CliRunner().invoke(
         app,
         ["process", "--bootstrap", f"127.0.0.1:{port}", "--metrics-port", "0"],
