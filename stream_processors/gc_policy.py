@@ -16,8 +16,14 @@ from __future__ import annotations
 
 import gc
 
-ENGINE_GC_THRESHOLDS = (50_000, 20, 100)
-"""Generation 0 collects every 50k net allocations (default 700); older generations less often."""
+ENGINE_GC_THRESHOLDS = (200_000, 20, 100)
+"""Generation 0 collects every 200k net allocations (default 700); older generations less often.
+
+200k rather than 50k: a 5,000-event batch allocates a few hundred thousand short-lived containers,
+and a collection in the middle of a batch promotes those still in use to generation 1, where
+they are scanned again. ``bench_engines`` (100k events, CPU time, six interleaved runs each while
+other work ran): 51.6 µs per event at 50k, 45.4 at 200k (-12 %), 44.6 with the collector off.
+The engines make no reference cycles, so memory does not grow with the threshold."""
 
 
 def tune_gc(thresholds: tuple[int, int, int] = ENGINE_GC_THRESHOLDS) -> tuple[int, int, int]:
