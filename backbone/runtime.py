@@ -234,8 +234,11 @@ def _last_line(path: Path, offset: int = 0) -> str:
 def _exit_reason(path: Path, offset: int) -> str:
     """Why a child exited: its last ``error:`` line this run (every command words its failures so),
     else its last line (a traceback's ends with the exception)."""
-    errors = [line for line in _log_lines(path, offset) if line.startswith("error: ")]
-    return errors[-1].removeprefix("error: ") if errors else _last_line(path, offset)
+    lines = _log_lines(path, offset)
+    errors = [line for line in lines if line.startswith("error: ")]
+    if errors:
+        return errors[-1].removeprefix("error: ")
+    return lines[-1] if lines else "no output"
 
 
 def _start(service: Service, env: dict[str, str], log_dir: Path) -> None:
