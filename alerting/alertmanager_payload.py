@@ -163,12 +163,12 @@ def to_alertmanager(
     if state == "FIRING":
         ends_at = max(now_ms, starts_at) + firing_lease_ms
     elif state == "RESOLVED":
-        ends_at = record.get("ends_at")
-        if not isinstance(ends_at, int):
+        resolved_at = record.get("ends_at")
+        if not isinstance(resolved_at, int):
             raise AlertRecordError(alert_id, "RESOLVED record has no ends_at")
         # Never before the start (rejected) nor after now (Alertmanager would hold it firing
         # until then); the true resolve time is kept in the ``resolved_at`` annotation.
-        ends_at = max(starts_at, min(ends_at, now_ms))
+        ends_at = max(starts_at, min(resolved_at, now_ms))
     else:
         raise AlertRecordError(alert_id, f"unknown state {state!r}; expected FIRING or RESOLVED")
     case_id = record.get("case_id")

@@ -269,11 +269,15 @@ class AlertForwarder:
                 multiplier=opts.retry_initial_s, min=opts.retry_initial_s, max=opts.retry_max_s
             ),
             stop=lambda _state: self._stop.is_set(),
-            sleep=self._stop.wait,
+            sleep=self._sleep_unless_stopped,
             before_sleep=self._on_retry,
             reraise=True,
         )
         retrying(self.alertmanager.post, alerts)
+
+    def _sleep_unless_stopped(self, seconds: float) -> None:
+        """The retry's wait, cut short when the forwarder is asked to stop."""
+        self._stop.wait(seconds)
 
     def _on_retry(self, state: RetryCallState) -> None:
         self.metrics.alert_delivery_errors.inc()

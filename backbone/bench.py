@@ -106,10 +106,10 @@ def write_chart(rows: list[BenchRow], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    ratio_rows = [r for r in rows if r.ratio is not None]
+    ratio_rows = [(r, r.ratio) for r in rows if r.ratio is not None]
     fig, ax = plt.subplots(figsize=(10, 0.45 * max(4, len(ratio_rows)) + 1))
-    labels = [f"{r.section}: {r.name}" for r in ratio_rows]
-    ax.barh(labels, [r.ratio for r in ratio_rows], color="#2b6cb0")
+    labels = [f"{r.section}: {r.name}" for r, _ in ratio_rows]
+    ax.barh(labels, [ratio for _, ratio in ratio_rows], color="#2b6cb0")
     ax.axvline(1.0, color="#999", linestyle="--", linewidth=1)
     ax.set_xlabel("ratio to its ceiling (same run)")
     ax.invert_yaxis()

@@ -70,7 +70,7 @@ def deploy(
 ) -> DeployReport:
     """Create/update ``folders`` (key → (uid, title)) and overwrite ``boards`` ((folder key, JSON)) by uid."""
     import niquests
-    from grafana_client import GrafanaApi
+    from grafana_client.api import GrafanaApi
     from grafana_client.client import GrafanaClientError, GrafanaException
 
     reachability = (GrafanaException, niquests.exceptions.RequestException, OSError)

@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, Self, cast
 
 import yaml
 from grafana_foundation_sdk.builders import barchart, bargauge, stat, table, timeseries
@@ -181,13 +181,14 @@ class PanelSpec:
 
     def builder(self, panel_id: int) -> cogbuilder.Builder[model.Panel]:
         fmt = FORMAT_TIME_SERIES if self.kind == "timeseries" else FORMAT_TABLE
-        p: Any = {
+        kinds: dict[str, Callable[[], Any]] = {
             "stat": stat.Panel,
             "table": table.Panel,
             "barchart": barchart.Panel,
             "bargauge": bargauge.Panel,
             "timeseries": timeseries.Panel,
-        }[self.kind]()
+        }
+        p = kinds[self.kind]()
         p = (
             p.id(panel_id)
             .title(self.title or self.query.title)
@@ -255,7 +256,7 @@ class PanelSpec:
                 props.append(_prop("links", case_link()))
             if props:
                 p = p.override_by_name(column, props)
-        return p
+        return cast(cogbuilder.Builder[model.Panel], p)
 
 
 CASE_QUERY_IDS = ("case_current", "case_stages", "case_timeline", "case_alerts")
@@ -766,9 +767,8 @@ def provisioning_yaml(builder: BoardsBuilder) -> str:
         "# mission plus the command centre. docker-compose mounts ./dashboards/grafana at\n"
         "# /var/lib/grafana/dashboards.\n"
     )
-    return header + yaml.safe_dump(
-        {"apiVersion": 1, "providers": providers}, sort_keys=False, allow_unicode=True
-    )
+    body: str = yaml.safe_dump({"apiVersion": 1, "providers": providers}, sort_keys=False, allow_unicode=True)
+    return header + body
 
 
 def rendered_files(facts: MissionFacts) -> dict[Path, str]:
@@ -812,4 +812,5 @@ def board_title_slug(title: str) -> str:
 
 
 def load_board(path: Path) -> dict[str, Any]:
-    return json.loads(path.read_text())
+    board: dict[str, Any] = json.loads(path.read_text())
+    return board

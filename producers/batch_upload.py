@@ -150,8 +150,8 @@ def _send_chunk(
     rejects: RejectsWriter,
     failed_lines: dict[int, str],
 ) -> None:
-    parsed = [e for e in chunk if e.error is None]
-    rejected = publisher.publish_many(topic, [e.record for e in parsed], [e.line for e in parsed])
+    parsed = [(e.record, e.line) for e in chunk if e.record is not None]  # blank lines never get here
+    rejected = publisher.publish_many(topic, [r for r, _ in parsed], [line for _, line in parsed])
     refused = [(e.line, "", e.error) for e in chunk if e.error is not None]
     refused += [(r.ref, r.field, r.reason) for r in rejected]
     if refused:

@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Annotated, Any, NoReturn
+from typing import IO, Annotated, Any, NoReturn, TypedDict
 
 import typer
 
@@ -295,6 +295,15 @@ def parse_span(text: str, option: str) -> int:
         _fail(f"{option}: {exc}", EXIT_USAGE)
 
 
+class Shares(TypedDict):
+    """The data-quality shares ``simulate`` takes as options (fields of ``SimulationConfig``)."""
+
+    stall_share: float
+    duplicate_share: float
+    out_of_order_share: float
+    invalid_share: float
+
+
 def build_config(
     *,
     live: bool,
@@ -305,7 +314,7 @@ def build_config(
     start_ms: int | None,
     rate: float,
     warmup_ms: int,
-    shares: dict[str, float],
+    shares: Shares,
     delay_scale: float,
     first_serial: int = 1,
 ) -> tuple[SimulationConfig, str | None]:
@@ -431,7 +440,7 @@ def simulate(
     effective_rate = rate if rate is not None else (50.0 if live else 0.0)
     if live and effective_rate <= 0:
         _fail("--rate must be positive in live mode", EXIT_USAGE)
-    shares = {
+    shares: Shares = {
         "stall_share": stall_share,
         "duplicate_share": duplicate_share,
         "out_of_order_share": out_of_order_share,

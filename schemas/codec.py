@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from functools import cache
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import fastavro
 from fastavro import schemaless_reader, schemaless_writer
@@ -289,7 +289,9 @@ class Codec:
         buf = io.BytesIO(value)
         buf.seek(offset)
         try:
-            rec = schemaless_reader(buf, writer.parsed_raw, None if writer is reader else reader.parsed_raw)
+            decoded = schemaless_reader(
+                buf, writer.parsed_raw, None if writer is reader else reader.parsed_raw
+            )
         except UnicodeDecodeError as exc:
             raise DecodeError("bad_utf8", f"string field is not valid UTF-8: {exc.reason}") from exc
         except _AVRO_ERRORS as exc:
@@ -300,11 +302,12 @@ class Codec:
             raise DecodeError(
                 "undecodable", f"{len(value) - buf.tell()} trailing bytes after the Avro record"
             )
+        rec = cast(dict[str, Any], decoded)  # a record schema reads as a dict
         for name in reader.money_fields:
             v = rec.get(name)
             if v is not None:
                 rec[name] = bytes_to_paisa(v)
-        return rec  # type: ignore[no-any-return]
+        return rec
 
     def decode_many(self, topic: str, values: Iterable[bytes]) -> list[dict[str, Any]]:
         return [self.decode(topic, v) for v in values]

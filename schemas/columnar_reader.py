@@ -78,7 +78,8 @@ def _varint_size(magnitude: np.ndarray) -> np.ndarray:
 
 def _numbers(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
     """A column as an int64 numpy array (nulls, if any, read as 0: unions are sized apart)."""
-    return column.cast(pa.int64()).fill_null(0).to_numpy().astype(np.int64, copy=False)
+    numbers: np.ndarray = column.cast(pa.int64()).fill_null(0).to_numpy().astype(np.int64, copy=False)
+    return numbers
 
 
 def _long_sizes(values: np.ndarray) -> np.ndarray:
@@ -95,12 +96,16 @@ def _byte_lengths(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
         width = np.int64 if chunk.type == pa.large_string() else np.int32
         offsets = np.frombuffer(chunk.buffers()[1], dtype=width)[chunk.offset : chunk.offset + len(chunk) + 1]
         parts.append(np.diff(offsets).astype(np.int64, copy=False))
-    return parts[0] if len(parts) == 1 else np.concatenate(parts) if parts else np.zeros(0, np.int64)
+    lengths: np.ndarray = (
+        parts[0] if len(parts) == 1 else np.concatenate(parts) if parts else np.zeros(0, np.int64)
+    )
+    return lengths
 
 
 def _string_sizes(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
     n = _byte_lengths(column)
-    return n + _varint_size(n)
+    sizes: np.ndarray = n + _varint_size(n)
+    return sizes
 
 
 def _long_column_sizes(column: pa.ChunkedArray) -> np.ndarray:
@@ -238,7 +243,7 @@ def read_bodies(version: SchemaVersion, bodies: Sequence[bytes]) -> pa.Table | N
                 sizes += sizer(column)
                 continue
             # a union: its tag byte (branch 0 or 1: 0x00 or 0x02), then the value if not null
-            valid = np.asarray(column.is_valid(), dtype=bool)  # type: ignore[arg-type]
+            valid = np.asarray(column.is_valid(), dtype=bool)
             tags.append((sizes.copy(), np.where(valid, 2 * (1 - null_branch), 2 * null_branch)))
             sizes += 1 + np.where(valid, sizer(column), 0)
         if not np.array_equal(sizes, lengths):

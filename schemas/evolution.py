@@ -94,7 +94,7 @@ def load_versions(avro_dir: Path) -> dict[str, tuple[SchemaVersion, ...]]:
     """Every topic's versions read fresh from ``avro_dir`` (no cache: the check must see edits)."""
     loader = contracts.all_versions.__wrapped__  # the uncached loader behind contracts' cache
     try:
-        return loader(avro_dir)  # type: ignore[no-any-return]
+        return loader(avro_dir)
     except (ValueError, KeyError, TypeError, SchemaParseException) as exc:
         for path in sorted(avro_dir.glob("*/v*.avsc")):
             try:

@@ -208,7 +208,7 @@ class _Emitter(SourceEmitter):
             return any(self._takes_bytes(f["type"]) for f in schema["fields"])
         if t == "fixed":
             return int(schema["size"]) > 0
-        return t != "null"
+        return bool(t != "null")
 
     def _name(self, schema: dict[str, Any]) -> None:
         name = schema.get("name")

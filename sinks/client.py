@@ -47,19 +47,18 @@ def open_client(settings: Settings, database: str | None = None, create_database
     The database is created first when missing, so a fresh chdb path or server works at once.
     """
     db = database or settings.clickhouse_database
-    credentials: dict[str, str] = {}
+    username: str | None = None
+    password = ""
     if settings.clickhouse_username and not settings.embedded_clickhouse:
-        credentials = {
-            "username": settings.clickhouse_username,
-            "password": settings.clickhouse_password.get_secret_value(),
-        }
+        username = settings.clickhouse_username
+        password = settings.clickhouse_password.get_secret_value()
     if settings.embedded_clickhouse:
         owner = _chdb_owner(settings.chdb_path)
         if owner not in (None, os.getpid()):
             # refuse before chdb tries: it would print its own "Code: 76 ... Cannot lock file" to stderr
             raise ClickHouseUnavailable(_held_by(settings.chdb_path, owner))
     try:
-        client = clickhouse_connect.get_client(dsn=client_dsn(settings), **credentials)
+        client = clickhouse_connect.get_client(dsn=client_dsn(settings), username=username, password=password)
     except DatabaseError as exc:
         raise _unavailable(settings, exc) from exc
     try:

@@ -309,9 +309,10 @@ def check_stream_columns(client: Client) -> None:
         if [tuple(r) for r in stream] != ours:
             theirs = dict((str(n), str(t)) for n, t in stream)
             mine = dict(ours)
-            diff = sorted(set(theirs.items()) ^ set(mine.items())) or ["column order"]
+            diff = sorted(set(theirs.items()) ^ set(mine.items()))
             raise RecomputeError(
-                f"{table} and the recompute disagree on columns ({diff}); update sinks/recompute_sql.py"
+                f"{table} and the recompute disagree on columns ({diff or 'column order'}); "
+                "update sinks/recompute_sql.py"
             )
 
 

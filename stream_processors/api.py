@@ -33,7 +33,7 @@ from __future__ import annotations
 
 from collections.abc import ItemsView, Iterator, KeysView, Sequence
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple, Protocol, runtime_checkable
+from typing import Any, NamedTuple, Protocol, TypeVar, runtime_checkable
 
 import orjson
 
@@ -74,6 +74,14 @@ class StateStore(Protocol):
     def items(self) -> ItemsView[str, Any] | Iterator[tuple[str, Any]]: ...
 
     def keys(self) -> KeysView[str] | Iterator[str]: ...
+
+
+K = TypeVar("K")
+
+
+def _add_counts(counts: dict[K, int], more: dict[K, int]) -> None:
+    for key, n in more.items():
+        counts[key] = counts.get(key, 0) + n
 
 
 @dataclass
@@ -123,13 +131,9 @@ class Outputs:
         self.backlog.extend(other.backlog)
         self.feed_freshness.extend(other.feed_freshness)
         self.facts.extend(other.facts)
-        for counts, more in (
-            (self.valid_events, other.valid_events),
-            (self.duplicates, other.duplicates),
-            (self.late_events, other.late_events),
-        ):
-            for k, n in more.items():  # type: ignore[attr-defined]
-                counts[k] = counts.get(k, 0) + n  # type: ignore[index, call-overload]
+        _add_counts(self.valid_events, other.valid_events)
+        _add_counts(self.duplicates, other.duplicates)
+        _add_counts(self.late_events, other.late_events)
         if other.max_occurred_at is not None and (
             self.max_occurred_at is None or other.max_occurred_at > self.max_occurred_at
         ):

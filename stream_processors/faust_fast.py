@@ -38,7 +38,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from inspect import isawaitable
 from typing import Any, cast
 
@@ -48,8 +48,7 @@ from faust.sensors.monitor import Monitor
 from faust.transport.consumer import CONSUMER_FETCHING
 from faust.transport.drivers import aiokafka as aiokafka_driver
 from faust.transport.producer import ProducerBuffer
-from faust.types import TP, EventT, Message, StreamT
-from faust.types.topics import ChannelT
+from faust.types import TP, ChannelT, EventT, Message, StreamT
 from mode.utils.times import want_seconds
 
 log = logging.getLogger(__name__)
@@ -57,7 +56,7 @@ log = logging.getLogger(__name__)
 DEFAULT_YIELD_EVERY = 256
 
 
-class FastStream(Stream):
+class FastStream(Stream[Any]):
     """A :class:`faust.Stream` whose iterator yields to the event loop every N events.
 
     Semantics are those of ``Stream._py_aiter``: flow-control and generation checks, acking
@@ -72,13 +71,13 @@ class FastStream(Stream):
         self._active_agens.add(it)
         return it
 
-    async def _fast_aiter(self) -> Any:  # an async generator
+    async def _fast_aiter(self) -> AsyncGenerator[Any, None]:
         self._finalized = True
         started_by_aiter = await self.maybe_start()
         channel = self.channel
         chan_is_channel = isinstance(channel, ChannelT)
         if chan_is_channel:
-            chan_queue = cast(ChannelT, channel).queue
+            chan_queue = cast(ChannelT[Any], channel).queue
             chan_queue_empty = chan_queue.empty
             chan_errors = chan_queue._errors
             chan_quick_get = chan_queue.get_nowait
@@ -101,7 +100,7 @@ class FastStream(Stream):
         since_yield = 0
         try:
             while not self.should_stop:
-                event: EventT | None = None
+                event: EventT[Any] | None = None
                 do_ack = self.enable_acks
                 value: Any = None
                 sensor_state: Any = None
@@ -160,7 +159,7 @@ class FastStream(Stream):
                 await self.stop()
                 self.service_reset()
 
-    def take_events(self, max_: int, within: Any) -> AsyncIterator[list[EventT]]:  # type: ignore[override]
+    def take_events(self, max_: int, within: Any) -> AsyncGenerator[Sequence[EventT[Any]], None]:
         """Batches of up to ``max_`` events, each yielded at most ``within`` seconds after its first.
 
         Stock ``take_events`` runs the stream's iterator as a background drainer that hands
@@ -179,12 +178,12 @@ class FastStream(Stream):
         self._active_agens.add(agen)  # as stock: Stream.on_stop closes abandoned generators
         return agen
 
-    async def _fast_take_events(self, max_: int, within: Any) -> AsyncIterator[list[EventT]]:
+    async def _fast_take_events(self, max_: int, within: Any) -> AsyncGenerator[list[EventT[Any]], None]:
         self._finalized = True
         started_by_aiter = await self.maybe_start()
-        channel = cast(ChannelT, self.channel)
+        channel = cast(ChannelT[Any], self.channel)
         queue = channel.queue
-        queue_empty, quick_get, errors = queue.empty, queue.get_nowait, queue._errors  # type: ignore[attr-defined]
+        queue_empty, quick_get, errors = queue.empty, queue.get_nowait, queue._errors
         app = self.app
         flow_control_active = app.flow_control.is_active
         add_unacked = app.consumer.unacked.add
@@ -194,10 +193,10 @@ class FastStream(Stream):
         timeout = float(want_seconds(within)) if within else None
         loop_time = asyncio.get_running_loop().time
         yield_every = self.yield_every
-        batch: list[EventT] = []
+        batch: list[EventT[Any]] = []
         states: list[Any] = []
 
-        def ack(event: EventT, sensor_state: Any) -> None:
+        def ack(event: EventT[Any], sensor_state: Any) -> None:
             message = event.message
             last_stream_to_ack = event.ack()
             on_event_out(message.tp, message.offset, self, event, sensor_state)
@@ -503,7 +502,7 @@ class FastProducer(aiokafka_driver.Producer):
         self.buffer = buffer
 
 
-class RawSchema(Schema):
+class RawSchema(Schema[bytes, bytes]):
     """A schema for raw-bytes topics whose decoder builds the event straight from the message.
 
     Stock ``Schema.compile`` runs the key and the value through the serializer registry and
@@ -518,7 +517,7 @@ class RawSchema(Schema):
     def compile(self, app: Any, **kwargs: Any) -> Any:
         event_cls = app.conf.Event
 
-        async def decode(message: Message, *, propagate: bool = False) -> EventT:
+        async def decode(message: Message, *, propagate: bool = False) -> EventT[Any]:
             return event_cls(app, message.key, message.value, message.headers, message)  # type: ignore[no-any-return]
 
         return decode
@@ -549,7 +548,7 @@ class QuietMonitor(Monitor):
         return None
 
     def on_stream_event_in(
-        self, tp: TP, offset: int, stream: StreamT, event: EventT
+        self, tp: TP, offset: int, stream: StreamT[Any], event: EventT[Any]
     ) -> dict[str, Any] | None:
         # The consumer's liveness check (verify_event_path) reads stream_inbound_time: without it,
         # a partition with lag logged "Stream has not started processing TP(...)" at ERROR after
@@ -558,7 +557,12 @@ class QuietMonitor(Monitor):
         return None
 
     def on_stream_event_out(
-        self, tp: TP, offset: int, stream: StreamT, event: EventT, state: dict[str, Any] | None = None
+        self,
+        tp: TP,
+        offset: int,
+        stream: StreamT[Any],
+        event: EventT[Any],
+        state: dict[str, Any] | None = None,
     ) -> None:
         return None
 

@@ -30,7 +30,7 @@ def tune_gc(thresholds: tuple[int, int, int] = ENGINE_GC_THRESHOLDS) -> tuple[in
     """Set the collector's thresholds; returns the previous ones (to restore them in tests)."""
     previous = gc.get_threshold()
     gc.set_threshold(*thresholds)
-    return previous  # type: ignore[return-value]
+    return previous
 
 
 def freeze_state() -> None:

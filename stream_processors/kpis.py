@@ -676,8 +676,8 @@ class KpiEngine:
         panes_by_spec: dict[str, dict[str, Any]] = {}
         dirty: dict[str, set[str]] = {}
         for b in buckets.values():
-            for name, panes in b["p"].items():
-                panes_by_spec.setdefault(name, {}).update(panes)
+            for name, spec_panes in b["p"].items():
+                panes_by_spec.setdefault(name, {}).update(spec_panes)
             for name, marks in b["d"].items():
                 dirty.setdefault(name, set()).update(marks)
         touched = set(st["db"])  # buckets to write back: changed, or panes closed below
@@ -725,13 +725,13 @@ class KpiEngine:
                     for sk in [sk for sk in versions if int(sk) <= last_closed]:
                         del versions[sk]
         for start in touched:
-            b = buckets.get(start)
+            bucket = buckets.get(start)
             bkey = pane_bucket_key(info.key, int(start))
-            if b is None:
+            if bucket is None:
                 continue
-            b["d"] = {}
-            if b["p"]:
-                states[bkey] = b
+            bucket["d"] = {}
+            if bucket["p"]:
+                states[bkey] = bucket
             else:
                 del states[bkey]
                 del buckets[start]
@@ -767,6 +767,8 @@ class KpiEngine:
         n_closing = len(closing) if summaries is not None else 0
         quantiles, next_version, kpi_id = sketch.quantiles, ids.next_version, self._kpi_id
         rows = out.kpi_windows
+        compliance: float | None
+        mean: float | None
         for i, (start, (n, met, total, counts)) in enumerate(window_aggregates(spec, panes, closing + emit)):
             if n:
                 p50, p90 = quantiles(counts, _QS)

@@ -82,7 +82,7 @@ class PartitionedTableStore:
 
     def __init__(
         self,
-        table: TableT,
+        table: TableT[str, Any],
         num_partitions: int,
         base_key: Callable[[str], str] | None = None,
         max_record_bytes: int = MAX_RECORD_BYTES,
@@ -182,8 +182,10 @@ class PartitionedTableStore:
         self._pending[key] = _DELETED
 
     def __contains__(self, key: object) -> bool:
+        if not isinstance(key, str):  # every key is a str
+            return False
         if key in self._pending:
-            return self._pending[key] is not _DELETED  # type: ignore[index]
+            return self._pending[key] is not _DELETED
         stored = self.local.get(key)
         return stored is not None and stored[0] in self._owned
 

@@ -33,10 +33,11 @@ import time
 import traceback
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from functools import partial
+from typing import Any, Protocol, cast
 
 import faust
-from faust.types import TP, EventT
+from faust.types import TP, EventT, TableT
 
 from backbone.config import Settings, processor_metrics_port
 from backbone.kafka import client_config, ensure_topics
@@ -106,7 +107,7 @@ class WorkerOptions:
         return processor_metrics_port(settings, self.worker_id)
 
 
-def to_input_messages(events: Sequence[EventT]) -> list[InputMessage]:
+def to_input_messages(events: Sequence[EventT[Any]]) -> list[InputMessage]:
     """Faust events (raw serializers) → the engines' :class:`InputMessage` list."""
     out = []
     for event in events:
@@ -339,7 +340,7 @@ class ProcessorRuntime:
         engine: Any,
         store: PartitionedTableStore,
         lock: asyncio.Lock,
-        events: Sequence[EventT],
+        events: Sequence[EventT[Any]],
     ) -> None:
         batch = to_input_messages(events)
         if not batch:
@@ -383,7 +384,7 @@ class ProcessorRuntime:
             if msg.key is not None:
                 store.route({msg.key.decode("utf-8", "replace"): msg.partition})
             try:
-                await self._run(component, store, lambda now, msg=msg: engine_call([msg], store, now))
+                await self._run(component, store, partial(engine_call, [msg], store))
             except DeliveryFailed:
                 raise
             except Exception as exc:  # noqa: BLE001
@@ -394,14 +395,18 @@ class ProcessorRuntime:
                 store.discard()
                 engine.rebuild_index(store)
                 dead = Outputs(dead_letters=[processing_error_dead_letter(msg, exc, self.clock.now_ms())])
-                await self._run(component, store, lambda now, dead=dead: dead)
 
-    async def on_journey_events(self, events: Sequence[EventT]) -> None:
+                def dead_letter_only(_now: int, dead: Outputs = dead) -> Outputs:
+                    return dead
+
+                await self._run(component, store, dead_letter_only)
+
+    async def on_journey_events(self, events: Sequence[EventT[Any]]) -> None:
         await self._batch(
             "journeys", self.journeys.process, self.journeys, self.journey_store, self.journey_lock, events
         )
 
-    async def on_fact_events(self, events: Sequence[EventT]) -> None:
+    async def on_fact_events(self, events: Sequence[EventT[Any]]) -> None:
         await self._batch("kpis", self.kpis.apply, self.kpis, self.kpi_store, self.kpi_lock, events)
 
     def caught_up(self, topics: Sequence[str]) -> bool:
@@ -594,7 +599,7 @@ def build_worker(
     )
     partitions = settings.topic_partitions
 
-    def table(name: str, help_text: str) -> faust.Table:
+    def table(name: str, help_text: str) -> TableT[Any, Any]:
         # Untyped: json keys and values, the format PartitionedTableStore writes its changelog in.
         return app.Table(name, default=None, partitions=partitions, help=help_text)
 
@@ -636,16 +641,21 @@ def build_worker(
     input_topic = app.topic(*contracts.INPUT_TOPICS, **raw)
     facts_topic = app.topic(FACTS_TOPIC, **raw)
 
-    async def consume(stream: faust.StreamT, handle: Callable[[Sequence[EventT]], Awaitable[None]]) -> None:
-        async for events in stream.take_events(options.batch_max, within=options.batch_within_s):
+    async def consume(
+        stream: faust.StreamT[Any], handle: Callable[[Sequence[EventT[Any]]], Awaitable[None]]
+    ) -> None:
+        batches = cast(faust.Stream[Any], stream).take_events(
+            options.batch_max, within=options.batch_within_s
+        )
+        async for events in batches:
             await handle(events)
 
     @app.agent(input_topic, name="journeys")
-    async def journeys_agent(stream: faust.StreamT) -> None:
+    async def journeys_agent(stream: faust.StreamT[Any]) -> None:
         await consume(stream, runtime.on_journey_events)
 
     @app.agent(facts_topic, name="kpis")
-    async def kpis_agent(stream: faust.StreamT) -> None:
+    async def kpis_agent(stream: faust.StreamT[Any]) -> None:
         await consume(stream, runtime.on_fact_events)
 
     # On the event clock the timer only acts once the input is quiet: check often, so a replay's
@@ -655,15 +665,16 @@ def build_worker(
         interval = min(interval, EVENT_CLOCK_TIMER_S)
         runtime.quiet_s = max(EVENT_CLOCK_QUIET_S, 4 * options.batch_within_s)
 
-    @app.timer(interval, name="sweep_and_tick")
+    @app.timer(interval, name="sweep_and_tick")  # type: ignore[untyped-decorator]  # faust's is untyped
     async def sweep_and_tick() -> None:
         await runtime.sweep_and_tick()
 
-    @app.on_rebalance_complete.connect
+    # mode's SignalHandlerT (mypy_extensions VarArg/NamedArg) matches no plain function signature
+    @app.on_rebalance_complete.connect  # type: ignore[arg-type]
     async def on_rebalance_complete(sender: faust.App, **_: Any) -> None:
         await runtime.on_assigned({(tp.topic, tp.partition) for tp in app.consumer.assignment()})
 
-    @app.on_partitions_revoked.connect
+    @app.on_partitions_revoked.connect  # type: ignore[arg-type]
     async def on_partitions_revoked(sender: faust.App, revoked: set[Any], **_: Any) -> None:
         await runtime.on_revoked()
 

@@ -180,6 +180,8 @@ def window_row(name: str, size_ms: int) -> Any:
 
 def build(app_id: str, metrics: Metrics, data_dir: Path) -> Any:
     from quixstreams import Application
+    from quixstreams.dataframe.windows.definitions import TimeWindowDefinition
+    from quixstreams.dataframe.windows.time_based import TimeWindow
     from quixstreams.models import TopicConfig
 
     settings = load_settings()
@@ -248,6 +250,7 @@ def build(app_id: str, metrics: Metrics, data_dir: Path) -> Any:
     kpi_out = metrics.records_out.labels(contracts.KPI_WINDOWS)
     kpi_topic = app.topic(KPI_WINDOWS_TOPIC, value_serializer="json", config=config)
     for w in missions.windows:
+        spec: TimeWindowDefinition[TimeWindow]
         if w.hop_ms is None:
             spec = grouped.tumbling_window(w.size_ms, grace_ms=settings.grace_ms, name=f"kpi_{w.name}")
         else:
