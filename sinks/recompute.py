@@ -62,6 +62,7 @@ from typing import Any
 
 from clickhouse_connect.driver.client import Client
 
+from schemas.alert_wording import human_duration
 from sinks.recompute_sql import (
     KPI_WINDOW_COLUMNS,
     STAGE_RECORD_COLUMNS,
@@ -318,6 +319,41 @@ def check_stream_columns(client: Client) -> None:
 
 def _scalar(client: Client, sql: str) -> Any:
     return client.query(sql).result_rows[0][0]
+
+
+def rule_differences(client: Client, missions: Missions) -> list[str]:
+    """Where ``missions`` and the processors' stored stage records disagree, one line per stage.
+
+    Why: a recompute applies the file it is given, whatever the processors ran. Before it
+    writes anything, the operator sees what will change on the board: an SLA tightened (the
+    intended change), or a file that is not the one the processors ran (the demo's time-scaled
+    file against the unscaled one: every stage would meet its SLA). Compared by the ``sla_ms``
+    each stored record carries (``stage_records``, every row the sink stored).
+    """
+    stored: dict[tuple[str, str, str], tuple[list[int], int]] = {}
+    for mission, journey, stage, slas, n in client.query(
+        "SELECT mission, journey, stage, arraySort(groupUniqArray(sla_ms)), uniqExact(case_id) "
+        f"FROM {STREAM_STAGE_TABLE} GROUP BY mission, journey, stage ORDER BY mission, journey, stage"
+    ).result_rows:
+        stored[(str(mission), str(journey), str(stage))] = ([int(s) for s in slas], int(n))
+    name = missions.source.name if missions.source is not None else "the missions file"
+    lines = []
+    for ref in missions.stages:
+        key, sla = ref.key, ref.stage.sla_ms
+        if key not in stored:
+            lines.append(
+                f"{'/'.join(key)}: SLA {human_duration(sla)} in {name}; no stored records (a new stage?)"
+            )
+            continue
+        slas, n = stored.pop(key)
+        if slas != [sla]:
+            theirs = " and ".join(human_duration(s) for s in slas)
+            lines.append(
+                f"{'/'.join(key)}: SLA {human_duration(sla)} in {name}; {theirs} in {n:,} stored records"
+            )
+    for key, (_slas, n) in stored.items():
+        lines.append(f"{'/'.join(key)}: {n:,} stored records, not in {name} (no recomputed records)")
+    return lines
 
 
 def missions_digest(missions: Missions) -> str:

@@ -47,7 +47,7 @@ def recompute(
     if ctx.invoked_subcommand is not None:
         return
     from backbone.cli import settings_or_exit
-    from sinks.recompute import RecomputeError, parse_from
+    from sinks.recompute import RecomputeError, parse_from, rule_differences
     from sinks.recompute import recompute as run
     from stream_processors.missions import MissionsError, load_missions
 
@@ -64,6 +64,11 @@ def recompute(
         raise typer.Exit(1) from exc
     settings, client = _client(settings)
     try:
+        differences = rule_differences(client, rules)
+        if differences:
+            typer.echo("note: the rules differ from those of the processors' stored records:", err=True)
+            for line in differences:
+                typer.echo(f"  {line}", err=True)
         result = run(
             client,
             rules,

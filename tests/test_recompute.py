@@ -26,6 +26,7 @@ from kpi_fixtures import assert_stream_windows_match, faulty_traffic
 
 from backbone.config import DEFAULT_MISSIONS_FILE, Settings, load_settings
 from schemas import contracts
+from schemas.alert_wording import human_duration
 from schemas.codec import Codec
 from sinks import rows
 from sinks.client import open_client
@@ -39,6 +40,7 @@ from sinks.recompute import (
     list_versions,
     parse_from,
     recompute,
+    rule_differences,
 )
 from sinks.recompute_sql import KPI_WINDOW_COLUMNS, RecomputeSql, table_ddl
 from stream_processors.api import InputMessage, Outputs
@@ -319,6 +321,49 @@ def test_changing_one_sla_changes_exactly_its_flags_and_kpis(
     assert_windows_equal(after_windows, want.kpi_windows)
 
 
+def test_the_rules_are_compared_with_the_processors_stored_records(
+    db: Client, stream: Outputs, tmp_path: Path
+) -> None:
+    """Before it writes, a recompute says where the file's rules differ from the SLAs the stored
+    records carry (QA: the demo's unscaled file silently gave every stage a met SLA)."""
+    store_stream(db, stream)
+    cases: dict[tuple[str, str, str], set[str]] = defaultdict(set)
+    for r in stream.stage_records:
+        cases[(r["mission"], r["journey"], r["stage"])].add(r["case_id"])
+    default = load_missions(DEFAULT_MISSIONS_FILE)
+
+    def unseen(name: str, missions: Missions) -> list[str]:
+        return [
+            f"{'/'.join(ref.key)}: SLA {human_duration(ref.stage.sla_ms)} in {name}; "
+            "no stored records (a new stage?)"
+            for ref in missions.stages
+            if ref.key not in cases
+        ]
+
+    assert rule_differences(db, default) == unseen("missions.yaml", default)
+    handoff = ("export_competitiveness", "export_shipment", "permit_handoff")
+    assert len(cases[handoff]) > 0
+    tighter = with_sla(tmp_path, "permit_handoff", "6h")
+    name = "missions-permit_handoff-6h.yaml"
+    assert rule_differences(db, tighter) == [
+        f"export_competitiveness/export_shipment/permit_handoff: SLA 6 h in {name}; "
+        f"12 h in {len(cases[handoff]):,} stored records",
+        *unseen(name, tighter),
+    ]
+    data = yaml.safe_load(DEFAULT_MISSIONS_FILE.read_text())
+    shipment = data["missions"][0]["journeys"][0]
+    shipment["stages"] = [s for s in shipment["stages"] if s["id"] != "port_loading"]
+    path = tmp_path / "no-port-loading.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    without = load_missions(path)
+    loading = ("export_competitiveness", "export_shipment", "port_loading")
+    assert rule_differences(db, without) == [
+        *unseen(path.name, without),
+        f"export_competitiveness/export_shipment/port_loading: {len(cases[loading]):,} stored records, "
+        f"not in {path.name} (no recomputed records)",
+    ]
+
+
 def test_from_date_recomputes_cases_active_from_it_and_keeps_earlier_history(
     db: Client, traffic: list[Any], now_ms: int, tmp_path: Path
 ) -> None:
@@ -543,6 +588,11 @@ def test_backbone_recompute_command(
     first = runner.invoke(app, ["recompute"])
     assert first.exit_code == 0, first.output
     assert "version 1 active" in first.output
+    # no stream records stored here: every stage is reported as new before the recompute
+    assert "note: the rules differ from those of the processors' stored records:" in first.output
+    assert (
+        "export_competitiveness/export_shipment/customs_clearance: SLA 1 d in missions.yaml; " in first.output
+    )
     second = runner.invoke(app, ["recompute", "--from", "2026-01-03", "--drop-old"])
     assert second.exit_code == 0 and "dropped 1" in second.output, second.output
     listed = runner.invoke(app, ["recompute", "list"])
