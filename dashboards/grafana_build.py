@@ -484,6 +484,7 @@ class BoardsBuilder:
                             ]
                         },
                     ),
+                    PanelSpec(self.q("rejected_input"), "table", 24, 7),
                 ],
             )
         )
@@ -493,7 +494,7 @@ class BoardsBuilder:
             COMMAND_CENTRE,
             "national.json",
             "Each mission's KPIs against target, today's throughput, open backlog by owner agency, the "
-            "longest-waiting cases, live alerts and feed freshness.",
+            "longest-waiting cases, live alerts, feed freshness and rejected input.",
             "now-24h",
             [self.mission_variable(None), *self.geo_variables(self.facts.agencies)],
             rows,

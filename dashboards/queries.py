@@ -158,6 +158,7 @@ class QueryBuilder:
             self.live_alerts(),
             self.resolved_alerts(),
             self.feed_freshness(),
+            self.rejected_input(),
             self.stage_funnel(),
             self.stage_time_by_agency(),
             self.stage_time_by_port_province(),
@@ -379,6 +380,26 @@ ORDER BY silent DESC, silent_ms DESC, agency ASC""",
                 "silent",
                 "events_today",
             ),
+        )
+
+    def rejected_input(self) -> Query:
+        """What agencies sent that the pipeline could not use, so a feed's owner sees why.
+
+        Not filtered by mission or agency: an undecodable record names neither. Counted per
+        distinct dead letter (``FINAL``: a record re-sent after a restart is one row).
+        """
+        return Query(
+            "rejected_input",
+            "Rejected input (dead letters)",
+            "Records parked in the dead letters in the time range, per topic, reason and the component "
+            "that rejected them, with the newest one's key and detail. Not filtered by mission or agency.",
+            """SELECT topic, reason, source, toInt64(count()) AS records, max(received_at) AS last_at,
+  toValidUTF8(ifNull(argMax(key, (received_at, dead_letter_id)), '')) AS example_key,
+  argMax(detail, (received_at, dead_letter_id)) AS example_detail
+FROM (SELECT * FROM dead_letters FINAL WHERE $__timeFilter_ms(received_at))
+GROUP BY topic, reason, source
+ORDER BY records DESC, topic ASC, reason ASC, source ASC""",
+            ("topic", "reason", "source", "records", "last_at", "example_key", "example_detail"),
         )
 
     # export journey ----------------------------------------------------------------------------

@@ -30,6 +30,7 @@ from sinks.client import LockedQuery, open_client
 from sinks.migrate import migrate
 from stream_processors.missions import Missions, load_missions
 
+MINUTE = 60_000
 HOUR = 3_600_000
 DAY = 24 * HOUR
 EXPORT = "export_competitiveness"
@@ -58,6 +59,7 @@ class Seed:
     backlog_rows: list[dict[str, Any]] = field(default_factory=list)
     alert_rows: list[dict[str, Any]] = field(default_factory=list)
     freshness_rows: list[dict[str, Any]] = field(default_factory=list)
+    dead_letter_rows: list[dict[str, Any]] = field(default_factory=list)  # a re-sent copy included
 
     _cache: dict[str, pd.DataFrame] = field(default_factory=dict)
 
@@ -91,6 +93,9 @@ class Seed:
 
     def distinct_events(self) -> pd.DataFrame:
         return pd.DataFrame(self.events).drop_duplicates("event_id").reset_index(drop=True)
+
+    def dead_letters(self) -> pd.DataFrame:
+        return pd.DataFrame(self.dead_letter_rows).drop_duplicates("dead_letter_id").reset_index(drop=True)
 
 
 class _Builder:
@@ -488,6 +493,43 @@ class _Builder:
             )
             self.out.freshness_rows.append(dict(base, version=2))
 
+    def dead_letters(self) -> None:
+        """Rejected input of three kinds at several ages (one older than every range the tests
+        use), one record stored twice (a sink restart), and a key that is not UTF-8."""
+        kinds = [
+            ("customs.clearances.v1", "invalid_field", "processor", "declared_value_pkr: negative money"),
+            ("transport.permits.v1", "undecodable", "processor", "Avro body is corrupt or truncated"),
+            ("ports.container_moves.v1", "unknown_schema", "sink", "fingerprint 0x1234 is not registered"),
+            ("rebates.drawback.v1", "wrong_topic", "processor", "a Clearance record on topic rebates"),
+        ]
+        ages = [
+            (0, 60 * MINUTE, b"EXP-DL-1"),
+            (0, 2 * HOUR, b"EXP-DL-2"),
+            (0, 3 * HOUR + 17, b"EXP-\xff-DL-3"),
+            (0, 40 * DAY, b"EXP-DL-4"),
+            (1, 5 * HOUR, None),
+            (1, 50 * HOUR, b""),
+            (2, 20 * MINUTE, b"EXP-DL-7"),
+            (3, 70 * DAY, b"DDT-DL-8"),
+        ]
+        for n, (kind, age, key) in enumerate(ages):
+            topic, reason, source, detail = kinds[kind]
+            self.out.dead_letter_rows.append(
+                {
+                    "dead_letter_id": sha1(f"{topic}|0|{n}"),
+                    "source": source,
+                    "topic": topic,
+                    "partition": 0,
+                    "offset": n,
+                    "key": key,
+                    "value": b"\x00\x01",
+                    "reason": reason,
+                    "detail": f"{detail} (record {n})",
+                    "received_at": self.now - age,
+                }
+            )
+        self.out.dead_letter_rows.append(dict(self.out.dead_letter_rows[1]))  # stored twice
+
 
 def build_seed(now_ms: int, missions: Missions | None = None, seed: int = 11) -> Seed:
     """A deterministic data set ending at ``now_ms`` (the board's "now")."""
@@ -517,6 +559,7 @@ def build_seed(now_ms: int, missions: Missions | None = None, seed: int = 11) ->
     b.backlog()
     b.alerts()
     b.freshness()
+    b.dead_letters()
     return b.out
 
 
@@ -537,6 +580,7 @@ _TS_COLUMNS = {
     "last_occurred_at",
     "last_published_at",
     "last_seen_at",
+    "received_at",
 }
 
 
@@ -567,6 +611,9 @@ def write_seed(client: Client, seed: Seed) -> None:
             by_version.setdefault(r["version"] if "version" in r else r["state"], []).append(r)
         for version in sorted(by_version, key=str):
             _insert(client, table, by_version[version])
+    copies = seed.dead_letter_rows
+    _insert(client, "dead_letters", copies[:-1])
+    _insert(client, "dead_letters", copies[-1:])  # the copy in a part of its own, as after a restart
     for view in ("kpi_daily_refresh", "backlog_ageing_refresh"):
         client.command(f"SYSTEM REFRESH VIEW {view}")
         client.command(f"SYSTEM WAIT VIEW {view}")

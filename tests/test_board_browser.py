@@ -185,6 +185,12 @@ def test_journey_and_other_pages_match_clickhouse(
     assert cells(page, "energy_lag", "open_now") == [str(r["open_now"]) for r in energy]
     screenshot(page, artifacts, "money-energy")
 
+    open_page(page, board, seeded, "alerts", range="7d")
+    rejected = clickhouse(seeded, "rejected_input", 7 * DAY)
+    assert len(rejected) == 3  # the seed's kinds received within the week
+    assert cells(page, "rejected_input", "reason") == [r["reason"] for r in rejected]
+    assert cells(page, "rejected_input", "records") == [str(r["records"]) for r in rejected]
+
 
 def test_alerts_page_refreshes_live(
     page: Any, board: BoardHandle, seeded: SeededDatabase, artifacts: Path

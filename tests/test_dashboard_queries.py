@@ -451,6 +451,29 @@ def _resolved(db: SeededDatabase, tr: TimeRange, v: Variables) -> list[dict[str,
     ]
 
 
+@oracle("rejected_input")
+def _rejected_input(db: SeededDatabase, tr: TimeRange, v: Variables) -> list[dict[str, Any]]:
+    """Distinct dead letters received in the range per (topic, reason, source); the variables do
+    not apply (an undecodable record names no mission or agency)."""
+    d = db.seed.dead_letters()
+    d = d[(d["received_at"] >= tr.from_ms) & (d["received_at"] <= tr.to_ms)]
+    rows = []
+    for (topic, reason, source), g in d.groupby(["topic", "reason", "source"]):
+        newest = g.sort_values(["received_at", "dead_letter_id"]).iloc[-1]
+        rows.append(
+            {
+                "topic": topic,
+                "reason": reason,
+                "source": source,
+                "records": len(g),
+                "last_at": int(newest["received_at"]),
+                "example_key": (newest["key"] or b"").decode("utf-8", "replace"),
+                "example_detail": newest["detail"],
+            }
+        )
+    return sorted(rows, key=lambda r: (-r["records"], r["topic"], r["reason"], r["source"]))
+
+
 @oracle("feed_freshness")
 def _freshness(db: SeededDatabase, tr: TimeRange, v: Variables) -> list[dict[str, Any]]:
     f = db.seed.freshness()

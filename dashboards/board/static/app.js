@@ -49,6 +49,7 @@ const PAGES = {
     panels: [
       { q: "live_alerts", w: 12, render: (d) => renderTable(d, { hide: ["alert_id"] }) },
       { q: "resolved_alerts", w: 12, render: (d) => renderTable(d, { hide: ["alert_id"] }) },
+      { q: "rejected_input", w: 12, render: (d) => renderTable(d, {}) },
     ],
   },
   case: {
