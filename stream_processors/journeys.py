@@ -11,8 +11,9 @@ stable when stages are added to the missions file) and an instance is a list (co
 
     [started_at, start_event_id, province, port, amount_paisa, ended_at, cancelled_at, version, alert]
 
-``alert`` is 0 (no CASE_SLA emitted), 1 (FIRING emitted) or 2 (RESOLVED emitted). An end or a
-cancel seen before the start is kept in an instance whose ``started_at`` is ``None``.
+``alert`` is 0 (no CASE_SLA emitted), 1 (FIRING emitted, severity warning), 3 (FIRING emitted
+with severity critical: first seen, or escalated, past twice the SLA) or 2 (RESOLVED emitted). An
+end or a cancel seen before the start is kept in an instance whose ``started_at`` is ``None``.
 
 **Facts.** Every change of an instance's KPI contribution is sent to hop 2 as a retraction of
 the old one and an addition of the new one, each tagged with the ``(topic, partition,
@@ -74,7 +75,9 @@ STARTED, START_EID, PROVINCE, PORT, AMOUNT, ENDED, CANCELLED, VERSION, ALERT = r
 START, END, CANCEL = 0, 1, 2
 _KINDS = {"start": START, "end": END, "cancel": CANCEL}
 
-NO_ALERT, FIRING, RESOLVED = 0, 1, 2
+NO_ALERT, FIRING, RESOLVED, FIRING_CRITICAL = 0, 1, 2, 3
+"""An instance's CASE_SLA state. FIRING is the warning; FIRING_CRITICAL once overdue by more than
+the SLA again (a second FIRING record, same alert_id, severity critical)."""
 EVICTED_CASE = "evicted_case"
 
 DEFAULT_MIN_CASE_RETENTION_MS = 3_600_000
@@ -514,47 +517,65 @@ class JourneyEngine:
         """Apply the CASE_SLA rule to one instance; True if its alert state changed.
 
         A closed or cancelled instance is judged on its own times; an open one at ``judge_ms``
-        (``min(now, low watermark)`` of its partition), else its deadline goes on the heap.
+        (``min(now, low watermark)`` of its partition), else its next deadline goes on the heap:
+        the SLA, or twice the SLA for a warning that may still escalate to critical. A RESOLVED
+        record carries the severity its alert last fired with, so it resolves that alert (the
+        same labels in Alertmanager).
         """
         started, ended, cancelled = inst[STARTED], inst[ENDED], inst[CANCELLED]
         sla = info.sla_ms
         state = inst[ALERT]
-        if ended is not None:
+        closed_at = ended if ended is not None else cancelled  # a cancelled case waited until its cancel
+        if closed_at is not None:
             if state == RESOLVED:
                 return False
-            overdue = ended - started - sla
+            overdue = closed_at - started - sla
             if state == NO_ALERT and overdue > 0:
-                alerts.append(self._case_sla(case_id, info, inst, "FIRING", overdue, None, now_ms))
-                state = FIRING
-            if state == FIRING:
-                alerts.append(self._case_sla(case_id, info, inst, "RESOLVED", max(0, overdue), ended, now_ms))
-                state = RESOLVED
-        elif cancelled is not None:
-            if state == RESOLVED:
-                return False
-            overdue = cancelled - started - sla  # a cancelled case waited until its cancel event
-            if state == NO_ALERT and overdue > 0:
-                alerts.append(self._case_sla(case_id, info, inst, "FIRING", overdue, None, now_ms))
-                state = FIRING
-            if state == FIRING:
+                state = self._fire(case_id, info, inst, overdue, now_ms, alerts)
+            if state != NO_ALERT:
+                severity = "critical" if state == FIRING_CRITICAL else "warning"
                 alerts.append(
-                    self._case_sla(case_id, info, inst, "RESOLVED", max(0, overdue), cancelled, now_ms)
+                    self._case_sla(
+                        case_id, info, inst, "RESOLVED", max(0, overdue), closed_at, now_ms, severity
+                    )
                 )
                 state = RESOLVED
-        elif state == NO_ALERT:
+        elif state == NO_ALERT or state == FIRING:
             overdue = judge_ms - started - sla
-            if overdue > 0:
-                alerts.append(self._case_sla(case_id, info, inst, "FIRING", overdue, None, now_ms))
-                state = FIRING
-            else:
+            if state == NO_ALERT and overdue > 0:
+                state = self._fire(case_id, info, inst, overdue, now_ms, alerts)
+            elif state == FIRING and overdue > sla:
+                alerts.append(
+                    self._case_sla(case_id, info, inst, "FIRING", overdue, None, now_ms, "critical")
+                )
+                state = FIRING_CRITICAL
+            if state != FIRING_CRITICAL:
                 heap = self._deadlines.get(partition)
                 if heap is None:
                     heap = self._deadlines[partition] = []
-                heapq.heappush(heap, (started + sla, case_id, info.key))
+                heapq.heappush(heap, (started + (sla if state == NO_ALERT else 2 * sla), case_id, info.key))
         if state != inst[ALERT]:
             inst[ALERT] = state
             return True
         return False
+
+    def _fire(
+        self,
+        case_id: str,
+        info: StageInfo,
+        inst: list[Any],
+        overdue: int,
+        now_ms: int,
+        alerts: list[dict[str, Any]],
+    ) -> int:
+        """The first FIRING record of an instance: critical if already overdue by more than the SLA."""
+        critical = overdue > info.sla_ms
+        alerts.append(
+            self._case_sla(
+                case_id, info, inst, "FIRING", overdue, None, now_ms, "critical" if critical else "warning"
+            )
+        )
+        return FIRING_CRITICAL if critical else FIRING
 
     def _case_sla(
         self,
@@ -565,6 +586,7 @@ class JourneyEngine:
         overdue: int,
         ends_at: int | None,
         now_ms: int,
+        severity: str,
     ) -> dict[str, Any]:
         started = inst[STARTED]
         province, port = inst[PROVINCE], inst[PORT]
@@ -584,7 +606,7 @@ class JourneyEngine:
             "alert_id": ids.case_sla_alert_id(rid),
             "kind": "CASE_SLA",
             "state": state,
-            "severity": "critical" if overdue > info.sla_ms else "warning",
+            "severity": severity,
             "mission": info.mission,
             "journey": info.journey,
             "stage": info.stage,
@@ -622,7 +644,9 @@ class JourneyEngine:
                     continue
                 inst = state["i"].get(stage_key)
                 info = self.stages.get(stage_key)
-                if inst is None or info is None or inst[STARTED] is None or inst[ALERT] != NO_ALERT:
+                if inst is None or info is None or inst[STARTED] is None:
+                    continue
+                if inst[ALERT] != NO_ALERT and inst[ALERT] != FIRING:  # critical or resolved: nothing due
                     continue
                 if inst[ENDED] is not None or inst[CANCELLED] is not None:
                     continue
@@ -687,11 +711,14 @@ class JourneyEngine:
                 if (
                     info is not None
                     and inst[STARTED] is not None
-                    and inst[ALERT] == NO_ALERT
+                    and (inst[ALERT] == NO_ALERT or inst[ALERT] == FIRING)
                     and inst[ENDED] is None
                     and inst[CANCELLED] is None
                 ):
-                    deadlines.setdefault(partition, []).append((inst[STARTED] + info.sla_ms, case_id, key))
+                    due = inst[STARTED] + info.sla_ms * (
+                        1 if inst[ALERT] == NO_ALERT else 2
+                    )  # fire, or escalate
+                    deadlines.setdefault(partition, []).append((due, case_id, key))
             if is_complete(state):
                 evictions.append((state["lt"] + self.case_retention_ms, case_id))
         for heap in deadlines.values():

@@ -209,7 +209,7 @@ def test_undecodable_invalid_and_mis_keyed_messages_go_to_dead_letters_with_a_re
     assert out.valid_events == {(C, "FBR-CUSTOMS"): 1}
 
 
-def test_a_stalled_case_fires_once_from_the_sweep_and_resolves_once_when_it_ends() -> None:
+def test_a_stalled_case_fires_from_the_sweep_escalates_once_and_resolves_once_when_it_ends() -> None:
     p = Pipeline()
     out = p.push([(C, event(C, "EXP-1", "FILED", T0))], T0 + MIN)
     assert out.alerts == []
@@ -226,12 +226,54 @@ def test_a_stalled_case_fires_once_from_the_sweep_and_resolves_once_when_it_ends
         24.0 * HOUR,
     )
     assert a["severity"] == "warning"
-    assert case_sla(p.tick(T0 + 30 * HOUR).alerts) == [] and case_sla(p.tick(T0 + 60 * HOUR).alerts) == []
+    assert case_sla(p.tick(T0 + 30 * HOUR).alerts) == []
+    # SEMANTICS.md: critical once overdue by more than the SLA again (QA pass 6: it never was)
+    assert case_sla(p.tick(T0 + 48 * HOUR).alerts) == []  # exactly twice the SLA: not past it
+    escalated = case_sla(p.tick(T0 + 48 * HOUR + 1).alerts)
+    assert [(x["alert_id"], x["state"], x["severity"], x["value"]) for x in escalated] == [
+        (alert_id, "FIRING", "critical", 24.0 * HOUR + 1)
+    ]
+    assert escalated[0]["starts_at"] == T0 + 24 * HOUR  # the breach began at the SLA, as the warning's
+    assert case_sla(p.tick(T0 + 60 * HOUR).alerts) == []
     out = p.push([(C, event(C, "EXP-1", "CLEARED", T0 + 50 * HOUR))], T0 + 61 * HOUR)
     resolved = [x for x in case_sla(out.alerts) if x["alert_id"] == alert_id]
-    assert [(x["state"], x["ends_at"]) for x in resolved] == [("RESOLVED", T0 + 50 * HOUR)]
-    assert p.alerts("CASE_SLA").count((alert_id, "FIRING")) == 1
+    # resolves the alert it escalated to: the same severity label in Alertmanager
+    assert [(x["state"], x["ends_at"], x["severity"]) for x in resolved] == [
+        ("RESOLVED", T0 + 50 * HOUR, "critical")
+    ]
+    assert p.alerts("CASE_SLA").count((alert_id, "FIRING")) == 2
     assert p.alerts("CASE_SLA").count((alert_id, "RESOLVED")) == 1
+
+
+def test_a_warning_resolved_before_twice_its_sla_never_escalates_and_resolves_as_warning() -> None:
+    p = Pipeline()
+    p.push([(C, event(C, "EXP-1", "FILED", T0))], T0 + MIN)
+    alert_id = sha1("CASE_SLA|" + rid("EXP-1", "customs_clearance"))
+    assert [(a["state"], a["severity"]) for a in case_sla(p.tick(T0 + 30 * HOUR).alerts)] == [
+        ("FIRING", "warning")
+    ]
+    out = p.push([(C, event(C, "EXP-1", "CLEARED", T0 + 40 * HOUR))], T0 + 40 * HOUR)
+    assert [(a["state"], a["severity"]) for a in case_sla(out.alerts)] == [("RESOLVED", "warning")]
+    later = [a for a in case_sla(p.tick(T0 + 60 * HOUR).alerts) if a["alert_id"] == alert_id]
+    assert later == []  # the escalation deadline finds it resolved
+    assert [t for t in p.alerts("CASE_SLA") if t[0] == alert_id] == [
+        (alert_id, "FIRING"),
+        (alert_id, "RESOLVED"),
+    ]
+
+
+def test_an_escalation_deadline_survives_a_restart() -> None:
+    p = Pipeline()
+    p.push([(C, event(C, "EXP-1", "FILED", T0))], T0 + MIN)
+    assert [a["severity"] for a in case_sla(p.tick(T0 + 30 * HOUR).alerts)] == ["warning"]
+    from stream_processors.journeys import JourneyEngine
+
+    p.journeys = JourneyEngine(p.missions, p.settings, wall_clock=p.wall)
+    p.journeys.rebuild_index(p.case_states)
+    assert [(a["state"], a["severity"]) for a in case_sla(p.tick(T0 + 49 * HOUR).alerts)] == [
+        ("FIRING", "critical")
+    ]
+    assert case_sla(p.tick(T0 + 50 * HOUR).alerts) == []
 
 
 def test_a_never_completing_case_is_critical_once_overdue_by_twice_its_sla_and_survives_a_restart() -> None:
