@@ -715,10 +715,10 @@ class JourneyEngine:
                     and inst[ENDED] is None
                     and inst[CANCELLED] is None
                 ):
-                    due = inst[STARTED] + info.sla_ms * (
-                        1 if inst[ALERT] == NO_ALERT else 2
-                    )  # fire, or escalate
-                    deadlines.setdefault(partition, []).append((due, case_id, key))
+                    slas = 1 if inst[ALERT] == NO_ALERT else 2  # when it fires, or escalates
+                    deadlines.setdefault(partition, []).append(
+                        (inst[STARTED] + slas * info.sla_ms, case_id, key)
+                    )
             if is_complete(state):
                 evictions.append((state["lt"] + self.case_retention_ms, case_id))
         for heap in deadlines.values():

@@ -273,16 +273,37 @@ def test_firing_map_posts_each_transition_and_ignores_replays() -> None:
     assert len(held) == 0
 
 
-def test_escalation_resolves_the_old_label_set() -> None:
+def test_an_escalation_keeps_the_warning_firing_until_the_case_resolves() -> None:
+    """The desk paged for the warning is not told "resolved" while the case still waits: the
+    warning stays firing (Alertmanager's inhibit rule silences it under the critical, same
+    alert_id) and is re-posted with it; both resolve together."""
     held = FiringAlerts()
-    held.transition(case_alert(), 0)
+    warning = case_alert()
+    held.transition(warning, 0)
     critical = case_alert(severity="critical", emitted_at=NOW + 5)
     posts = held.transition(critical, 0)
-    assert [(p["severity"], p["state"]) for p in posts] == [("warning", "RESOLVED"), ("critical", "FIRING")]
+    assert [(p["severity"], p["state"]) for p in posts] == [("critical", "FIRING")]
+    assert held.records() == [warning, critical] and len(held) == 1
+    assert held.transition(critical, 0) == [critical]  # a replay of the escalation keeps the warning
+    assert held.records() == [warning, critical]
+    posts = held.transition(case_alert(state="RESOLVED", severity="critical", ends_at=NOW + 9), 0)
+    assert [(p["severity"], p["state"], p["ends_at"]) for p in posts] == [
+        ("warning", "RESOLVED", NOW + 9),
+        ("critical", "RESOLVED", NOW + 9),
+    ]
+    assert held.records() == []
+
+
+def test_a_label_change_other_than_escalation_resolves_the_old_label_set() -> None:
+    held = FiringAlerts()
+    held.transition(case_alert(), 0)
+    moved = case_alert(province="PK-PB", emitted_at=NOW + 5)  # e.g. an earlier start event, another desk
+    posts = held.transition(moved, 0)
+    assert [(p["province"], p["state"]) for p in posts] == [("PK-SD", "RESOLVED"), ("PK-PB", "FIRING")]
     assert posts[0]["ends_at"] == NOW + 5
-    assert held.records() == [critical]
-    posts = held.transition(case_alert(state="RESOLVED", ends_at=NOW + 9), 0)  # resolve says warning
-    assert [(p["severity"], p["state"]) for p in posts] == [("critical", "RESOLVED"), ("warning", "RESOLVED")]
+    assert held.records() == [moved]
+    posts = held.transition(case_alert(state="RESOLVED", ends_at=NOW + 9), 0)  # resolve says PK-SD
+    assert [(p["province"], p["state"]) for p in posts] == [("PK-PB", "RESOLVED"), ("PK-SD", "RESOLVED")]
 
 
 def test_firing_map_is_bounded_and_forgets_revoked_partitions() -> None:

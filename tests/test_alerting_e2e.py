@@ -487,6 +487,57 @@ def test_feed_silent_inhibits_case_alerts_of_the_same_agency_only(
         assert not webhook.matching(lambda n: bool(n.alerts(alert_id=port_case["alert_id"])))
 
 
+def test_an_escalated_case_pages_the_critical_lanes_and_the_warning_desk_hears_no_false_resolve(
+    stack: AlertingStack,
+    webhook: WebhookReceiver,
+    alert_topic: AlertTopic,
+) -> None:
+    """QA pass 6: warning past the SLA, then critical past twice the SLA (same alert_id). The
+    critical desk and the command centre are paged; the warning stays firing in Alertmanager,
+    inhibited by the critical, so the warning desk is not told the case resolved while it waits."""
+    case_id = f"EXP-{uuid.uuid4().hex[:8]}"
+    warning = case_sla_record("FIRING", case_id, "BA-TRANSPORT", "PK-BA", "warning", waited_ms=13 * HOUR_MS)
+    alert_id = warning["alert_id"]
+    with running_forwarder(alert_topic, stack.alertmanager_url, Metrics()):
+        alert_topic.send(warning)
+        webhook.wait_for(
+            for_alert("ba-transport", "firing", alert_id=alert_id), 30, "the warning at the desk"
+        )
+        critical = {**warning, "severity": "critical", "value": float(13 * HOUR_MS), "emitted_at": now_ms()}
+        alert_topic.send(critical)
+        webhook.wait_for(
+            for_alert("ba-transport-critical", "firing", alert_id=alert_id), 30, "the critical desk paged"
+        )
+        webhook.wait_for(for_alert("command-centre", "firing", alert_id=alert_id), 10, "command centre copy")
+
+        def warning_inhibited() -> bool:
+            held = {a["labels"]["severity"]: a["status"] for a in am_alerts(stack, alert_id)}
+            return (
+                held.get("critical", {}).get("state") == "active"
+                and held.get("warning", {}).get("state") == "suppressed"
+                and bool(held["warning"]["inhibitedBy"])
+            )
+
+        wait_until(warning_inhibited, 15, "the warning inhibited by the critical")
+        time.sleep(LEASE_S + 2.5)  # past a lease: both are re-posted, the warning is not resolved
+        assert warning_inhibited()
+        assert not webhook.matching(for_alert("ba-transport", "resolved", alert_id=alert_id))
+
+        resolved = {**critical, "state": "RESOLVED", "ends_at": now_ms() - 1_000, "emitted_at": now_ms()}
+        alert_topic.send(resolved)
+        webhook.wait_for(
+            for_alert("ba-transport-critical", "resolved", alert_id=alert_id), 30, "critical resolved"
+        )
+        wait_until(
+            lambda: (
+                {a["status"]["state"] for a in am_alerts(stack, alert_id)} <= {"resolved"}
+                or not am_alerts(stack, alert_id)
+            ),
+            30,
+            "both label sets resolved in Alertmanager",
+        )
+
+
 def test_restarted_forwarder_keeps_renewing_what_it_delivered_before(
     stack: AlertingStack, webhook: WebhookReceiver, alert_topic: AlertTopic
 ) -> None:
