@@ -386,7 +386,7 @@ ORDER BY silent DESC, silent_ms DESC, agency ASC""",
         """What agencies sent that the pipeline could not use, so a feed's owner sees why.
 
         Not filtered by mission or agency: an undecodable record names neither. Counted per
-        distinct dead letter (``FINAL``: a record re-sent after a restart is one row).
+        distinct dead letter (``dead_letters_latest``: a record stored again after a restart is one row).
         """
         return Query(
             "rejected_input",
@@ -396,7 +396,8 @@ ORDER BY silent DESC, silent_ms DESC, agency ASC""",
             """SELECT topic, reason, source, toInt64(count()) AS records, max(received_at) AS last_at,
   toValidUTF8(ifNull(argMax(key, (received_at, dead_letter_id)), '')) AS example_key,
   argMax(detail, (received_at, dead_letter_id)) AS example_detail
-FROM (SELECT * FROM dead_letters FINAL WHERE $__timeFilter_ms(received_at))
+FROM dead_letters_latest
+WHERE $__timeFilter_ms(received_at)
 GROUP BY topic, reason, source
 ORDER BY records DESC, topic ASC, reason ASC, source ASC""",
             ("topic", "reason", "source", "records", "last_at", "example_key", "example_detail"),
